@@ -1,0 +1,180 @@
+"""The ``diffprune`` command line: one verb per stage, ``run`` for all of them, ``demo`` for a first look.
+
+Every verb reads a run config (``--config``, default: the bundled demo config), applies ``--set a.b=value``
+overrides, and runs its stage plus whatever stages it needs that are not cached yet.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="diffprune",
+    help="Prune then reweight the training set of a diffusion model: embed, select, reweight, train, sample, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config YAML (default: the bundled demo config).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value, e.g. --set train.steps=200 (repeatable).")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to <runs_dir>/<name>/.")]
+ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Recompute this stage even when its outputs are cached.")]
+ArmOpt = Annotated[Optional[list[str]], typer.Option("--arm", "-a", help="Only this arm of the config (repeatable; default: all).")]
+QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+
+
+def bundled_config(name: str) -> Path:
+    return Path(str(resources.files("diffprune") / "configs" / f"{name}.yaml"))
+
+
+def _pipeline(config: Path | None, overrides: list[str] | None, name: str | None, force: bool | tuple, quiet: bool):
+    from diffprune.pipeline import Pipeline, load_run_config
+
+    cfg = load_run_config(config or bundled_config("demo"), overrides or [], name=name)
+    return Pipeline(cfg, force=force, progress=not quiet, console=console)
+
+
+def _arms(pipe, arms: list[str] | None):
+    return [pipe.arm(a) for a in arms] if arms else list(pipe.cfg.arms)
+
+
+@app.command()
+def datasets() -> None:
+    """List the dataset specs that ``data.spec`` accepts."""
+    from diffprune.data import available_datasets
+
+    table = Table("spec", "description", title="datasets")
+    for spec, desc in available_datasets().items():
+        table.add_row(spec, desc)
+    Console().print(table)
+
+
+@app.command()
+def embed(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False,
+          no_progress: QuietOpt = False) -> None:
+    """Stage 1: embed every training image with the frozen surrogate encoder (features/<encoder>/)."""
+    pipe = _pipeline(config, set_, name, ("embed",) if force else (), no_progress)
+    feats = pipe.embed()
+    console.print(f"features {tuple(feats.shape)} in {pipe.root / 'features' / pipe.cfg.embed.encoder}")
+
+
+@app.command()
+def select(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+           force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+    """Stage 2: score and select the coreset of each arm (selection/<method>-r<ratio>/)."""
+    pipe = _pipeline(config, set_, name, ("select",) if force else (), no_progress)
+    for a in _arms(pipe, arm):
+        if a.method != "full":
+            sel = pipe.select(a)
+            console.print(f"{a.label()}: kept {len(sel.indices)} of {len(sel.scores)}")
+
+
+@app.command()
+def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+             force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+    """Stage 3: DRO class weights of each reweighted arm against the reference DM (reweight/<selection>/)."""
+    pipe = _pipeline(config, set_, name, ("reweight",) if force else (), no_progress)
+    for a in _arms(pipe, arm):
+        if a.reweight:
+            weights = pipe.reweight(a)
+            console.print(f"{a.label()}: " + ", ".join(f"{k}={v:.3f}" for k, v in weights.items()))
+
+
+@app.command()
+def train(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+          force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+    """Stage 4: train each arm's DM on its (weighted) subset; resumes an interrupted run (train/<arm>/)."""
+    pipe = _pipeline(config, set_, name, ("train",) if force else (), no_progress)
+    for a in _arms(pipe, arm):
+        console.print(f"{a.label()}: model in {pipe.train(a)}")
+
+
+@app.command()
+def sample(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+           force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+    """Sample each arm's trained DM (samples/<arm>/samples.npz and grid.png)."""
+    pipe = _pipeline(config, set_, name, ("sample",) if force else (), no_progress)
+    for a in _arms(pipe, arm):
+        images = pipe.sample(a)
+        console.print(f"{a.label()}: {len(images)} samples in {pipe.root / 'samples' / a.label()}")
+
+
+@app.command()
+def evaluate(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+             force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+    """Stage 5: FID and friends of each arm's samples against the training set (eval/<arm>/metrics.json)."""
+    pipe = _pipeline(config, set_, name, ("evaluate",) if force else (), no_progress)
+    for a in _arms(pipe, arm):
+        metrics = pipe.evaluate(a)
+        fid = metrics.get("fid", {})
+        value = fid.get("value") if isinstance(fid, dict) else fid
+        console.print(f"{a.label()}: FID {value}")
+
+
+@app.command()
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, e.g. runs/demo.")]) -> None:
+    """Build report.md and report.html from finished run directories (reads only their files)."""
+    from diffprune.report import build_report
+
+    for run_dir in run_dirs:
+        if not (run_dir / "arms.json").exists():
+            raise typer.BadParameter(f"'{run_dir}' has no arms.json: is it a run directory (runs/<name>)?")
+        console.print(f"report: {build_report(run_dir)}")
+
+
+@app.command()
+def run(config: Annotated[Path, typer.Argument(help="Run config YAML (see configs/).")],
+        set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+        force: Annotated[bool, typer.Option("--force", "-f", help="Recompute every stage, ignoring the cache.")] = False,
+        no_progress: QuietOpt = False) -> None:
+    """All stages for every arm of CONFIG, then the report. Re-running skips finished stages."""
+    pipe = _pipeline(config, set_, name, force, no_progress)
+    path = pipe.run_all(arm)
+    console.print(f"\n[bold green]Report:[/] {path}")
+
+
+@app.command()
+def demo(set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+    """The whole pipeline on the embedded digits dataset (a few minutes on a laptop CPU)."""
+    import time
+
+    t0 = time.perf_counter()
+    pipe = _pipeline(bundled_config("demo"), set_, name, force, no_progress)
+    path = pipe.run_all()
+    console.print(f"\n[bold green]Demo finished in {time.perf_counter() - t0:.0f} s. Report:[/] {path}")
+    md = path.with_name("report.md")
+    if md.exists():
+        from rich.markdown import Markdown
+
+        sections = md.read_text().split("\n## ")
+        Console().print(Markdown("\n## ".join(sections[:2])))
+
+
+def main() -> None:
+    """Entry point: user errors become one red line (set DIFFPRUNE_DEBUG=1 for the traceback)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted.[/] Finished stages are kept; run the same command again to resume.")
+        sys.exit(130)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        if os.environ.get("DIFFPRUNE_DEBUG"):
+            raise
+        msg = str(e).strip("'\"") or type(e).__name__
+        hint = "" if isinstance(e, ValueError) else " (set DIFFPRUNE_DEBUG=1 for the traceback)"
+        console.print(f"[bold red]error:[/] {msg}{hint}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

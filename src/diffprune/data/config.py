@@ -1,0 +1,38 @@
+"""The data section of a run config."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from diffprune.config import StrictModel
+from diffprune.data.sources import BUILTIN
+
+
+class DataConfig(StrictModel):
+    """Which dataset to load and at what resolution (see ``diffprune datasets``)."""
+
+    spec: str = "digits"
+    split: Literal["train", "test"] = "train"
+    root: str | None = None
+    resolution: int | None = Field(default=None, ge=4, le=1024)
+    resize: Literal["pad", "resize"] = "pad"
+    channels: Literal[1, 3] | None = None
+    limit: int | None = Field(default=None, ge=1)
+    skip_bad: bool = False
+
+    @field_validator("spec")
+    @classmethod
+    def _known_spec(cls, v: str) -> str:
+        kind, _, arg = v.partition(":")
+        if v in BUILTIN or (kind in ("imagefolder", "npz") and arg):
+            return v
+        raise ValueError(f"choose one of {', '.join(BUILTIN)}, imagefolder:PATH or npz:PATH")
+
+    def load(self):
+        from diffprune.data.sources import load_dataset
+
+        return load_dataset(
+            self.spec, self.split, root=self.root, resolution=self.resolution, resize=self.resize,
+            channels=self.channels, limit=self.limit, skip_bad=self.skip_bad,
+        )

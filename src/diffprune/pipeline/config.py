@@ -1,0 +1,134 @@
+"""The run config: one YAML file that drives every stage (``diffprune run CONFIG``).
+
+Each stage owns its section's schema; this module composes them and adds the arms being compared.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from diffprune.config import ConfigError, StrictModel, validate_config
+from diffprune.data import DataConfig
+from diffprune.diffusion import SampleConfig, TrainConfig
+from diffprune.encoders import EmbedConfig
+from diffprune.evaluation import EvalConfig
+from diffprune.io import read_yaml
+from diffprune.reweighting import ReweightConfig
+from diffprune.selection import SelectConfig, available_methods
+
+FULL = "full"
+
+
+class ArmConfig(StrictModel):
+    """One trained model to compare: a selection method (or ``full`` for all data), with or without DRO."""
+
+    name: str | None = None
+    method: str = "gaussian"
+    ratio: float | None = Field(default=None, gt=0, le=1)
+    keep: Literal["top", "bottom", "middle"] | None = None
+    reweight: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        methods = [FULL, *available_methods()]
+        if v not in methods:
+            raise ValueError(f"choose one of {', '.join(methods)}")
+        return v
+
+    def label(self) -> str:
+        return self.name or (self.method + ("+dro" if self.reweight else ""))
+
+
+class RunConfig(StrictModel):
+    """Everything one run needs. Sections default to the stage's own defaults."""
+
+    name: str = "demo"
+    runs_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    reweight: ReweightConfig = Field(default_factory=ReweightConfig)
+    reference_data: Literal["full", "coreset"] = "full"
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    arms: list[ArmConfig] = Field(
+        default_factory=lambda: [ArmConfig(method="gaussian", reweight=True), ArmConfig(method="random")]
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", v):
+            raise ValueError("use letters, digits and . _ + - only (it names a folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_arms(self) -> "RunConfig":
+        labels = [a.label() for a in self.arms]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"arms: names must be unique, '{dupes[0]}' repeats; give each arm a 'name'")
+        if not self.arms:
+            raise ValueError("arms: list at least one arm, e.g. [{method: gaussian, reweight: true}]")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def arm_select_config(self, arm: ArmConfig) -> SelectConfig:
+        """The run's select section with the arm's method, ratio, keep and options applied."""
+        update: dict[str, Any] = {"method": arm.method, "seed": self.select.seed}
+        if arm.ratio is not None:
+            update["ratio"] = arm.ratio
+        if arm.keep is not None:
+            update["keep"] = arm.keep
+        if arm.options:
+            update["options"] = {**self.select.options, **arm.options}
+        return validate_config(SelectConfig, {**self.select.model_dump(), **update}, prefix="arms")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.steps=200`` -> (['train', 'steps'], 200); the value is parsed as YAML."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=200")
+    return key.split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, **top: Any) -> RunConfig:
+    """Read a YAML run config (or start from the defaults), apply ``--set`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file '{p}' not found")
+        loaded = read_yaml(p)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded or {}
+    data.update({k: v for k, v in top.items() if v is not None})
+    apply_overrides(data, overrides or [])
+    return validate_config(RunConfig, data)

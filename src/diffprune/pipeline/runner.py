@@ -1,0 +1,289 @@
+"""Stage orchestration: each stage reads its inputs' fingerprints, is skipped when its manifest matches
+(a cache hit), and otherwise runs and writes its outputs, its resolved config and its manifest.
+
+The methods call each other on demand, so ``Pipeline(cfg).evaluate(arm)`` runs (or reuses) every stage
+that arm needs: embed -> select -> [reference -> reweight] -> train -> sample -> evaluate.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+from rich.console import Console
+
+from diffprune.data import ImageDataset
+from diffprune.io import atomic_write_json, atomic_write_yaml, hash_arrays, hash_file, read_json
+from diffprune.pipeline.config import FULL, ArmConfig, RunConfig
+from diffprune.pipeline.manifest import StageDir
+
+T = TypeVar("T")
+STAGES = ("embed", "select", "reference", "reweight", "train", "sample", "evaluate", "report")
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Hash of a diffusers model folder's weights, or of the hub id when it is not a local folder."""
+    weights = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if weights:
+        return hash_file(weights[0])
+    return hash_arrays(np.frombuffer(str(path).encode(), np.uint8))
+
+
+class Pipeline:
+    """Runs the stages of one run directory (``runs/<name>/``) for a validated ``RunConfig``.
+
+    Args:
+        cfg: the run config.
+        force: stage names to recompute even when cached (``True`` = all).
+        progress: show progress bars.
+        console: where status lines go.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        force: bool | Iterable[str] = (),
+        progress: bool = True,
+        console: Console | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.root = cfg.run_dir
+        self.force = set(STAGES) if force is True else set(force or ())
+        self.progress = progress
+        self.console = console or Console(stderr=True)
+        self._fingerprints: dict[str, str] = {}
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _stage(
+        self,
+        stage: StageDir,
+        compute: Callable[[], tuple[T, str, dict[str, Any]]],
+        load: Callable[[], T],
+    ) -> T:
+        """Cache hit -> ``load()``; else ``compute()`` -> (result, output fingerprint, manifest extras)."""
+        rel = stage.path.relative_to(self.root) if stage.path.is_relative_to(self.root) else stage.path
+        if stage.stage not in self.force and stage.is_complete():
+            self.console.print(f"[dim]cached[/]  {stage.stage:<9} {rel}")
+            self._fingerprints[str(stage.path)] = stage.manifest()["fingerprint"]
+            return load()
+        self.console.print(f"[bold cyan]run[/]     {stage.stage:<9} {rel}")
+        stage.begin()
+        result, fingerprint, extra = compute()
+        manifest = stage.finish(fingerprint, **extra)
+        self._fingerprints[str(stage.path)] = manifest["fingerprint"]
+        self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
+        return result
+
+    def fingerprint(self, path: Path) -> str:
+        return self._fingerprints[str(path)]
+
+    def write_run_files(self) -> None:
+        """The resolved run config, the arms and the shared stages (read by the report)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_yaml(self.root / "config.yaml", self.cfg.model_dump(mode="json"))
+        arms = []
+        for arm in self.cfg.arms:
+            label = arm.label()
+            sel = None if arm.method == FULL else f"selection/{self.selection_name(arm)}"
+            arms.append({
+                "arm": label, "method": arm.method,
+                "ratio": 1.0 if arm.method == FULL else self.cfg.arm_select_config(arm).ratio,
+                "reweight": f"reweight/{self.selection_name(arm)}" if arm.reweight else None,
+                "selection": sel, "train": f"train/{label}", "samples": f"samples/{label}", "eval": f"eval/{label}",
+            })
+        atomic_write_json(self.root / "arms.json", arms)
+        stages = {"embed": f"features/{self.cfg.embed.encoder}"}
+        if any(a.reweight for a in self.cfg.arms):
+            stages["reference"] = "reference"
+        atomic_write_json(self.root / "stages.json", stages)
+
+    def arm(self, label: str) -> ArmConfig:
+        for a in self.cfg.arms:
+            if a.label() == label:
+                return a
+        raise KeyError(f"no arm '{label}' in the config; arms: {', '.join(a.label() for a in self.cfg.arms)}")
+
+    # ------------------------------------------------------------------------------------------ stages
+    @cached_property
+    def dataset(self) -> ImageDataset:
+        ds = self.cfg.data.load()
+        if ds.skipped:
+            self.console.print(f"[yellow]skipped {len(ds.skipped)} unreadable files[/]: {', '.join(ds.skipped[:5])}")
+        return ds
+
+    def embed(self) -> np.ndarray:
+        from diffprune.encoders import embed_dataset
+
+        out = self.root / "features" / self.cfg.embed.encoder
+        stage = StageDir(out, "embed", self.cfg.embed.model_dump(mode="json"), {"dataset": self.dataset.fingerprint})
+
+        def compute():
+            feats = embed_dataset(self.dataset, self.cfg.embed, out, progress=self.progress)
+            return feats, hash_file(out / "features.npy"), {"images_processed": len(self.dataset)}
+
+        return self._stage(stage, compute, lambda: np.load(out / "features.npy", mmap_mode="r"))
+
+    def selection_name(self, arm: ArmConfig) -> str:
+        sc = self.cfg.arm_select_config(arm)
+        name = f"{sc.method}-r{sc.ratio:g}"
+        if sc.keep != "top":
+            name += f"-{sc.keep}"
+        if not sc.per_class:
+            name += "-global"
+        if arm.options:
+            name += "-" + hash_arrays(np.frombuffer(repr(sorted(arm.options.items())).encode(), np.uint8))[:6]
+        return name
+
+    def select(self, arm: ArmConfig):
+        from diffprune.selection import Selection, select
+
+        sc = self.cfg.arm_select_config(arm)
+        features = self.embed()
+        feat_path = self.root / "features" / self.cfg.embed.encoder
+        out = self.root / "selection" / self.selection_name(arm)
+        stage = StageDir(out, "select", sc.model_dump(mode="json"), {"features": self.fingerprint(feat_path)})
+
+        def compute():
+            sel = select(
+                features, self.dataset.labels, sc.method, sc.ratio, per_class=sc.per_class, keep=sc.keep,
+                seed=sc.seed, clusters=sc.clusters, **sc.options,
+            )
+            sel.save(out)
+            return sel, hash_arrays(sel.indices, sel.groups), {"kept": int(len(sel.indices))}
+
+        return self._stage(stage, compute, lambda: Selection.load(out))
+
+    def training_set(self, arm: ArmConfig) -> tuple[ImageDataset, str]:
+        """The images an arm trains on (the coreset, labelled by its groups) and their fingerprint."""
+        if arm.method == FULL:
+            return self.dataset, self.dataset.fingerprint
+        sel = self.select(arm)
+        ds = ImageDataset(
+            self.dataset.images[sel.indices], sel.groups[sel.indices], list(sel.group_names),
+            name=f"{self.dataset.name}[{self.selection_name(arm)}]",
+        )
+        return ds, self.fingerprint(self.root / "selection" / self.selection_name(arm))
+
+    def reference(self, arm: ArmConfig) -> tuple[Path, str]:
+        """The frozen reference DM of the DRO stage (given as a path / hub id, or trained once per run)
+        and its fingerprint."""
+        from diffprune.reweighting import prepare_reference
+
+        rc = self.cfg.reweight
+        if self.cfg.reference_data == "coreset":
+            data, data_fp = self.training_set(arm)
+            out = self.root / "reference" / self.selection_name(arm)
+        else:
+            data, data_fp = self.dataset, self.dataset.fingerprint
+            out = self.root / "reference"
+        stage = StageDir(out, "reference", rc.model_dump(mode="json"), {"data": data_fp})
+
+        def compute():
+            path = prepare_reference(rc, data, out, progress=self.progress)
+            images = 0 if rc.reference else int(rc.reference_steps) * int(rc.batch_size)
+            return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path)}
+
+        path = self._stage(stage, compute, lambda: Path(stage.manifest()["path"]))
+        return path, self.fingerprint(out)
+
+    def reweight(self, arm: ArmConfig) -> dict[str, float] | None:
+        from diffprune.reweighting import load_class_weights, run_dro
+
+        if not arm.reweight:
+            return None
+        coreset, coreset_fp = self.training_set(arm)
+        ref, ref_fp = self.reference(arm)
+        out = self.root / "reweight" / self.selection_name(arm)
+        inputs = {"coreset": coreset_fp, "reference": ref_fp}
+        stage = StageDir(out, "reweight", self.cfg.reweight.model_dump(mode="json"), inputs)
+
+        def compute():
+            weights = run_dro(self.cfg.reweight, coreset, ref, out, progress=self.progress)
+            images = int(self.cfg.reweight.steps) * int(self.cfg.reweight.batch_size)
+            return weights, hash_file(out / "class_weights.json"), {"images_processed": images}
+
+        return self._stage(stage, compute, lambda: load_class_weights(out / "class_weights.json"))
+
+    def train(self, arm: ArmConfig) -> Path:
+        from diffprune.diffusion import train
+
+        data, data_fp = self.training_set(arm)
+        weights = self.reweight(arm)
+        out = self.root / "train" / arm.label()
+        inputs = {"data": data_fp}
+        if weights is not None:
+            inputs["class_weights"] = self.fingerprint(self.root / "reweight" / self.selection_name(arm))
+        stage = StageDir(out, "train", self.cfg.train.model_dump(mode="json"), inputs)
+
+        def compute():
+            resume = (out / "state").exists() and "train" not in self.force
+            summary = train(self.cfg.train, data, out, class_weights=weights, resume=resume, progress=self.progress)
+            return out / "model", model_fingerprint(out / "model"), {
+                "images_processed": int(summary.get("images_seen", 0)), "summary": summary,
+            }
+
+        return self._stage(stage, compute, lambda: out / "model")
+
+    def sample(self, arm: ArmConfig) -> np.ndarray:
+        from diffprune.diffusion import load_model, sample_images, save_samples
+
+        model_dir = self.train(arm)
+        out = self.root / "samples" / arm.label()
+        sc = self.cfg.sample
+        stage = StageDir(out, "sample", sc.model_dump(mode="json"), {"model": self.fingerprint(model_dir.parent)})
+
+        def compute():
+            model, scheduler = load_model(str(model_dir))
+            labels = None
+            if self.cfg.train.conditional:
+                k = self.training_set(arm)[0].num_classes
+                labels = np.arange(sc.num_samples, dtype=np.int64) % k
+            images = sample_images(model, scheduler, sc, class_labels=labels, progress=self.progress)
+            save_samples(out, images, labels)
+            return images, hash_arrays(images), {"images_processed": int(len(images))}
+
+        return self._stage(stage, compute, lambda: np.load(out / "samples.npz")["arr_0"])
+
+    def evaluate(self, arm: ArmConfig) -> dict[str, Any]:
+        from diffprune.evaluation import evaluate
+
+        samples = self.sample(arm)
+        out = self.root / "eval" / arm.label()
+        ec = self.cfg.evaluate
+        inputs = {"samples": self.fingerprint(self.root / "samples" / arm.label()), "real": self.dataset.fingerprint}
+        stage = StageDir(out, "evaluate", ec.model_dump(mode="json"), inputs)
+        protocol = {
+            "sampler": self.cfg.sample.sampler, "sampler_steps": self.cfg.sample.steps,
+            "sample_seed": self.cfg.sample.seed, "reference_split": self.cfg.data.split,
+            "dataset": self.cfg.data.spec, "resolution": self.dataset.resolution,
+        }
+
+        def compute():
+            labels_path = self.root / "samples" / arm.label() / "samples.npz"
+            with np.load(labels_path) as z:
+                sample_labels = z["labels"] if "labels" in z.files else None
+            metrics = evaluate(
+                samples, self.dataset, ec, out, cache_dir=self.root / "eval", sample_labels=sample_labels,
+                protocol=protocol, progress=self.progress,
+            )
+            return metrics, hash_file(out / "metrics.json"), {"images_processed": int(len(samples))}
+
+        return self._stage(stage, compute, lambda: read_json(out / "metrics.json"))
+
+    def report(self) -> Path:
+        from diffprune.report import build_report
+
+        self.write_run_files()
+        path = build_report(self.root)
+        self.console.print(f"[green]report[/]  {path}")
+        return path
+
+    def run_all(self, arms: Iterable[str] | None = None) -> Path:
+        """Every stage for every arm (or the named arms), then the report."""
+        self.write_run_files()
+        chosen = [self.arm(a) for a in arms] if arms else list(self.cfg.arms)
+        for arm in chosen:
+            self.console.rule(f"arm {arm.label()}")
+            self.evaluate(arm)
+        return self.report()

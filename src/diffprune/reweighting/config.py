@@ -1,0 +1,74 @@
+"""The ``reweight`` section of a run config: the DRO proxy run and where its reference comes from."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from diffprune.config import StrictModel
+
+PRESETS = ("ddpm-tiny", "ddpm-small", "ddpm-cifar10")
+
+
+class ReweightConfig(StrictModel):
+    """Group DRO of a small proxy DM against a frozen reference DM (METHOD.md stage 3, DoReMi with classes).
+
+    Defaults follow DoReMi (eta 1, smoothing 1e-3) and the DDPM recipe (Adam, lr 2e-4, grad clip 1).
+    ``reference`` is a local diffusers folder, a diffprune checkpoint or a Hugging Face hub id; when it is
+    unset a reference is trained on the given dataset with uniform weights first (DoReMi's step 1), which
+    is what ``train_reference`` resolves to by default.
+    """
+
+    proxy_preset: str = "ddpm-tiny"
+    model_overrides: dict[str, Any] = Field(default_factory=dict)
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=2e-4, gt=0, le=1)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    eta: float = Field(default=1.0, ge=0)
+    smoothing: float = Field(default=1e-3, ge=0, lt=1)
+    excess: Literal["pixel", "example"] = "pixel"
+    update_every: int = Field(default=1, ge=1)
+    reference: str | None = None
+    train_reference: bool | None = None
+    reference_steps: int = Field(default=1000, ge=1)
+    seed: int = 0
+    checkpoint_every: int = Field(default=200, ge=1)
+    device: str = "auto"
+
+    @field_validator("proxy_preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"choose one of {', '.join(PRESETS)}")
+        return v
+
+    @field_validator("reference")
+    @classmethod
+    def _non_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("give a diffusers folder, a diffprune checkpoint or a hub id, or leave it unset")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError("choose auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _one_reference_source(self) -> "ReweightConfig":
+        if self.train_reference and self.reference is not None:
+            raise ValueError(
+                "reference and train_reference: true exclude each other; unset reference to train one, "
+                "or set train_reference: false to use the given one"
+            )
+        if self.train_reference is False and self.reference is None:
+            raise ValueError("train_reference: false needs a reference (a diffusers folder or hub id)")
+        return self
+
+    @property
+    def trains_reference(self) -> bool:
+        """True when the reference is trained on the dataset (no ``reference`` given)."""
+        return self.reference is None

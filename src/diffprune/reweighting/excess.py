@@ -1,0 +1,102 @@
+"""Per-class statistics of one DRO step, from the unreduced losses of the proxy and the reference.
+
+Both losses are B x C x H x W squared errors computed on the same x0, timestep and noise. The excess of
+class k is
+
+    pixel   (default): sum over class-k examples and pixels of max(l_proxy - l_ref, 0) / number of class-k pixels
+    example (option) : sum over class-k examples of max(mean_pixels l_proxy - mean_pixels l_ref, 0) / n_k
+
+Statistics are returned as per-class sums and counts so that several steps can be accumulated
+(``update_every``) before the excess is formed as sum / count.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+
+def per_class_excess_sums(
+    proxy_loss: torch.Tensor,
+    ref_loss: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    mode: Literal["pixel", "example"] = "pixel",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped excess-loss sums and their counts per class.
+
+    Args:
+        proxy_loss, ref_loss: B x ... unreduced losses (same shape), any float dtype.
+        labels: int64 B class indices.
+        num_classes: K.
+        mode: "pixel" clips every pixel's excess, "example" clips each example's mean excess.
+
+    Returns:
+        (sums, counts): float64 K each; counts are pixels (pixel mode) or examples (example mode).
+    """
+    if proxy_loss.shape != ref_loss.shape:
+        raise ValueError(f"proxy and reference losses differ in shape: {tuple(proxy_loss.shape)} vs "
+                         f"{tuple(ref_loss.shape)}; they must come from the same batch")
+    b = proxy_loss.shape[0]
+    diff = (proxy_loss.detach().double() - ref_loss.detach().double()).reshape(b, -1)
+    if mode == "pixel":
+        per_example = diff.clamp_min(0).sum(dim=1)
+        unit = float(diff.shape[1])
+    elif mode == "example":
+        per_example = diff.mean(dim=1).clamp_min(0)
+        unit = 1.0
+    else:
+        raise ValueError(f"excess mode must be 'pixel' or 'example', got {mode!r}")
+    labels = labels.to(per_example.device)
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=per_example.device)
+    sums.index_add_(0, labels, per_example)
+    counts = torch.bincount(labels, minlength=num_classes).double() * unit
+    return sums, counts
+
+
+def weighted_class_loss(
+    loss: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor
+) -> torch.Tensor:
+    """The proxy objective: sum over classes k in the batch of a_k * (mean loss of class k), divided by the
+    sum of a_k over the classes in the batch (so the scale does not depend on which classes were drawn; with
+    every class present this is exactly sum_k a_k * mean_k).
+
+    Args:
+        loss: B x ... unreduced loss (requires grad).
+        labels: int64 B.
+        class_weights: float K (no grad).
+    """
+    b, k = loss.shape[0], class_weights.shape[0]
+    per_example = loss.reshape(b, -1).mean(dim=1)
+    labels = labels.to(loss.device)
+    sums = torch.zeros(k, dtype=per_example.dtype, device=loss.device).index_add(0, labels, per_example)
+    counts = torch.bincount(labels, minlength=k).to(per_example.dtype)
+    present = counts > 0
+    a = class_weights.to(device=loss.device, dtype=per_example.dtype)
+    means = torch.where(present, sums / counts.clamp_min(1), torch.zeros_like(sums))
+    return (a * means).sum() / a[present].sum()
+
+
+class ExcessAccumulator:
+    """Sums per-class statistics over ``update_every`` steps; ``pop()`` returns (excess K, present K) numpy."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = np.zeros(self.num_classes, dtype=np.float64)
+        self.counts = np.zeros(self.num_classes, dtype=np.float64)
+        self.steps = 0
+
+    def add(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        self.sums += sums.cpu().numpy()
+        self.counts += counts.cpu().numpy()
+        self.steps += 1
+
+    def pop(self) -> tuple[np.ndarray, np.ndarray]:
+        present = self.counts > 0
+        excess = np.divide(self.sums, self.counts, out=np.full(self.num_classes, np.nan), where=present)
+        self.reset()
+        return excess, present
