@@ -142,6 +142,34 @@ def run(config: Annotated[Path, typer.Argument(help="Run config YAML (see config
     console.print(f"\n[bold green]Report:[/] {path}")
 
 
+def _csv(value: str, kind: type, option: str) -> list:
+    try:
+        return [kind(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option}: expected a comma-separated list of {kind.__name__}, got '{value}'") from None
+
+
+@app.command()
+def sweep(config: Annotated[Path, typer.Argument(help="Base run config YAML; its arms are replaced by the grid.")],
+          methods: Annotated[str, typer.Option(help="Comma-separated methods; '+dro' adds reweighting.")] = "random,gaussian,gaussian+dro",
+          ratios: Annotated[str, typer.Option(help="Comma-separated keep ratios.")] = "0.1,0.3",
+          seeds: Annotated[str, typer.Option(help="Comma-separated seeds (training, random selection, DRO).")] = "0",
+          full: Annotated[bool, typer.Option("--full/--no-full", help="Also train on all data (the speed-up baseline).")] = True,
+          set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+    """Run a methods x ratios x seeds grid as one run: shared stages run once, finished cells are cached."""
+    from diffprune.pipeline import Pipeline, load_run_config
+    from diffprune.pipeline.sweep import collect_results, sweep_config, write_results
+
+    base = load_run_config(config, set_ or [], name=name)
+    cfg = sweep_config(base, _csv(methods, str, "--methods"), _csv(ratios, float, "--ratios"),
+                       _csv(seeds, int, "--seeds"), full=full)
+    pipe = Pipeline(cfg, force=force, progress=not no_progress, console=console)
+    report_path = pipe.run_all()
+    table = write_results(pipe.root, collect_results(pipe.root))
+    Console().print(table.read_text())
+    console.print(f"[bold green]Results:[/] {table} (and results.csv, results.json); report: {report_path}")
+
+
 @app.command()
 def demo(set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """The whole pipeline on the embedded digits dataset (a few minutes on a laptop CPU)."""

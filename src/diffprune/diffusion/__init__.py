@@ -1,0 +1,50 @@
+"""Stage 4: diffusion models (presets), the accelerate trainer, and sampling.
+
+Public API::
+
+    create_model(preset, **overrides) -> UNet2DModel
+    create_scheduler(preset) -> DDPMScheduler
+    diffusion_loss(model, scheduler, x0, timesteps, noise, class_labels=None) -> B x C x H x W tensor
+    load_model(path_or_hub) -> (UNet2DModel, DDPMScheduler)
+    train(TrainConfig, ImageDataset, out_dir, class_weights=None, resume=False) -> summary dict
+    sample_images(model, scheduler, SampleConfig, class_labels=None) -> uint8 N x H x W x C
+    save_samples(out_dir, images, labels=None)
+"""
+from diffprune.diffusion.batches import WeightsError
+from diffprune.diffusion.loading import load_model, read_meta, save_model
+from diffprune.diffusion.models import (
+    PRESETS,
+    ModelError,
+    count_parameters,
+    create_model,
+    create_scheduler,
+    is_conditional,
+    null_class_label,
+)
+from diffprune.diffusion.objective import diffusion_loss
+from diffprune.diffusion.sampling import SampleConfig, image_grid, sample_images, save_samples
+from diffprune.diffusion.trainer import TrainConfig, TrainError, TrainingInterrupted, total_steps, train
+
+__all__ = [
+    "PRESETS",
+    "ModelError",
+    "SampleConfig",
+    "TrainConfig",
+    "TrainError",
+    "TrainingInterrupted",
+    "WeightsError",
+    "count_parameters",
+    "create_model",
+    "create_scheduler",
+    "diffusion_loss",
+    "image_grid",
+    "is_conditional",
+    "load_model",
+    "null_class_label",
+    "read_meta",
+    "sample_images",
+    "save_model",
+    "save_samples",
+    "total_steps",
+    "train",
+]

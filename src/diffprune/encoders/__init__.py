@@ -1,0 +1,20 @@
+"""Stage 1: frozen surrogate encoders and dataset embedding (``features.npy`` + ``meta.json``).
+
+    from diffprune.encoders import get_encoder, available_encoders, EmbedConfig, embed_dataset, load_fid_inception
+"""
+from diffprune.encoders.base import Encoder, EncoderError
+from diffprune.encoders.embed import EmbedConfig, EmbedInterrupted, embed_dataset
+from diffprune.encoders.fid_inception import FidInception, load_fid_inception
+from diffprune.encoders.registry import available_encoders, get_encoder
+
+__all__ = [
+    "EmbedConfig",
+    "EmbedInterrupted",
+    "Encoder",
+    "EncoderError",
+    "FidInception",
+    "available_encoders",
+    "embed_dataset",
+    "get_encoder",
+    "load_fid_inception",
+]

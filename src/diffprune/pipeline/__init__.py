@@ -1,6 +1,24 @@
-"""Run directories, manifests, cache hits and the orchestration of the stages."""
-from diffprune.pipeline.config import ArmConfig, RunConfig, load_run_config
-from diffprune.pipeline.manifest import StageDir
-from diffprune.pipeline.runner import STAGES, Pipeline
+"""Run directories, manifests, cache hits and the orchestration of the stages.
 
-__all__ = ["STAGES", "ArmConfig", "Pipeline", "RunConfig", "StageDir", "load_run_config"]
+Names are imported lazily so that ``diffprune --help`` and the manifest helpers stay light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ArmConfig": "diffprune.pipeline.config",
+    "RunConfig": "diffprune.pipeline.config",
+    "load_run_config": "diffprune.pipeline.config",
+    "StageDir": "diffprune.pipeline.manifest",
+    "Pipeline": "diffprune.pipeline.runner",
+    "STAGES": "diffprune.pipeline.runner",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'diffprune.pipeline' has no attribute '{name}'")

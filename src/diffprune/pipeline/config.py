@@ -30,6 +30,7 @@ class ArmConfig(StrictModel):
     ratio: float | None = Field(default=None, gt=0, le=1)
     keep: Literal["top", "bottom", "middle"] | None = None
     reweight: bool = False
+    seed: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("method")
@@ -41,7 +42,12 @@ class ArmConfig(StrictModel):
         return v
 
     def label(self) -> str:
-        return self.name or (self.method + ("+dro" if self.reweight else ""))
+        if self.name:
+            return self.name
+        label = self.method + ("+dro" if self.reweight else "")
+        if self.ratio is not None:
+            label += f"-r{self.ratio:g}"
+        return label + (f"-s{self.seed}" if self.seed is not None else "")
 
 
 class RunConfig(StrictModel):
@@ -85,7 +91,7 @@ class RunConfig(StrictModel):
 
     def arm_select_config(self, arm: ArmConfig) -> SelectConfig:
         """The run's select section with the arm's method, ratio, keep and options applied."""
-        update: dict[str, Any] = {"method": arm.method, "seed": self.select.seed}
+        update: dict[str, Any] = {"method": arm.method, "seed": self.select.seed if arm.seed is None else arm.seed}
         if arm.ratio is not None:
             update["ratio"] = arm.ratio
         if arm.keep is not None:
@@ -93,6 +99,13 @@ class RunConfig(StrictModel):
         if arm.options:
             update["options"] = {**self.select.options, **arm.options}
         return validate_config(SelectConfig, {**self.select.model_dump(), **update}, prefix="arms")
+
+
+    def arm_train_config(self, arm: ArmConfig) -> TrainConfig:
+        return self.train if arm.seed is None else self.train.model_copy(update={"seed": arm.seed})
+
+    def arm_reweight_config(self, arm: ArmConfig) -> ReweightConfig:
+        return self.reweight if arm.seed is None else self.reweight.model_copy(update={"seed": arm.seed})
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

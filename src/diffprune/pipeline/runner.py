@@ -87,7 +87,7 @@ class Pipeline:
             label = arm.label()
             sel = None if arm.method == FULL else f"selection/{self.selection_name(arm)}"
             arms.append({
-                "arm": label, "method": arm.method,
+                "arm": label, "method": arm.method, "seed": self.cfg.arm_train_config(arm).seed,
                 "ratio": 1.0 if arm.method == FULL else self.cfg.arm_select_config(arm).ratio,
                 "reweight": f"reweight/{self.selection_name(arm)}" if arm.reweight else None,
                 "selection": sel, "train": f"train/{label}", "samples": f"samples/{label}", "eval": f"eval/{label}",
@@ -131,6 +131,8 @@ class Pipeline:
             name += f"-{sc.keep}"
         if not sc.per_class:
             name += "-global"
+        if arm.seed is not None:
+            name += f"-s{arm.seed}"
         if arm.options:
             name += "-" + hash_arrays(np.frombuffer(repr(sorted(arm.options.items())).encode(), np.uint8))[:6]
         return name
@@ -150,7 +152,7 @@ class Pipeline:
                 seed=sc.seed, clusters=sc.clusters, **sc.options,
             )
             sel.save(out)
-            return sel, hash_arrays(sel.indices, sel.groups), {"kept": int(len(sel.indices))}
+            return sel, hash_arrays(sel.indices, sel.groups), {"kept": int(len(sel.indices)), "images_processed": 0}
 
         return self._stage(stage, compute, lambda: Selection.load(out))
 
@@ -196,12 +198,14 @@ class Pipeline:
         ref, ref_fp = self.reference(arm)
         out = self.root / "reweight" / self.selection_name(arm)
         inputs = {"coreset": coreset_fp, "reference": ref_fp}
-        stage = StageDir(out, "reweight", self.cfg.reweight.model_dump(mode="json"), inputs)
+        rc = self.cfg.arm_reweight_config(arm)
+        stage = StageDir(out, "reweight", rc.model_dump(mode="json"), inputs)
 
         def compute():
-            weights = run_dro(self.cfg.reweight, coreset, ref, out, progress=self.progress)
-            images = int(self.cfg.reweight.steps) * int(self.cfg.reweight.batch_size)
-            return weights, hash_file(out / "class_weights.json"), {"images_processed": images}
+            summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume="reweight" not in self.force)
+            images = int(rc.steps) * int(rc.batch_size)
+            weights = load_class_weights(out / "class_weights.json")
+            return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary}
 
         return self._stage(stage, compute, lambda: load_class_weights(out / "class_weights.json"))
 
@@ -214,11 +218,12 @@ class Pipeline:
         inputs = {"data": data_fp}
         if weights is not None:
             inputs["class_weights"] = self.fingerprint(self.root / "reweight" / self.selection_name(arm))
-        stage = StageDir(out, "train", self.cfg.train.model_dump(mode="json"), inputs)
+        tc = self.cfg.arm_train_config(arm)
+        stage = StageDir(out, "train", tc.model_dump(mode="json"), inputs)
 
         def compute():
             resume = (out / "state").exists() and "train" not in self.force
-            summary = train(self.cfg.train, data, out, class_weights=weights, resume=resume, progress=self.progress)
+            summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress)
             return out / "model", model_fingerprint(out / "model"), {
                 "images_processed": int(summary.get("images_seen", 0)), "summary": summary,
             }

@@ -1,0 +1,40 @@
+"""Stage 3: class weights from Group DRO of a proxy diffusion model against a frozen reference (DoReMi-style).
+
+Public API:
+    ClassDRO            the pure weight-update state machine (numpy float64)
+    ReweightConfig      the ``reweight`` config section
+    prepare_reference   resolve a reference model folder (given, from the hub, or trained on the data)
+    run_dro             train the proxy, write class_weights.json, trajectory.npz, plots, summary.json
+    load_class_weights  read and validate class_weights.json
+    weights_entropy     Shannon entropy (nats) of a weight vector
+"""
+from diffprune.reweighting.config import ReweightConfig
+from diffprune.reweighting.checkpoint import CheckpointMismatchError
+from diffprune.reweighting.dro import ClassDRO, DROStateError
+from diffprune.reweighting.reference import prepare_reference
+from diffprune.reweighting.runner import DROLoop, ReweightError, run_dro
+from diffprune.reweighting.weights import (
+    ClassWeightsError,
+    is_collapsed,
+    load_class_weights,
+    save_class_weights,
+    validate_class_weights,
+    weights_entropy,
+)
+
+__all__ = [
+    "CheckpointMismatchError",
+    "ClassDRO",
+    "DROLoop",
+    "ClassWeightsError",
+    "DROStateError",
+    "ReweightConfig",
+    "ReweightError",
+    "is_collapsed",
+    "load_class_weights",
+    "prepare_reference",
+    "run_dro",
+    "save_class_weights",
+    "validate_class_weights",
+    "weights_entropy",
+]

@@ -13,7 +13,8 @@ PRESETS = ("ddpm-tiny", "ddpm-small", "ddpm-cifar10")
 class ReweightConfig(StrictModel):
     """Group DRO of a small proxy DM against a frozen reference DM (METHOD.md stage 3, DoReMi with classes).
 
-    Defaults follow DoReMi (eta 1, smoothing 1e-3) and the DDPM recipe (Adam, lr 2e-4, grad clip 1).
+    Defaults follow DoReMi (eta 1, smoothing 1e-3); the proxy trains with Adam, grad clip 1 and, when ``lr``
+    and ``warmup_steps`` are unset, the learning rate and linear warm-up of its preset's recipe.
     ``reference`` is a local diffusers folder, a diffprune checkpoint or a Hugging Face hub id; when it is
     unset a reference is trained on the given dataset with uniform weights first (DoReMi's step 1), which
     is what ``train_reference`` resolves to by default.
@@ -23,7 +24,8 @@ class ReweightConfig(StrictModel):
     model_overrides: dict[str, Any] = Field(default_factory=dict)
     steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=2e-4, gt=0, le=1)
+    lr: float | None = Field(default=None, gt=0, le=1)
+    warmup_steps: int | None = Field(default=None, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
     eta: float = Field(default=1.0, ge=0)
     smoothing: float = Field(default=1e-3, ge=0, lt=1)
@@ -32,14 +34,15 @@ class ReweightConfig(StrictModel):
     reference: str | None = None
     train_reference: bool | None = None
     reference_steps: int = Field(default=1000, ge=1)
+    reference_preset: str | None = None
     seed: int = 0
     checkpoint_every: int = Field(default=200, ge=1)
     device: str = "auto"
 
-    @field_validator("proxy_preset")
+    @field_validator("proxy_preset", "reference_preset")
     @classmethod
-    def _known_preset(cls, v: str) -> str:
-        if v not in PRESETS:
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in PRESETS:
             raise ValueError(f"choose one of {', '.join(PRESETS)}")
         return v
 
@@ -67,6 +70,18 @@ class ReweightConfig(StrictModel):
         if self.train_reference is False and self.reference is None:
             raise ValueError("train_reference: false needs a reference (a diffusers folder or hub id)")
         return self
+
+    def proxy_lr(self) -> float:
+        """``lr``, or the proxy preset's recipe learning rate."""
+        from diffprune.diffusion.models import get_preset
+
+        return self.lr if self.lr is not None else get_preset(self.proxy_preset).recipe.lr
+
+    def proxy_warmup_steps(self) -> int:
+        """``warmup_steps``, or the proxy preset's recipe warm-up."""
+        from diffprune.diffusion.models import get_preset
+
+        return self.warmup_steps if self.warmup_steps is not None else get_preset(self.proxy_preset).recipe.warmup_steps
 
     @property
     def trains_reference(self) -> bool:

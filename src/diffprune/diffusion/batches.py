@@ -1,0 +1,90 @@
+"""Which examples each training step sees, and the per-step randomness, as pure functions of (seed, step).
+
+Every process computes the same *global* batch and takes its own slice, so
+- the trajectory does not depend on the number of processes (1 process == 2 processes with the same global
+  batch, up to float reduction order),
+- the data position is just the step counter: resuming at step s replays exactly what an uninterrupted run
+  would have seen, with no sampler state to save,
+- class resampling works under DDP without a distributed weighted sampler.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+# Distinct streams derived from the run seed (so the data order and the noise are independent).
+_STREAM_ORDER, _STREAM_RESAMPLE, _STREAM_NOISE = 1, 2, 3
+
+
+class WeightsError(ValueError):
+    """Class weights do not match the dataset; the message says what is expected."""
+
+
+def stream_seed(seed: int, stream: int, index: int) -> int:
+    """A 63-bit seed for (run seed, stream, index) via numpy's SeedSequence (well-mixed, platform-stable)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def class_weight_vector(class_weights: Mapping[str, float], class_names: Sequence[str]) -> np.ndarray:
+    """float64 K vector a (sums to 1) in ``class_names`` order, validated against the dataset's classes."""
+    names = list(class_names)
+    missing = [n for n in names if n not in class_weights]
+    extra = [n for n in class_weights if n not in names]
+    if missing or extra:
+        raise WeightsError(
+            f"class_weights must have exactly the dataset's class names as keys; missing {missing}, unknown {extra}"
+        )
+    a = np.array([float(class_weights[n]) for n in names], dtype=np.float64)
+    if not np.all(np.isfinite(a)) or (a < 0).any():
+        raise WeightsError(f"class_weights must be finite and >= 0, got {dict(zip(names, a.tolist()))}")
+    if abs(a.sum() - 1.0) > 1e-3:
+        raise WeightsError(f"class_weights must sum to 1 (a distribution over classes), got sum {a.sum():.6f}")
+    return a / a.sum()
+
+
+def example_probabilities(labels: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
+    """Per-example sampling probability that draws class k with probability a_k, uniformly within the class.
+
+    A class with weight > 0 but no examples cannot be drawn; its mass is renormalised over the others.
+    """
+    counts = np.bincount(labels, minlength=len(class_probs)).astype(np.float64)
+    p = class_probs[labels] / np.maximum(counts[labels], 1.0)
+    if p.sum() <= 0:
+        raise WeightsError("class_weights give zero probability to every class present in the dataset")
+    return p / p.sum()
+
+
+def global_batch_indices(
+    step: int, batch_size: int, num_examples: int, seed: int, probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """int64 ``batch_size`` dataset indices of the global batch of optimizer step ``step`` (0-based).
+
+    Uniform (``probs is None``): a stream of epoch-wise random permutations, cut into consecutive batches
+    (a batch may straddle two epochs); every example is seen once per epoch.
+    Resampled: ``batch_size`` draws with replacement from ``probs`` (float64 N, sums to 1).
+    """
+    if probs is not None:
+        g = torch.Generator().manual_seed(stream_seed(seed, _STREAM_RESAMPLE, step))
+        return torch.multinomial(probs, batch_size, replacement=True, generator=g)
+    positions = step * batch_size + torch.arange(batch_size, dtype=torch.int64)
+    epochs = positions // num_examples
+    out = torch.empty(batch_size, dtype=torch.int64)
+    for epoch in torch.unique(epochs).tolist():
+        perm = _epoch_permutation(seed, epoch, num_examples)
+        mask = epochs == epoch
+        out[mask] = perm[positions[mask] % num_examples]
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(stream_seed(seed, _STREAM_ORDER, epoch))
+    return torch.randperm(num_examples, generator=g)
+
+
+def noise_generator(seed: int, step: int, device: torch.device | str) -> torch.Generator:
+    """The generator for step ``step``'s timesteps, noise, flips and label dropout (same on every process)."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, _STREAM_NOISE, step))

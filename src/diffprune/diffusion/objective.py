@@ -1,0 +1,37 @@
+"""The DDPM training objective (epsilon prediction), unreduced so callers can weight examples or classes."""
+from __future__ import annotations
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+
+def diffusion_loss(
+    model: UNet2DModel | torch.nn.Module,
+    scheduler: DDPMScheduler,
+    x0: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    class_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-pixel squared error of the epsilon prediction, unreduced.
+
+    Args:
+        model: a ``UNet2DModel`` (or a DDP/compiled wrapper of one) predicting the added noise.
+        scheduler: the ``DDPMScheduler`` whose ``alphas_cumprod`` define q(x_t | x_0).
+        x0: clean images, float B x C x H x W in [-1, 1].
+        timesteps: int64 B, each in [0, T).
+        noise: standard normal B x C x H x W (the same tensor for a proxy and its reference model when the
+            caller needs paired losses).
+        class_labels: int64 B for a class-conditional model, else None.
+
+    Returns:
+        float32 B x C x H x W: (noise - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t))^2.
+        Reduce per example with ``.mean((1, 2, 3))``.
+    """
+    if x0.shape != noise.shape:
+        raise ValueError(f"x0 and noise must have the same shape, got {tuple(x0.shape)} and {tuple(noise.shape)}")
+    if timesteps.shape != (x0.shape[0],):
+        raise ValueError(f"timesteps must have shape ({x0.shape[0]},), got {tuple(timesteps.shape)}")
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    pred = model(noisy, timesteps, class_labels=class_labels).sample
+    return (pred.float() - noise.float()).square()

@@ -1,0 +1,211 @@
+"""Sampling: DDPM (ancestral) or DDIM(n), per-sample seeds, classifier-free guidance, sharded over processes.
+
+Sample ``i`` of a run draws all its noise from its own generator seeded by (seed, i), so the images depend on
+the seed and index only: not on the batch size, nor on how many processes share the work. Under
+``accelerate launch`` each process renders a contiguous shard and the shards are gathered into one array.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather, parse_flag_from_env
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from pydantic import field_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from diffprune.config import StrictModel
+from diffprune.diffusion.batches import stream_seed
+from diffprune.diffusion.models import null_class_label
+from diffprune.io import atomic_path, atomic_save_npz
+
+_STREAM_SAMPLE = 11
+
+
+class SampleConfig(StrictModel):
+    num_samples: int = 64
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int | None = None  # denoising steps; None: 1000 for ddpm, 100 for ddim
+    batch_size: int = 256  # per process
+    seed: int = 0
+    guidance_scale: float = 1.0  # conditional models: 1 = plain conditional, 0 = unconditional, >1 = CFG
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("num_samples", "batch_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and the model's training steps (1000)")
+        return v
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, v: float) -> float:
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError("must be a finite number >= 0")
+        return v
+
+    @field_validator("eta")
+    @classmethod
+    def _eta(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be in [0, 1]")
+        return v
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps if self.steps is not None else (1000 if self.sampler == "ddpm" else 100)
+
+
+def sampling_scheduler(scheduler: DDPMScheduler, config: SampleConfig) -> DDPMScheduler | DDIMScheduler:
+    """A fresh scheduler of the requested kind from the training schedule's config, timesteps set."""
+    cls = DDIMScheduler if config.sampler == "ddim" else DDPMScheduler
+    sched = cls.from_config(scheduler.config)
+    sched.set_timesteps(config.num_steps)
+    return sched
+
+
+@torch.no_grad()
+def sample_images(
+    model: UNet2DModel,
+    scheduler: DDPMScheduler,
+    config: SampleConfig,
+    class_labels: np.ndarray | None = None,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Generate ``config.num_samples`` images; uint8 N x H x W x C (every process gets the full array).
+
+    Args:
+        class_labels: int N class indices for a conditional model; None gives labels ``i % K``.
+            Must be None for an unconditional model.
+        device: where the UNet runs; default the accelerate process device (GPU if any).
+    """
+    # ACCELERATE_USE_CPU: set by `accelerate launch --cpu`, needed for multi-process CPU (gloo) runs
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    device = torch.device(device) if device is not None else state.device
+    n = config.num_samples
+    labels = _resolve_labels(model, class_labels, n, config.guidance_scale)
+    model = model.to(device).eval()
+    sched = sampling_scheduler(scheduler, config)
+    c, h = model.config.in_channels, model.config.sample_size
+    shard = math.ceil(n / state.num_processes)
+    lo, hi = min(state.process_index * shard, n), min((state.process_index + 1) * shard, n)
+    out = torch.zeros((shard, h, h, c), dtype=torch.uint8, device=device)
+    autocast = _autocast(device, config.mixed_precision)
+    bar = _bar(progress and state.is_local_main_process)
+    task = bar.add_task(f"sample {config.sampler}-{config.num_steps}", total=(hi - lo) * len(sched.timesteps))
+    with bar:
+        for start in range(lo, hi, config.batch_size):
+            idx = range(start, min(start + config.batch_size, hi))
+            gens = [torch.Generator().manual_seed(stream_seed(config.seed, _STREAM_SAMPLE, i)) for i in idx]
+            x = randn_tensor((len(idx), c, h, h), generator=gens, device=device)
+            y = None if labels is None else torch.as_tensor(labels[idx.start:idx.stop], device=device)
+            for t in sched.timesteps:
+                with autocast:
+                    eps = _guided_eps(model, x, t, y, config.guidance_scale)
+                kwargs = {"eta": config.eta} if config.sampler == "ddim" else {}
+                x = sched.step(eps.float(), t, x, generator=gens, **kwargs).prev_sample
+                bar.update(task, advance=len(idx))
+            out[start - lo: start - lo + len(idx)] = to_uint8(x)
+    if state.num_processes > 1:
+        out = gather(out)
+    return out[:n].cpu().numpy()
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float B x C x H x W in [-1, 1] -> uint8 B x H x W x C (round to nearest, as diffusers pipelines do)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def save_samples(out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None,
+                 grid_size: int = 64) -> None:
+    """Write ``samples.npz`` (``arr_0`` uint8 N x H x W x C, ``labels`` if given: the ADM/EDM evaluator format)
+    and ``grid.png`` (the first ``grid_size`` images), both atomically."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be uint8 N x H x W x C with C in (1, 3), got {images.dtype} {images.shape}")
+    out_dir = Path(out_dir)
+    arrays = {"arr_0": images}
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
+        arrays["labels"] = labels
+    atomic_save_npz(out_dir / "samples.npz", **arrays)
+    grid = image_grid(images[:grid_size])
+    with atomic_path(out_dir / "grid.png") as tmp:
+        Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+
+
+def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
+    """Tile uint8 N x H x W x C images into a near-square grid (uint8 rows*H x cols*W x C, white padding)."""
+    n, h, w, c = images.shape
+    cols = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / cols))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = img
+    return grid
+
+
+def _guided_eps(model: UNet2DModel, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+                scale: float) -> torch.Tensor:
+    """eps = eps(x, null) + s * (eps(x, y) - eps(x, null)); one batched call for both halves."""
+    if y is None:
+        return model(x, t).sample
+    null = torch.full_like(y, null_class_label(model))
+    if scale == 1.0:
+        return model(x, t, class_labels=y).sample
+    if scale == 0.0:
+        return model(x, t, class_labels=null).sample
+    both = model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample
+    cond, uncond = both.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def _resolve_labels(model: UNet2DModel, class_labels: np.ndarray | None, n: int, scale: float) -> np.ndarray | None:
+    null = null_class_label(model)
+    if null is None:
+        if class_labels is not None:
+            raise ValueError("class_labels were given but the model is unconditional (no num_class_embeds)")
+        if scale != 1.0:
+            raise ValueError(f"guidance_scale={scale} needs a class-conditional model; use 1.0 for this one")
+        return None
+    if class_labels is None:
+        return np.arange(n, dtype=np.int64) % null
+    labels = np.asarray(class_labels, dtype=np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"class_labels must have shape ({n},) (one per sample), got {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= null):
+        raise ValueError(f"class_labels must lie in [0, {null}) (the null label {null} is reserved for guidance)")
+    return labels
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    if mixed_precision == "no":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
+def _bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
+    )

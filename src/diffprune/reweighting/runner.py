@@ -1,0 +1,352 @@
+"""``run_dro``: train a proxy DM with Group-DRO class weights against a frozen reference DM (METHOD.md stage 3).
+
+Every step, on one class-balanced batch:
+  1. draw timesteps t and noise e once (a generator seeded by (seed, step)) and compute, on the same x0, t, e,
+     the reference's unreduced loss under ``torch.inference_mode`` and the proxy's with autograd;
+  2. add the per-class clipped excess sums to an accumulator; every ``update_every`` steps turn them into
+     per-class excess losses and update ``ClassDRO`` (DoReMi updates before the proxy step, so the step
+     uses the new weights);
+  3. step the proxy on sum_k a_k * (mean loss of class k in the batch).
+The output is ``ClassDRO.average`` (initial weights included), written as ``class_weights.json``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffprune.data import ImageDataset
+from diffprune.io import atomic_save_npz, atomic_write_json, config_hash
+from diffprune.reweighting.checkpoint import (
+    CheckpointMismatchError,
+    RunLog,
+    checkpoint_step,
+    load_checkpoint,
+    save_checkpoint,
+)
+from diffprune.reweighting.config import ReweightConfig
+from diffprune.reweighting.dro import ClassDRO
+from diffprune.reweighting.excess import ExcessAccumulator, per_class_excess_sums, weighted_class_loss
+from diffprune.reweighting.plots import plot_trajectory, plot_weights
+from diffprune.reweighting.sampling import ClassBalancedBatches, step_seed
+from diffprune.reweighting.weights import (
+    collapse_message,
+    is_collapsed,
+    save_class_weights,
+    weights_entropy,
+    weights_to_dict,
+)
+
+logger = logging.getLogger("diffprune.reweighting")
+
+# Fields that do not change what a step computes: a checkpoint stays valid when only these differ.
+_RESUMABLE_FIELDS = ("steps", "checkpoint_every", "device")
+
+
+class ReweightError(ValueError):
+    """The reweight stage cannot run on these inputs; the message names the problem and the fix."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ReweightError(f"device {name!r} requested but CUDA is not available; use device: auto or cpu")
+    return torch.device(name)
+
+
+def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32 in [-1, 1] on ``device``."""
+    return torch.from_numpy(images).to(device=device, dtype=torch.float32).div_(127.5).sub_(1.0)
+
+
+def _check_dataset(dataset: ImageDataset) -> None:
+    if dataset.labels is None or dataset.num_classes == 0:
+        raise ReweightError(
+            f"dataset '{dataset.name}' has no labels; DRO needs groups. For unlabelled data pass the selection "
+            "stage's clusters as labels (ImageDataset(images, groups, group_names))"
+        )
+    if len(dataset) == 0:
+        raise ReweightError(f"dataset '{dataset.name}' is empty")
+
+
+def _check_reference(model: Any, scheduler: Any, dataset: ImageDataset, where: str) -> None:
+    cfg = model.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    if size != dataset.resolution or cfg.in_channels != dataset.channels:
+        raise ReweightError(
+            f"reference '{where}' models {cfg.in_channels} x {size} x {size} images but the dataset holds "
+            f"{dataset.channels} x {dataset.resolution} x {dataset.resolution}; load the data at the reference's "
+            "resolution and channels (data.resolution, data.channels) or train a reference (unset reference)"
+        )
+    if scheduler.config.prediction_type != "epsilon":
+        raise ReweightError(
+            f"reference '{where}' predicts {scheduler.config.prediction_type!r}; the DRO excess loss is defined "
+            "for epsilon-prediction models"
+        )
+
+
+def _class_labels_for(model: Any, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    n = getattr(model.config, "num_class_embeds", None)
+    if n is None:
+        return None
+    if n < num_classes:
+        raise ReweightError(f"conditional model has {n} class embeddings but the dataset has {num_classes} classes")
+    return labels
+
+
+def build_proxy(config: ReweightConfig, dataset: ImageDataset) -> torch.nn.Module:
+    """A fresh proxy of ``config.proxy_preset`` sized for the dataset, initialised from ``config.seed``."""
+    from diffprune.diffusion import create_model
+
+    overrides = {
+        "sample_size": dataset.resolution,
+        "in_channels": dataset.channels,
+        "out_channels": dataset.channels,
+        **config.model_overrides,
+    }
+    torch.manual_seed(config.seed)
+    return create_model(config.proxy_preset, **overrides)
+
+
+def _identity(config: ReweightConfig, dataset: ImageDataset, reference_dir: Path) -> dict[str, Any]:
+    stable = config.model_dump(mode="json", exclude=set(_RESUMABLE_FIELDS))
+    return {
+        "config_hash": config_hash(stable),
+        "dataset": dataset.fingerprint,
+        "reference": str(Path(reference_dir).resolve()) if Path(reference_dir).exists() else str(reference_dir),
+    }
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]DRO[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(), disable=not enabled, transient=False,
+    )
+
+
+class DROLoop:
+    """The state of one DRO run and its step; ``run_dro`` drives it, the benchmark times it.
+
+    Args:
+        config: the reweight section.
+        dataset: labelled images (the coreset).
+        reference: the frozen reference model (moved to ``device``, eval mode, no grad).
+        scheduler: the reference's noise scheduler, used for both models.
+        device: where to run.
+    """
+
+    def __init__(self, config: ReweightConfig, dataset: ImageDataset, reference: torch.nn.Module, scheduler: Any,
+                 device: torch.device) -> None:
+        self.config, self.device, self.num_classes = config, device, dataset.num_classes
+        self.reference = reference.to(device).eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.num_timesteps = int(scheduler.config.num_train_timesteps)
+        self.proxy = build_proxy(config, dataset).to(device).train()
+        self.lr, self.warmup_steps = config.proxy_lr(), config.proxy_warmup_steps()
+        self.optimizer = torch.optim.Adam(self.proxy.parameters(), lr=self.lr)
+        self.dro = ClassDRO(self.num_classes, eta=config.eta, smoothing=config.smoothing)
+        self.acc = ExcessAccumulator(self.num_classes)
+        self.log = RunLog([], [], [], self.acc.sums, self.acc.counts, 0)
+        self.data = images_to_tensor(dataset.images, device)
+        self.labels = torch.from_numpy(dataset.labels).to(device)
+        self.batches = ClassBalancedBatches(dataset.labels, self.num_classes, config.batch_size, config.seed)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, labels, timesteps, noise) of ``step``: a pure function of (seed, step)."""
+        idx = torch.from_numpy(self.batches.indices_at(step)).to(self.device)
+        x0, y = self.data[idx], self.labels[idx]
+        gen = torch.Generator(device=self.device).manual_seed(step_seed(self.config.seed, step))
+        t = torch.randint(0, self.num_timesteps, (len(idx),), generator=gen, device=self.device)
+        noise = torch.randn(x0.shape, generator=gen, device=self.device)
+        return x0, y, t, noise
+
+    def _optimize(self, loss: torch.Tensor, step: int) -> float:
+        if not torch.isfinite(loss):
+            raise ReweightError(f"proxy loss is {loss.item()} at step {step}; lower lr (now {self.lr})")
+        for group in self.optimizer.param_groups:  # linear warm-up, a pure function of the step
+            group["lr"] = self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.proxy.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def step(self, step: int) -> float:
+        """One DRO step (reference loss, proxy loss, excess statistics, weight update, proxy update)."""
+        from diffprune.diffusion import diffusion_loss
+
+        k = self.num_classes
+        x0, y, t, noise = self.batch(step)
+        with torch.inference_mode():
+            ref_loss = diffusion_loss(self.reference, self.scheduler, x0, t, noise,
+                                      _class_labels_for(self.reference, y, k))
+        proxy_loss = diffusion_loss(self.proxy, self.scheduler, x0, t, noise, _class_labels_for(self.proxy, y, k))
+        self.acc.add(*per_class_excess_sums(proxy_loss, ref_loss, y, k, mode=self.config.excess))
+        if self.acc.steps == self.config.update_every:
+            excess, present = self.acc.pop()
+            self.dro.update(excess, present)
+            self.log.update_steps.append(step)
+            self.log.present.append(present)
+        weights = torch.as_tensor(self.dro.weights, dtype=torch.float32, device=self.device)
+        value = self._optimize(weighted_class_loss(proxy_loss, y, weights), step)
+        self.log.losses.append(value)
+        return value
+
+    def plain_step(self, step: int) -> float:
+        """A plain proxy training step on the same batch (the cost baseline of the benchmark)."""
+        from diffprune.diffusion import diffusion_loss
+
+        x0, y, t, noise = self.batch(step)
+        loss = diffusion_loss(self.proxy, self.scheduler, x0, t, noise, _class_labels_for(self.proxy, y,
+                                                                                          self.num_classes))
+        return self._optimize(loss.mean(), step)
+
+    def save(self, out_dir: Path, step: int, identity: dict[str, Any]) -> None:
+        self.log.acc_sums, self.log.acc_counts, self.log.acc_steps = self.acc.sums, self.acc.counts, self.acc.steps
+        save_checkpoint(out_dir, step, identity, self.proxy, self.optimizer, self.dro.state_dict(), self.log)
+
+    def restore(self, out_dir: Path, identity: dict[str, Any]) -> int:
+        start, dro_state, self.log = load_checkpoint(out_dir, identity, self.proxy, self.optimizer)
+        self.dro.load_state_dict(dro_state)
+        self.acc.sums, self.acc.counts, self.acc.steps = self.log.acc_sums, self.log.acc_counts, self.log.acc_steps
+        return start
+
+
+def run_dro(
+    config: ReweightConfig,
+    dataset: ImageDataset,
+    reference_dir: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+    resume: bool = True,
+) -> dict[str, float]:
+    """Group DRO of a proxy DM against the reference in ``reference_dir``; write the stage's files.
+
+    Args:
+        config: the reweight section.
+        dataset: the coreset; ``labels`` are the groups (classes or clusters), ``class_names`` their names.
+        reference_dir: a folder (or hub id) that ``diffprune.diffusion.load_model`` reads, e.g. the output of
+            ``prepare_reference``.
+        out_dir: receives ``class_weights.json`` ({name: weight}, sums to 1), ``trajectory.npz``
+            (``weights`` S x K after each update, ``excess`` S x K scores used, ``present`` S x K, ``steps`` S,
+            ``average`` K, ``initial`` K, ``loss`` per proxy step), ``weights.png``, ``trajectory.png``,
+            ``summary.json`` and ``checkpoint/``.
+        progress: show a rich progress bar.
+        resume: continue from ``out_dir/checkpoint`` when it belongs to the same run (raising when it does not);
+            False starts afresh.
+
+    Returns:
+        The numeric summary: entropy (nats), normalized_entropy, max_weight, min_weight, collapsed (0/1),
+        last_weights_collapsed (0/1), steps, updates, seconds, final_loss.
+    """
+    from diffprune.diffusion import load_model
+
+    _check_dataset(dataset)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    t0 = time.perf_counter()
+    reference, scheduler = load_model(str(reference_dir))
+    _check_reference(reference, scheduler, dataset, str(reference_dir))
+    loop = DROLoop(config, dataset, reference, scheduler, device)
+
+    identity = _identity(config, dataset, Path(reference_dir))
+    start = 0
+    if resume and checkpoint_step(out_dir) is not None:
+        start = loop.restore(out_dir, identity)
+        if start > config.steps:
+            raise CheckpointMismatchError(
+                f"the checkpoint in '{out_dir}' is at step {start}, beyond the requested {config.steps} steps; "
+                "raise steps or write to another folder"
+            )
+        logger.info("resuming DRO from step %d of %d", start, config.steps)
+
+    with _progress(progress) as bar:
+        task = bar.add_task("dro", total=config.steps, completed=start, info="")
+        for step in range(start, config.steps):
+            loss = loop.step(step)
+            done = step + 1
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                loop.save(out_dir, done, identity)
+            w = loop.dro.weights
+            bar.update(task, advance=1, info=f"loss {loss:.4f}  entropy {weights_entropy(w):.3f}  max {w.max():.3f}")
+
+    if not loop.log.update_steps:
+        raise ReweightError(
+            f"no DRO update happened: steps ({config.steps}) < update_every ({config.update_every}); "
+            "raise steps or lower update_every"
+        )
+    return write_outputs(out_dir, loop.dro, loop.log, dataset.class_names, config, time.perf_counter() - t0, progress)
+
+
+def write_outputs(
+    out_dir: Path,
+    dro: ClassDRO,
+    log: RunLog,
+    class_names: list[str],
+    config: ReweightConfig,
+    seconds: float,
+    progress: bool,
+) -> dict[str, float]:
+    k = len(class_names)
+    average = dro.average
+    weights = weights_to_dict(average, class_names)
+    save_class_weights(out_dir / "class_weights.json", average, class_names)
+    steps = np.asarray(log.update_steps, dtype=np.int64)
+    atomic_save_npz(
+        out_dir / "trajectory.npz",
+        weights=dro.history, excess=dro.score_history, present=np.asarray(log.present, dtype=bool).reshape(-1, k),
+        steps=steps, average=average, initial=dro.initial, loss=np.asarray(log.losses, dtype=np.float64),
+        class_names=np.asarray(class_names, dtype=str),
+    )
+    plot_weights(out_dir / "weights.png", average, dro.weights, class_names)
+    plot_trajectory(out_dir / "trajectory.png", steps, dro.history, dro.score_history, class_names)
+
+    entropy = weights_entropy(average)
+    collapsed = is_collapsed(average)
+    tail = max(1, len(log.losses) // 10)
+    numbers = {
+        "entropy": entropy,
+        "normalized_entropy": entropy / math.log(k) if k > 1 else 1.0,
+        "max_weight": float(average.max()),
+        "min_weight": float(average.min()),
+        "collapsed": float(collapsed),
+        "last_weights_collapsed": float(is_collapsed(dro.weights)),
+        "steps": float(len(log.losses)),
+        "updates": float(dro.num_updates),
+        "seconds": float(seconds),
+        "final_loss": float(np.mean(log.losses[-tail:])),
+    }
+    summary = {
+        **numbers,
+        "collapsed": collapsed,
+        "last_weights_collapsed": bool(numbers["last_weights_collapsed"]),
+        "entropy_uniform": math.log(k),
+        "max_class": class_names[int(np.argmax(average))],
+        "min_class": class_names[int(np.argmin(average))],
+        "num_classes": k,
+        "excess_mode": config.excess,
+        "weights": weights,
+        "warning": collapse_message(weights) if collapsed else None,
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    logger.info("DRO weights: entropy %.3f nats (uniform %.3f), max %.3f (%s)", entropy, math.log(k),
+                numbers["max_weight"], summary["max_class"])
+    if collapsed or numbers["last_weights_collapsed"]:
+        message = collapse_message(weights if collapsed else weights_to_dict(dro.weights, class_names),
+                                   "DRO output weights" if collapsed else "DRO weights at the last step")
+        logger.warning(message)
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold yellow]warning:[/] {message}")
+    return numbers

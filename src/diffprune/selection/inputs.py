@@ -1,0 +1,108 @@
+"""Input checks and per-group access to (possibly memory-mapped) feature matrices.
+
+Features may be a plain array or ``np.load(path, mmap_mode="r")``. Rows of one group are gathered with
+sorted fancy indexing, so a memory-mapped file is read once per group and never loaded whole; pages
+already used are released from the process (``MADV_DONTNEED``) so resident memory stays about one group.
+"""
+from __future__ import annotations
+
+import mmap
+from typing import Iterator
+
+import numpy as np
+
+from diffprune.selection.errors import SelectionError
+
+CHECK_ROWS = 1 << 16  # rows per chunk when scanning a large matrix for NaN/inf
+
+
+def check_features(features: np.ndarray) -> np.ndarray:
+    """Validate an N x D float matrix: 2-D, non-empty, finite. Returns it unchanged (no copy)."""
+    if not hasattr(features, "shape") or not hasattr(features, "dtype"):
+        features = np.asarray(features)
+    if features.ndim != 2:
+        raise SelectionError(f"features must be a 2-D array N x D, got shape {tuple(features.shape)}")
+    if features.shape[0] == 0 or features.shape[1] == 0:
+        raise SelectionError(f"features is empty (shape {tuple(features.shape)}); embed the dataset first")
+    if not np.issubdtype(features.dtype, np.floating):
+        raise SelectionError(f"features must be floating point (float32 or float64), got {features.dtype}")
+    for start in range(0, features.shape[0], CHECK_ROWS):
+        block = np.asarray(features[start : start + CHECK_ROWS])
+        if not np.isfinite(block).all():
+            bad = start + np.flatnonzero(~np.isfinite(block).all(axis=1))
+            release_pages(features)
+            raise SelectionError(
+                f"features contain NaN or inf in {len(bad)}+ rows (first: {bad[:5].tolist()}); "
+                "re-embed those images or drop them before selecting"
+            )
+        release_pages(features)
+    return features
+
+
+def check_labels(labels: np.ndarray | None, n: int) -> np.ndarray | None:
+    """Validate labels: None or N non-negative integers."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n:
+        raise SelectionError(
+            f"labels must be a 1-D array with one entry per feature row ({n}), got shape {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise SelectionError(f"labels must be integers (class indices), got dtype {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise SelectionError(f"labels must be non-negative class indices, got minimum {labels.min()}")
+    return labels.astype(np.int64, copy=False)
+
+
+def check_ratio(ratio: float) -> float:
+    """The kept fraction must lie in (0, 1]."""
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        raise SelectionError(f"ratio must be a number in (0, 1], got {ratio!r}") from None
+    if not (0.0 < r <= 1.0) or not np.isfinite(r):
+        raise SelectionError(f"ratio must lie in (0, 1] (the kept fraction, e.g. 0.3), got {ratio!r}")
+    return r
+
+
+def group_index(groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Distinct group ids (sorted) and, for each, the sorted row indices of its members."""
+    order = np.argsort(groups, kind="stable")
+    ids, starts = np.unique(groups[order], return_index=True)
+    bounds = list(starts[1:]) + [len(order)]
+    return ids, [order[s:e] for s, e in zip(starts, bounds)]
+
+
+def release_pages(features: np.ndarray) -> None:
+    """Drop a memory map's pages from this process (they stay in the OS page cache)."""
+    mm = getattr(features, "_mmap", None)
+    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
+def gather_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` as an in-memory array (rows sorted so a memory map is read front to back)."""
+    if isinstance(features, np.memmap) or getattr(features, "_mmap", None) is not None:
+        out = np.asarray(features[np.sort(rows)] if not _is_sorted(rows) else features[rows])
+        if not _is_sorted(rows):  # restore the caller's order
+            out = out[np.argsort(np.argsort(rows))]
+        release_pages(features)
+        return np.ascontiguousarray(out)
+    return np.ascontiguousarray(features[rows])
+
+
+def iter_groups(features: np.ndarray, members: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (group position, rows of that group) one group at a time."""
+    for g, rows in enumerate(members):
+        yield g, gather_rows(features, rows)
+
+
+def _is_sorted(a: np.ndarray) -> bool:
+    return bool(len(a) < 2 or np.all(a[1:] >= a[:-1]))

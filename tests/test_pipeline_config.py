@@ -1,0 +1,46 @@
+import pytest
+
+from diffprune.config import ConfigError
+from diffprune.pipeline.config import load_run_config
+
+
+def test_bundled_demo_config_is_valid():
+    from diffprune.cli import bundled_config
+
+    cfg = load_run_config(bundled_config("demo"))
+    assert cfg.name == "demo" and cfg.data.spec == "digits"
+    assert [a.label() for a in cfg.arms] == ["gaussian+dro", "random"]
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    cfg = load_run_config(None, ["train.steps=7", "select.ratio=0.5", "data.spec=mnist5k"], name="x")
+    assert cfg.train.steps == 7 and cfg.select.ratio == 0.5 and cfg.data.spec == "mnist5k" and cfg.name == "x"
+    with pytest.raises(ConfigError, match=r"select.ratio: got 1.5"):
+        load_run_config(None, ["select.ratio=1.5"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_run_config(None, ["train.steps"])
+
+
+def test_bad_yaml_fields_get_one_line_each(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: 'bad name'\ntrain:\n  stepz: 3\narms:\n  - method: nonsense\n")
+    with pytest.raises(ConfigError) as e:
+        load_run_config(p)
+    msg = str(e.value)
+    assert "name: got 'bad name'" in msg
+    assert "train.stepz: unknown field" in msg
+    assert "arms.0.method: got 'nonsense'" in msg and "gaussian" in msg
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(tmp_path / "missing.yaml")
+
+
+def test_duplicate_arms_rejected():
+    with pytest.raises(ConfigError, match="repeats"):
+        load_run_config(None, ["arms=[{method: random}, {method: random}]"])
+
+
+def test_arm_select_config_applies_arm_fields():
+    cfg = load_run_config(None, ["select.ratio=0.2", "arms=[{method: knn, ratio: 0.4, keep: bottom}, {method: random}]"])
+    a, b = cfg.arms
+    assert cfg.arm_select_config(a).ratio == 0.4 and cfg.arm_select_config(a).keep == "bottom"
+    assert cfg.arm_select_config(b).ratio == 0.2 and cfg.arm_select_config(b).method == "random"

@@ -1,0 +1,157 @@
+"""build_report on a fabricated run directory that follows docs/architecture.md's file contracts."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from diffprune.report import ReportError, build_report  # noqa: E402
+
+CLASSES = ["zero", "one", "two"]
+LOGGED_FID = {"full": [60.0, 40.0, 30.0, 20.0], "gaussian+dro": [50.0, 30.0, 19.0, 15.0]}  # FID during training
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _manifest(stage, seconds, images, device="cpu (test)"):
+    return {"stage": stage, "config_hash": "x", "inputs": {}, "fingerprint": "f", "seconds": seconds,
+            "device": device, "images_processed": images}
+
+
+def _grid(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, np.random.default_rng(seed).random((16, 16)), cmap="gray")
+
+
+def _metrics(fid, precision, recall, classwise):
+    return {
+        "fid": fid, "kid": fid / 1000, "kid_std": 1e-4, "inception_score": None, "precision": precision,
+        "recall": recall, "density": 0.9, "coverage": 0.8, "classifier_fd": fid / 10,
+        "classifier_test_accuracy": 0.975,
+        "details": {"inception_score": {"value": None, "available": False, "reason": "no logits in this network"}},
+        "classwise": {"available": True, "label_source": "predicted by the small classifier",
+                      "fid": [{"index": i, "class": c, "num_real": 100, "num_fake": 30, "value": v}
+                              for i, (c, v) in enumerate(zip(CLASSES, classwise))]},
+        "protocol": {"feature_network": {"name": "fid-inception", "weights_hash": "abc123"},
+                     "resize": "tf-bilinear to 299x299", "num_real": 1797, "num_generated": 90,
+                     "reference": {"dataset": "digits", "split": "train", "fingerprint": "fp"},
+                     "caller": {"sampler": "ddim", "sampler_steps": 20, "sample_seed": 0},
+                     "prdc_k": 5, "seed": 0},
+    }
+
+
+def fabricate_run(root: Path, fids=(10.0, 14.0, 12.5, 11.0), train_seconds=(400.0, 100.0, 100.0, 100.0)) -> Path:
+    """Four arms: full data, random 25%, gaussian 25%, gaussian 25% + DRO; shared embed and reference stages."""
+    arms = [
+        {"arm": "full", "method": "full", "ratio": 1.0, "selection": None, "reweight": None},
+        {"arm": "random", "method": "random", "ratio": 0.25, "selection": "selection/random-r0.25", "reweight": None},
+        {"arm": "gaussian", "method": "gaussian", "ratio": 0.25, "selection": "selection/gaussian-r0.25",
+         "reweight": None},
+        {"arm": "gaussian+dro", "method": "gaussian", "ratio": 0.25, "selection": "selection/gaussian-r0.25",
+         "reweight": "reweight/gaussian-r0.25"},
+    ]
+    for a in arms:
+        a.update({"train": f"train/{a['arm']}", "samples": f"samples/{a['arm']}", "eval": f"eval/{a['arm']}"})
+    _write(root / "arms.json", arms)
+    _write(root / "stages.json", {"embed": "features/fid-inception", "reference": "reference"})
+    _write(root / "features/fid-inception/manifest.json", _manifest("embed", 20.0, 4000))
+    _write(root / "reference/manifest.json", _manifest("reference", 30.0, 8000))
+    for sel in ("random-r0.25", "gaussian-r0.25"):
+        _write(root / f"selection/{sel}/manifest.json", _manifest("select", 2.0, 0))
+        _write(root / f"selection/{sel}/selection.json", {"method": sel.split("-")[0], "ratio": 0.25,
+                                                          "group_names": CLASSES, "counts": [10, 10, 10]})
+    _write(root / "reweight/gaussian-r0.25/manifest.json", _manifest("reweight", 8.0, 2000))
+    _write(root / "reweight/gaussian-r0.25/class_weights.json", {"zero": 0.2, "one": 0.5, "two": 0.3})
+    classwise = {"full": [9.0, 8.0, 7.0], "random": [15.0, 13.0, 12.0], "gaussian": [13.0, 12.0, 11.0],
+                 "gaussian+dro": [12.0, 11.5, 10.0]}
+    for i, (a, fid, secs) in enumerate(zip(arms, fids, train_seconds)):
+        name = a["arm"]
+        _write(root / f"train/{name}/manifest.json", _manifest("train", secs, int(secs * 100)))
+        curve = LOGGED_FID.get(name, [fid + 40.0 / s for s in (1, 2, 3, 4)])
+        log = [{"step": s, "loss": 0.1, "fid": f, "seconds": secs * s / 4, "images_seen": secs * 25 * s}
+               for s, f in zip((1, 2, 3, 4), curve)]
+        (root / f"train/{name}/metrics.jsonl").write_text("\n".join(json.dumps(e) for e in log) + "\n")
+        _write(root / f"samples/{name}/manifest.json", _manifest("sample", 5.0, 90))
+        _grid(root / f"samples/{name}/grid.png", i)
+        _write(root / f"eval/{name}/metrics.json", _metrics(fid, 0.7 + 0.01 * i, 0.5 - 0.01 * i, classwise[name]))
+        _write(root / f"eval/{name}/manifest.json", _manifest("evaluate", 3.0, 90))
+    return root
+
+
+def test_report_contains_the_numbers_and_the_accounted_speedups(tmp_path):
+    run = fabricate_run(tmp_path / "runs" / "demo")
+    md_path = build_report(run)
+    assert md_path == run / "report" / "report.md"
+    md = md_path.read_text()
+    for fid in ("10.000", "14.000", "12.500", "11.000"):
+        assert fid in md
+    # Speed-ups recomputed by hand from the manifests (full train 400 s, 40,000 images):
+    # random: select 2 + train 100 (no embedding: random reads no features)         -> 400 / 102
+    # gaussian: embed 20 + select 2 + train 100                                      -> 400 / 122
+    # gaussian+dro: embed 20 + select 2 + reference 30 + reweight 8 + train 100      -> 400 / 160
+    assert f"{400 / 102:.2f}x" in md and f"{400 / 122:.2f}x" in md and f"{400 / 160:.2f}x" in md
+    assert f"{40000 / (4000 + 8000 + 2000 + 10000):.2f}x" in md  # by images, gaussian+dro
+    table = md.split("## Results")[1].split("##")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| gaussian+dro |"))
+    assert "| 11.000 |" in row and "| 0.730 |" in row and "| 160.0 |" in row and "2.50x" in row
+    assert "0.500" in md and "0.300" in md  # class weights
+    assert "2 of 3 classes" not in md and "3 of 3 classes" in md  # DRO better on every class here
+    for proto in ("fid-inception", "abc123", "tf-bilinear to 299x299", "ddim", "train"):
+        assert proto in md
+    assert "no logits in this network" in md  # the reason the Inception Score is missing is shown
+    # Time to the full run's final logged FID (20.0, at 400 s / 40,000 images): gaussian+dro logs 19.0 at step 3,
+    # i.e. 75 s / 7,500 images of training, plus 60 s / 14,000 images of overheads.
+    ttt = md.split("### Time to target FID")[1].split("###")[0]
+    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro |"))
+    assert f"{400 / (75 + 60):.2f}x" in row and f"{40000 / (7500 + 14000):.2f}x" in row and "| yes |" in row
+    assert "| no |" in next(line for line in ttt.splitlines() if line.startswith("| random |"))
+    for png in ("fid_vs_compute.png", "class_weights.png", "grid-gaussian_dro.png"):
+        assert (run / "report" / png).is_file()
+        assert f"({png})" in md or png in md
+
+
+def test_html_is_self_contained(tmp_path):
+    run = fabricate_run(tmp_path / "demo")
+    build_report(run)
+    html = (run / "report" / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(href|src)="https?://', html)
+    first = base64.b64decode(srcs[0].split(",", 1)[1])
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "12.500" in html and "<table>" in html
+
+
+def test_report_over_several_runs_averages_seeds(tmp_path):
+    a = fabricate_run(tmp_path / "seed0")
+    b = fabricate_run(tmp_path / "seed1", fids=(10.0, 16.0, 13.5, 12.0))
+    md = build_report([a, b], out_dir=tmp_path / "study").read_text()
+    assert "13.000 ± 0.707 (n=2)" in md  # gaussian (12.5, 13.5)
+    assert "seed0" in md and "seed1" in md
+
+
+def test_missing_files_become_notes(tmp_path):
+    run = fabricate_run(tmp_path / "demo")
+    (run / "eval/random/metrics.json").unlink()
+    (run / "samples/gaussian/grid.png").unlink()
+    md = build_report(run).read_text()
+    assert "missing metrics of random" in md and "missing sample grid of gaussian" in md
+    row = next(line for line in md.splitlines() if line.startswith("| random |"))
+    assert "n/a" in row
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(ReportError, match="arms.json"):
+        build_report(tmp_path)

@@ -1,0 +1,253 @@
+"""The DRO stage end to end on tiny models: pairing, the handicap experiment, resume, files, weights I/O."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import entropy as scipy_entropy
+
+from diffprune.config import ConfigError, validate_config
+from diffprune.data import ImageDataset, load_dataset
+from diffprune.diffusion import create_scheduler, load_model, save_model
+from diffprune.io import hash_state_dict
+from diffprune.reweighting import (
+    CheckpointMismatchError,
+    ClassDRO,
+    ClassWeightsError,
+    DROLoop,
+    ReweightConfig,
+    ReweightError,
+    load_class_weights,
+    prepare_reference,
+    run_dro,
+    weights_entropy,
+)
+from diffprune.reweighting.runner import RunLog, build_proxy, write_outputs
+
+# ddpm-tiny at 8 x 8 px grey: ~177k parameters, tens of ms per step.
+TINY = dict(proxy_preset="ddpm-tiny", batch_size=20, lr=1e-3, warmup_steps=0, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two torch threads on a loaded 2-core machine are >10x slower than one (OpenMP oversubscription).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    return load_dataset("digits", resolution=8)
+
+
+def _config(**kw) -> ReweightConfig:
+    return ReweightConfig(**{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def random_reference(tmp_path_factory, digits) -> str:
+    """An untrained reference folder (seed 123): enough for plumbing tests."""
+    path = tmp_path_factory.mktemp("ref") / "model"
+    model = build_proxy(_config(seed=123), digits)
+    save_model(path, model, create_scheduler("ddpm-tiny"))
+    return str(path)
+
+
+# --- pairing and the reference ---------------------------------------------------------------------------
+
+def test_identical_models_give_zero_excess(digits) -> None:
+    """Proxy and reference start from the same weights: with the same x0, t and noise the excess is exactly 0,
+    up to float rounding (inference-mode and autograd kernels differ by ~1e-7), so the first update leaves the
+    weights uniform. Unpaired t or noise would give a clipped excess of order 0.1-1."""
+    cfg = _config(seed=5)
+    reference = build_proxy(cfg, digits)  # the proxy is built from the same seed: identical weights
+    loop = DROLoop(cfg, digits, reference, create_scheduler("ddpm-tiny"), torch.device("cpu"))
+    loop.step(0)
+    assert np.all(loop.dro.scores < 1e-5), loop.dro.scores
+    np.testing.assert_allclose(loop.dro.weights, np.full(10, 0.1), atol=1e-6)
+    loop.step(1)  # the proxy has moved (lr 1e-3): now the excess is clearly positive
+    assert loop.dro.scores.mean() > 1e-3, loop.dro.scores
+
+
+def test_reference_is_frozen(digits, random_reference) -> None:
+    model, scheduler = load_model(random_reference)
+    before = hash_state_dict(model.state_dict())
+    loop = DROLoop(_config(), digits, model, scheduler, torch.device("cpu"))
+    for s in range(3):
+        loop.step(s)
+    assert hash_state_dict(loop.reference.state_dict()) == before
+    assert all(not p.requires_grad for p in loop.reference.parameters())
+    assert not loop.reference.training
+
+
+def test_update_every_covers_all_classes(digits, random_reference) -> None:
+    model, scheduler = load_model(random_reference)
+    # 10 classes, batch 5: one update per 2 steps sees every class (batch_size * update_every = K).
+    loop = DROLoop(_config(batch_size=5, update_every=2), digits, model, scheduler, torch.device("cpu"))
+    for s in range(6):
+        loop.step(s)
+    assert loop.dro.num_updates == 3 and loop.log.update_steps == [1, 3, 5]
+    assert np.asarray(loop.log.present).all()
+
+
+# --- the handicap experiment ------------------------------------------------------------------------------
+
+def _specialised_reference(tmp_path, digits: ImageDataset, cls: int) -> str:
+    """A reference trained (by the engine's trainer) on class ``cls`` only: relative to it, a proxy that sees
+    all classes uniformly is handicapped on ``cls`` and nowhere else."""
+    subset = digits.subset(np.flatnonzero(digits.labels == cls))
+    cfg = _config(reference_steps=150, batch_size=32, seed=cls)
+    return str(prepare_reference(cfg, subset, tmp_path / f"ref{cls}", progress=False))
+
+
+@pytest.mark.parametrize("cls", [0, 7])
+def test_handicapped_class_gains_weight(tmp_path, digits, cls) -> None:
+    reference = _specialised_reference(tmp_path, digits, cls)
+    cfg = _config(steps=40, batch_size=20, seed=0)
+    run_dro(cfg, digits, reference, tmp_path / "dro", progress=False)
+    weights = load_class_weights(tmp_path / "dro" / "class_weights.json", digits.class_names)
+    a = np.array(list(weights.values()))
+    assert a[cls] > 1.0 / 10 + 0.02, a
+    assert int(np.argmax(a)) == cls, a
+
+
+# --- run_dro: files, determinism, resume --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, digits, random_reference):
+    out = tmp_path_factory.mktemp("dro")
+    cfg = _config(steps=12, checkpoint_every=5)
+    return out, cfg, run_dro(cfg, digits, random_reference, out, progress=False)
+
+
+def test_run_dro_writes_every_file(short_run, digits) -> None:
+    out, cfg, numbers = short_run
+    for name in ("class_weights.json", "trajectory.npz", "weights.png", "trajectory.png", "summary.json",
+                 "checkpoint/state.json"):
+        assert (out / name).is_file(), name
+    weights = load_class_weights(out / "class_weights.json", digits.class_names)
+    assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-9)
+    with np.load(out / "trajectory.npz", allow_pickle=False) as t:
+        assert t["weights"].shape == (12, 10) and t["excess"].shape == (12, 10) and t["average"].shape == (10,)
+        np.testing.assert_allclose(t["average"], np.vstack([t["initial"][None], t["weights"]]).mean(0), atol=1e-12)
+        np.testing.assert_allclose(list(weights.values()), t["average"], atol=1e-12)
+        assert t["loss"].shape == (12,) and np.all(np.isfinite(t["loss"]))
+    for png in ("weights.png", "trajectory.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["entropy"] == pytest.approx(weights_entropy(weights))
+    assert summary["collapsed"] is False and summary["num_classes"] == 10
+    assert numbers["steps"] == 12 and numbers["updates"] == 12
+
+
+def test_run_dro_is_deterministic(short_run, digits, random_reference, tmp_path) -> None:
+    out, cfg, _ = short_run
+    run_dro(cfg, digits, random_reference, tmp_path / "again", progress=False)
+    assert (tmp_path / "again" / "class_weights.json").read_text() == (out / "class_weights.json").read_text()
+    run_dro(cfg.model_copy(update={"seed": 1}), digits, random_reference, tmp_path / "seed1", progress=False)
+    assert (tmp_path / "seed1" / "class_weights.json").read_text() != (out / "class_weights.json").read_text()
+
+
+def test_resume_continues_exactly(short_run, digits, random_reference, tmp_path) -> None:
+    out, cfg, _ = short_run
+    part = tmp_path / "part"
+    run_dro(cfg.model_copy(update={"steps": 7}), digits, random_reference, part, progress=False)  # "interrupted"
+    assert json.loads((part / "checkpoint" / "state.json").read_text())["step"] == 7
+    run_dro(cfg, digits, random_reference, part, progress=False)  # resumes at 7, runs to 12
+    with np.load(out / "trajectory.npz") as full, np.load(part / "trajectory.npz") as resumed:
+        for key in ("weights", "excess", "average", "loss"):
+            np.testing.assert_array_equal(full[key], resumed[key], err_msg=key)
+
+
+def test_resume_refuses_another_run(short_run, digits, random_reference) -> None:
+    out, cfg, _ = short_run
+    with pytest.raises(CheckpointMismatchError, match="another run"):
+        run_dro(cfg.model_copy(update={"eta": 0.5}), digits, random_reference, out, progress=False)
+    with pytest.raises(CheckpointMismatchError, match="beyond"):
+        run_dro(cfg.model_copy(update={"steps": 3}), digits, random_reference, out, progress=False)
+
+
+def test_run_dro_rejects_unlabelled_and_mismatched(digits, random_reference, tmp_path) -> None:
+    unlabelled = ImageDataset(digits.images, None, [])
+    with pytest.raises(ReweightError, match="no labels"):
+        run_dro(_config(), unlabelled, random_reference, tmp_path, progress=False)
+    big = load_dataset("digits", resolution=16, limit=50)
+    with pytest.raises(ReweightError, match="resolution"):
+        run_dro(_config(), big, random_reference, tmp_path, progress=False)
+
+
+def test_prepare_reference_given_folder(digits, random_reference, tmp_path) -> None:
+    cfg = _config(reference=random_reference)
+    assert prepare_reference(cfg, digits, tmp_path) == __import__("pathlib").Path(random_reference).resolve()
+    with pytest.raises(ReweightError, match="resolution"):
+        prepare_reference(cfg, load_dataset("digits", resolution=16, limit=50), tmp_path)
+
+
+# --- collapse warning, weights files, config --------------------------------------------------------------
+
+def test_collapse_is_reported(tmp_path, caplog) -> None:
+    dro = ClassDRO(6, eta=50.0)
+    for _ in range(30):
+        dro.update(np.array([1.0, 0, 0, 0, 0, 0]), np.ones(6, dtype=bool))
+    log = RunLog([0.1] * 30, list(range(30)), [np.ones(6, dtype=bool)] * 30, np.zeros(6), np.zeros(6), 0)
+    names = list("abcdef")
+    with caplog.at_level(logging.WARNING, logger="diffprune.reweighting"):
+        numbers = write_outputs(tmp_path, dro, log, names, _config(), 1.0, progress=False)
+    assert numbers["collapsed"] == 1.0 and numbers["max_weight"] > 0.9
+    assert "collapsed" in caplog.text and "'a'" in caplog.text and "smaller step size" in caplog.text
+    assert "eta" in json.loads((tmp_path / "summary.json").read_text())["warning"]
+
+
+def test_weights_entropy_matches_scipy() -> None:
+    a = np.array([0.1, 0.2, 0.3, 0.4])
+    assert weights_entropy(a) == pytest.approx(scipy_entropy(a))
+    assert weights_entropy({"x": 0.5, "y": 0.5}) == pytest.approx(math.log(2))
+    assert weights_entropy([1.0, 0.0, 0.0]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [('{"0": 0.5, "1": 0.6}', "sum to"), ('{"0": -0.5, "1": 1.5}', ">= 0"), ('{"0": 1.0}', "missing"),
+     ('{"0": 0.5, "x": 0.5}', "unknown"), ("[0.5, 0.5]", "JSON object"), ("{bad", "not valid JSON"),
+     ('{"0": "half", "1": 0.5}', "finite numbers")],
+)
+def test_load_class_weights_validates(tmp_path, content, match) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(content)
+    with pytest.raises(ClassWeightsError, match=match):
+        load_class_weights(path, ["0", "1"])
+
+
+def test_load_class_weights_orders_by_class_names(tmp_path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text('{"b": 0.25, "a": 0.75}')
+    assert list(load_class_weights(path, ["a", "b"])) == ["a", "b"]
+    with pytest.raises(ClassWeightsError, match="not found"):
+        load_class_weights(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [({"reference": "x", "train_reference": True}, "exclude each other"),
+     ({"train_reference": False}, "needs a reference"), ({"excess": "token"}, "pixel"),
+     ({"proxy_preset": "huge"}, "ddpm-tiny"), ({"steps": 0}, "steps"), ({"eta": -1}, "eta"),
+     ({"smoothing": 1.0}, "smoothing"), ({"colour": 1}, "unknown field")],
+)
+def test_config_errors(data, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate_config(ReweightConfig, data)
+
+
+def test_config_defaults() -> None:
+    cfg = ReweightConfig()
+    assert cfg.trains_reference and cfg.eta == 1.0 and cfg.smoothing == 1e-3 and cfg.excess == "pixel"
+    assert cfg.proxy_lr() == 1e-3  # the ddpm-tiny recipe
+    assert not ReweightConfig(reference="google/ddpm-cifar10-32").trains_reference

@@ -1,0 +1,212 @@
+"""The trainer against a bare PyTorch replica of the recipe, exact resume, interruption, and its errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import diffprune.diffusion.trainer as train_mod
+from diffprune.config import ConfigError, validate_config
+from diffprune.data import ImageDataset
+from diffprune.diffusion import (
+    TrainConfig,
+    TrainError,
+    TrainingInterrupted,
+    WeightsError,
+    create_model,
+    load_model,
+    read_meta,
+    total_steps,
+    train,
+)
+from diffprune.diffusion.batches import global_batch_indices, noise_generator
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny models run several times faster that way on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+WEIGHTS = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
+
+
+@pytest.fixture(scope="module")
+def dataset() -> ImageDataset:
+    rng = np.random.default_rng(0)
+    # smooth-ish images so the flip matters and losses are not pure noise
+    base = rng.integers(0, 256, (24, 1, 8, 8)).astype(np.float64)
+    base[..., :4] *= 0.3
+    return ImageDataset(base.astype(np.uint8), np.arange(24) % 4, CLASSES, name="toy")
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(preset="ddpm-tiny", steps=4, batch_size=8, lr=1e-3, warmup_steps=3, ema_decay=0.9, log_every=1,
+                checkpoint_every=0, seed=3, hflip=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+def test_trainer_equals_a_bare_pytorch_replica_of_the_recipe(dataset, tmp_path):
+    """Loss weighting K * a_y, flips, clipping, Adam with linear warm-up and the EMA, step by step."""
+    cfg = _cfg(steps=3, grad_clip=0.05)
+    train(cfg, dataset, tmp_path / "run", class_weights=WEIGHTS, progress=False)
+
+    torch.manual_seed(cfg.seed)  # the trainer seeds torch with the run seed before building the model
+    model = create_model("ddpm-tiny", sample_size=8, in_channels=1, out_channels=1)
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0).float()
+    a = torch.tensor([WEIGHTS[c] for c in CLASSES])
+    images = torch.from_numpy(dataset.images).float() / 127.5 - 1
+    labels = torch.from_numpy(dataset.labels)
+    losses = []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(step / cfg.warmup_steps, 1.0)
+        idx = global_batch_indices(step, cfg.batch_size, len(dataset), cfg.seed)
+        g = noise_generator(cfg.seed, step, "cpu")  # documented draw order: t, noise, flip, label dropout
+        t = torch.randint(0, 1000, (cfg.batch_size,), generator=g)
+        noise = torch.randn((cfg.batch_size, 1, 8, 8), generator=g)
+        flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+        x0 = torch.where(flip[:, None, None, None], images[idx].flip(3), images[idx])
+        s = abar[t].view(-1, 1, 1, 1)
+        pred = model(s.sqrt() * x0 + (1 - s).sqrt() * noise, t).sample
+        loss = (((pred - noise) ** 2).mean((1, 2, 3)) * 4 * a[labels[idx]]).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad()
+        for k, v in model.state_dict().items():
+            ema[k] = cfg.ema_decay * ema[k] + (1 - cfg.ema_decay) * v
+        losses.append(loss.item())
+
+    got_raw = _weights(tmp_path / "run" / "state" / "model.safetensors")
+    got_ema = _weights(tmp_path / "run" / "model" / "diffusion_pytorch_model.safetensors")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(got_raw[k], v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got_ema[k], ema[k], rtol=1e-5, atol=1e-6)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    np.testing.assert_allclose([r["loss"] for r in rows], losses, rtol=1e-5)
+    assert rows[-1]["images_seen"] == 24 and rows[0]["lr"] == pytest.approx(cfg.lr / 3)
+
+
+@pytest.fixture(scope="module")
+def straight_run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    cfg = _cfg(steps=6, model_overrides={"dropout": 0.2})  # dropout: the global RNG must be restored too
+    summary = train(cfg, dataset, out, class_weights=WEIGHTS, progress=False)
+    return cfg, out, summary
+
+
+def _assert_same_run(a, b):
+    for name in ("state/model.safetensors", "state/ema.safetensors", "model/diffusion_pytorch_model.safetensors"):
+        wa, wb = _weights(a / name), _weights(b / name)
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), f"{name}:{k} differs"
+    la = [json.loads(x)["loss"] for x in (a / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+
+
+def test_half_then_resume_equals_straight(dataset, straight_run, tmp_path):
+    cfg, straight, summary = straight_run
+    assert summary["steps"] == 6 and summary["resumed_from"] is None
+    first = train(cfg.model_copy(update={"steps": 3}), dataset, tmp_path, class_weights=WEIGHTS, progress=False)
+    assert first["steps"] == 3
+    second = train(cfg, dataset, tmp_path, class_weights=WEIGHTS, resume=True, progress=False)
+    assert second["resumed_from"] == 3 and second["steps"] == 6
+    _assert_same_run(straight, tmp_path)
+    assert not (tmp_path / ".state.tmp").exists() and not (tmp_path / ".state.old").exists()
+    assert read_meta(tmp_path)["steps"] == 6
+
+
+def test_sigterm_checkpoints_then_resume_equals_straight(dataset, straight_run, tmp_path, monkeypatch):
+    cfg, straight, _ = straight_run
+    real = train_mod.global_batch_indices
+
+    def signal_during_step_2(step, *args, **kwargs):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(step, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "global_batch_indices", signal_during_step_2)
+    with pytest.raises(TrainingInterrupted, match="step 3/6"):
+        train(cfg, dataset, tmp_path, class_weights=WEIGHTS, progress=False)
+    assert json.loads((tmp_path / "state" / "trainer_state.json").read_text())["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(train_mod, "global_batch_indices", real)
+    train(cfg, dataset, tmp_path, class_weights=WEIGHTS, resume=True, progress=False)
+    _assert_same_run(straight, tmp_path)
+
+
+def test_resume_refuses_a_different_run(dataset, straight_run, tmp_path):
+    cfg, straight, _ = straight_run
+    train(cfg.model_copy(update={"steps": 1}), dataset, tmp_path, class_weights=WEIGHTS, progress=False)
+    with pytest.raises(TrainError, match="different config or dataset"):
+        train(cfg.model_copy(update={"lr": 5e-4}), dataset, tmp_path, class_weights=WEIGHTS, resume=True,
+              progress=False)
+
+
+def test_grad_accumulation_matches_one_big_batch(dataset, tmp_path):
+    cfg = _cfg(steps=2, grad_clip=None)
+    train(cfg, dataset, tmp_path / "one", class_weights=WEIGHTS, progress=False)
+    train(cfg.model_copy(update={"grad_accum": 2}), dataset, tmp_path / "two", class_weights=WEIGHTS,
+          progress=False)
+    wa, wb = _weights(tmp_path / "one/state/model.safetensors"), _weights(tmp_path / "two/state/model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resample_weighting_draws_classes_by_weight(dataset, tmp_path, monkeypatch):
+    seen = []
+    real = train_mod.global_batch_indices
+
+    def record(*args, **kwargs):
+        idx = real(*args, **kwargs)
+        seen.append(idx)
+        return idx
+
+    monkeypatch.setattr(train_mod, "global_batch_indices", record)
+    only_b = {"a": 0.0, "b": 1.0, "c": 0.0, "d": 0.0}
+    train(_cfg(steps=2, weighting="resample", conditional=True), dataset, tmp_path, class_weights=only_b,
+          progress=False)
+    drawn = dataset.labels[torch.cat(seen).numpy()]
+    assert len(drawn) == 16 and set(drawn.tolist()) == {1}
+    model, _ = load_model(tmp_path)
+    assert model.config.num_class_embeds == 5 and read_meta(tmp_path)["null_class_label"] == 4
+
+
+def test_budget_in_epochs_and_config_errors(dataset, tmp_path):
+    cfg = TrainConfig(preset="ddpm-tiny", epochs=1.5, batch_size=8).resolved()
+    assert total_steps(cfg, 24) == 5  # ceil(1.5 * 24 / 8)
+    full = TrainConfig(preset="ddpm-cifar10").resolved()
+    assert (full.lr, full.warmup_steps, full.batch_size, full.ema_decay, full.hflip, full.steps, full.grad_clip) == (
+        2e-4, 5000, 128, 0.9999, True, 800_000, 1.0)  # the original DDPM recipe
+    with pytest.raises(ConfigError, match="steps or as epochs, not both"):
+        validate_config(TrainConfig, {"steps": 5, "epochs": 1.0})
+    with pytest.raises(ConfigError, match="weighting"):
+        validate_config(TrainConfig, {"weighting": "boost"})
+    with pytest.raises(ConfigError, match="preset: got 'ddpm-huge'"):
+        validate_config(TrainConfig, {"preset": "ddpm-huge"})
+    with pytest.raises(TrainError, match="divisible by processes x grad_accum"):
+        train(_cfg(grad_accum=3), dataset, tmp_path, progress=False)
+    with pytest.raises(WeightsError, match="missing \\['d'\\]"):
+        train(_cfg(), dataset, tmp_path, class_weights={"a": 0.5, "b": 0.5, "c": 0.0}, progress=False)
+    unlabelled = ImageDataset(dataset.images, None, [])
+    with pytest.raises(TrainError, match="need a labelled dataset"):
+        train(_cfg(), unlabelled, tmp_path, class_weights=WEIGHTS, progress=False)
