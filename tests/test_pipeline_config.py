@@ -44,3 +44,11 @@ def test_arm_select_config_applies_arm_fields():
     a, b = cfg.arms
     assert cfg.arm_select_config(a).ratio == 0.4 and cfg.arm_select_config(a).keep == "bottom"
     assert cfg.arm_select_config(b).ratio == 0.2 and cfg.arm_select_config(b).method == "random"
+
+
+@pytest.mark.parametrize("name", ["demo", "fashion-mnist", "cifar10-ddpm"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.name == name and cfg.arms

@@ -112,3 +112,16 @@ def test_save_samples_writes_the_evaluator_format(tmp_path):
         assert f.files == ["arr_0"]
     with pytest.raises(ValueError, match="uint8 N x H x W x C"):
         save_samples(tmp_path, images.astype(np.float32))
+
+
+def test_generate_writes_labelled_samples_from_a_saved_model(cond_model, tmp_path):
+    from diffprune.diffusion import generate, load_model, save_model
+
+    save_model(tmp_path / "m", cond_model, create_scheduler("ddpm-tiny"))
+    out = generate(tmp_path / "m", tmp_path / "s", SampleConfig(num_samples=4, steps=2), progress=False)
+    with np.load(out / "samples.npz") as f:
+        assert f["arr_0"].shape == (4, 8, 8, 1) and f["labels"].tolist() == [0, 1, 2, 0]  # i % K, K = 3
+    model, sched = load_model(tmp_path / "m")
+    again = sample_images(model, sched, SampleConfig(num_samples=4, steps=2), progress=False)
+    with np.load(out / "samples.npz") as f:
+        assert np.array_equal(f["arr_0"], again)

@@ -53,6 +53,18 @@ def test_gaussian_float32_memmap_equals_in_memory(tmp_path):
     np.testing.assert_array_equal(score(mm, y, "gaussian"), score(x, y, "gaussian"))
 
 
+def test_memmap_block_scans_with_shuffled_labels_equal_in_memory(tmp_path, monkeypatch):
+    from diffprune.selection import inputs
+
+    x, y = blobs((50, 40, 30, 20), d=5, seed=9)  # rows of each class are scattered over the file
+    np.save(tmp_path / "f.npy", x)
+    mm = np.load(tmp_path / "f.npy", mmap_mode="r")
+    monkeypatch.setattr(inputs, "BLOCK_BYTES", 60 * 5 * 4)  # about one class per block
+    monkeypatch.setattr(inputs, "SCAN_BYTES", 7 * 5 * 4)  # 7 rows per read
+    for method in ("gaussian", "knn", "moderate"):
+        np.testing.assert_array_equal(score(mm, y, method), score(x, y, method))
+
+
 def test_knn_equals_brute_force():
     x, y = blobs(seed=2)
     s = score(x, y, "knn", k=5)

@@ -210,3 +210,19 @@ def test_budget_in_epochs_and_config_errors(dataset, tmp_path):
     unlabelled = ImageDataset(dataset.images, None, [])
     with pytest.raises(TrainError, match="need a labelled dataset"):
         train(_cfg(), unlabelled, tmp_path, class_weights=WEIGHTS, progress=False)
+
+
+def test_init_from_a_saved_model(dataset, tmp_path):
+    from diffprune.diffusion import create_scheduler, save_model
+
+    torch.manual_seed(123)
+    start = create_model("ddpm-tiny", sample_size=8, in_channels=1, out_channels=1)
+    save_model(tmp_path / "init", start, create_scheduler("ddpm-tiny"))
+    # the first warm-up step has lr 0, so one step leaves the weights at the initialisation
+    train(_cfg(steps=1, init_from=str(tmp_path / "init")), dataset, tmp_path / "run", progress=False)
+    got = _weights(tmp_path / "run" / "state" / "model.safetensors")
+    for k, v in start.state_dict().items():
+        assert torch.equal(got[k], v)
+    with pytest.raises(TrainError, match="init_from model has sample_size=8"):
+        big = ImageDataset(np.zeros((8, 1, 16, 16), np.uint8), np.arange(8) % 4, CLASSES)
+        train(_cfg(steps=1, init_from=str(tmp_path / "init")), big, tmp_path / "bad", progress=False)

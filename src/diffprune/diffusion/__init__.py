@@ -9,6 +9,7 @@ Public API::
     train(TrainConfig, ImageDataset, out_dir, class_weights=None, resume=False) -> summary dict
     sample_images(model, scheduler, SampleConfig, class_labels=None) -> uint8 N x H x W x C
     save_samples(out_dir, images, labels=None)
+    generate(model_path, out_dir, SampleConfig, class_labels=None) -> out_dir   # load + sample + save
 """
 from diffprune.diffusion.batches import WeightsError
 from diffprune.diffusion.loading import load_model, read_meta, save_model
@@ -22,7 +23,7 @@ from diffprune.diffusion.models import (
     null_class_label,
 )
 from diffprune.diffusion.objective import diffusion_loss
-from diffprune.diffusion.sampling import SampleConfig, image_grid, sample_images, save_samples
+from diffprune.diffusion.sampling import SampleConfig, generate, image_grid, sample_images, save_samples
 from diffprune.diffusion.trainer import TrainConfig, TrainError, TrainingInterrupted, total_steps, train
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "create_model",
     "create_scheduler",
     "diffusion_loss",
+    "generate",
     "image_grid",
     "is_conditional",
     "load_model",

@@ -128,6 +128,24 @@ def sample_images(
     return out[:n].cpu().numpy()
 
 
+def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: SampleConfig,
+             class_labels: np.ndarray | None = None, progress: bool = True) -> Path:
+    """Load a model (see ``load_model``), sample it (sharded under ``accelerate launch``) and write
+    ``out_dir/samples.npz`` + ``grid.png`` from the main process. Returns ``out_dir``.
+
+    Conditional models get ``labels`` in the npz (``i % K`` unless ``class_labels`` is given)."""
+    from diffprune.diffusion.loading import load_model
+
+    model, scheduler = load_model(model_path)
+    images = sample_images(model, scheduler, config, class_labels=class_labels, progress=progress)
+    state = PartialState()
+    if state.is_main_process:
+        labels = _resolve_labels(model, class_labels, config.num_samples, config.guidance_scale)
+        save_samples(out_dir, images, labels)
+    state.wait_for_everyone()
+    return Path(out_dir)
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """float B x C x H x W in [-1, 1] -> uint8 B x H x W x C (round to nearest, as diffusers pipelines do)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)

@@ -1,8 +1,8 @@
 """Input checks and per-group access to (possibly memory-mapped) feature matrices.
 
-Features may be a plain array or ``np.load(path, mmap_mode="r")``. Rows of one group are gathered with
-sorted fancy indexing, so a memory-mapped file is read once per group and never loaded whole; pages
-already used are released from the process (``MADV_DONTNEED``) so resident memory stays about one group.
+Features may be a plain array or ``np.load(path, mmap_mode="r")``. A memory-mapped file is never loaded
+whole: groups are gathered in blocks by sequential scans, and pages already used are released from the
+process (``MADV_DONTNEED``; they stay in the OS page cache) so resident memory stays about one block.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import numpy as np
 from diffprune.selection.errors import SelectionError
 
 CHECK_ROWS = 1 << 16  # rows per chunk when scanning a large matrix for NaN/inf
+BLOCK_BYTES = 2 << 30  # groups gathered per sequential scan of a memory-mapped file
+SCAN_BYTES = 64 << 20  # bytes read per step of a scan
 
 
 def check_features(features: np.ndarray) -> np.ndarray:
@@ -89,7 +91,7 @@ def release_pages(features: np.ndarray) -> None:
 
 def gather_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``features[rows]`` as an in-memory array (rows sorted so a memory map is read front to back)."""
-    if isinstance(features, np.memmap) or getattr(features, "_mmap", None) is not None:
+    if is_memory_mapped(features):
         out = np.asarray(features[np.sort(rows)] if not _is_sorted(rows) else features[rows])
         if not _is_sorted(rows):  # restore the caller's order
             out = out[np.argsort(np.argsort(rows))]
@@ -98,10 +100,57 @@ def gather_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(features[rows])
 
 
-def iter_groups(features: np.ndarray, members: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (group position, rows of that group) one group at a time."""
+def is_memory_mapped(features: np.ndarray) -> bool:
+    return isinstance(features, np.memmap) or getattr(features, "_mmap", None) is not None
+
+
+def iter_groups(
+    features: np.ndarray, members: list[np.ndarray], block_bytes: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (group position, rows of that group as an in-memory array), one group at a time.
+
+    For a memory-mapped matrix, consecutive groups are packed into blocks of at most ``block_bytes``; each
+    block is filled by ONE sequential scan over the file rows it spans (in ``SCAN_BYTES`` chunks), so the
+    file is read front to back whatever the row order of the labels (one pass in all when the labels are
+    sorted), and resident memory stays about one block.
+    """
+    if not is_memory_mapped(features):
+        for g, rows in enumerate(members):
+            yield g, np.ascontiguousarray(features[rows])
+        return
+    block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
+    row_bytes = features.shape[1] * features.dtype.itemsize
+    block: list[int] = []
+    size = 0
     for g, rows in enumerate(members):
-        yield g, gather_rows(features, rows)
+        if block and size + len(rows) * row_bytes > block_bytes:
+            yield from _scan_block(features, members, block)
+            block, size = [], 0
+        block.append(g)
+        size += len(rows) * row_bytes
+    if block:
+        yield from _scan_block(features, members, block)
+
+
+def _scan_block(features: np.ndarray, members: list[np.ndarray], block: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    rows = np.concatenate([members[g] for g in block])
+    offsets = np.cumsum([0] + [len(members[g]) for g in block])
+    dest = np.arange(len(rows))
+    order = np.argsort(rows, kind="stable")
+    rows_sorted, dest_sorted = rows[order], dest[order]
+    buf = np.empty((len(rows), features.shape[1]), dtype=features.dtype)
+    scan_rows = max(1, SCAN_BYTES // (features.shape[1] * features.dtype.itemsize))
+    lo, hi = int(rows_sorted[0]), int(rows_sorted[-1]) + 1
+    for start in range(lo, hi, scan_rows):
+        stop = min(hi, start + scan_rows)
+        a, b = np.searchsorted(rows_sorted, [start, stop])
+        if a == b:
+            continue
+        chunk = np.asarray(features[start:stop])
+        buf[dest_sorted[a:b]] = chunk[rows_sorted[a:b] - start]
+        release_pages(features)
+    for i, g in enumerate(block):
+        yield g, buf[offsets[i] : offsets[i + 1]]
 
 
 def _is_sorted(a: np.ndarray) -> bool:
