@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import types
 import urllib.error
@@ -180,3 +181,27 @@ def test_sharded_embedding_assembles_all_ranks(tmp_path, monkeypatch):
     monkeypatch.setattr(embed_module, "_dist_state", lambda: (0, 2, lambda: None, None))
     feats = embed_dataset(ds, cfg, tmp_path, progress=False)
     np.testing.assert_allclose(feats, np.repeat(ds.images, 3, axis=1).reshape(26, -1) / 255, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_cpu_processes_shard_the_embedding(tmp_path):
+    import subprocess
+
+    script = tmp_path / "embed_script.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from diffprune.data import ImageDataset\n"
+        "from diffprune.encoders import EmbedConfig, embed_dataset\n"
+        "rng = np.random.default_rng(0)\n"
+        "ds = ImageDataset(rng.integers(0, 256, (23, 1, 6, 6), dtype=np.uint8), None, [], name='t')\n"
+        "f = embed_dataset(ds, EmbedConfig(encoder='pixels', chunk_size=4), sys.argv[1], progress=False)\n"
+        "np.testing.assert_allclose(f, np.repeat(ds.images, 3, axis=1).reshape(23, -1) / 255, rtol=1e-6)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["num_processes"] == 2 and meta["num_images"] == 23

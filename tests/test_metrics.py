@@ -9,7 +9,14 @@ import pytest
 import scipy.linalg
 import torch
 
-from diffprune.evaluation import EvaluationError, fid_from_features, frechet_distance, gaussian_stats, prdc
+from diffprune.evaluation import (
+    EvaluationError,
+    fid_from_features,
+    frechet_distance,
+    frechet_distance_to_features,
+    gaussian_stats,
+    prdc,
+)
 from diffprune.evaluation.metrics import torchmetrics_fid, torchmetrics_inception_score, torchmetrics_kid
 
 
@@ -78,6 +85,19 @@ def test_rank_deficient_covariances_match_torchmetrics_eigvals_formula():
     (mu1, s1), (mu2, s2) = gaussian_stats(a), gaussian_stats(b)
     tm = float(_compute_fid(*(torch.as_tensor(v) for v in (mu1, s1, mu2, s2))))
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(tm, rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [10, 63, 64, 65, 200])
+def test_low_rank_route_equals_the_full_eigendecomposition(n):
+    # N - 1 < D uses an N x N eigenproblem; it must give the D x D result (and the switch point must be right).
+    # rel 1e-7: in the D x D route, the ~D - N zero eigenvalues come out as +-1e-14 whose square roots add ~1e-7
+    # each; the N x N route has no such round-off, so the two differ slightly when N << D.
+    rng = np.random.default_rng(n)
+    real, fake = rng.normal(size=(300, 64)), rng.normal(size=(n, 64)) * 0.8 + 0.1
+    mu1, s1 = gaussian_stats(real)
+    mu2, s2 = gaussian_stats(fake)
+    assert frechet_distance_to_features(mu1, s1, fake) == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=1e-7)
+    assert fid_from_features(real, fake) == pytest.approx(pytorch_fid_formula(mu1, s1, mu2, s2), rel=1e-6)
 
 
 def test_gaussian_stats_matches_numpy():

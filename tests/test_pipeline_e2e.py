@@ -15,7 +15,7 @@ TINY = [
     "train.preset=ddpm-tiny", "train.steps=6", "train.batch_size=16", "train.checkpoint_every=3",
     "sample.num_samples=12", "sample.steps=3", "sample.batch_size=12",
     "evaluate.num_real=24", "evaluate.kid_subset_size=10", "evaluate.kid_subsets=5",
-    "evaluate.metrics=[fid, kid, prdc]", "evaluate.prdc_k=3", "evaluate.classwise=false",
+    "evaluate.metrics=[fid, kid, prdc]", "evaluate.prdc_k=3", "evaluate.classwise=false", "evaluate.cross_check=false",
 ]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from diffprune.reweighting import (
     CheckpointMismatchError,
     ClassDRO,
     ClassWeightsError,
+    DROInterrupted,
     DROLoop,
     ReweightConfig,
     ReweightError,
@@ -27,7 +30,9 @@ from diffprune.reweighting import (
     run_dro,
     weights_entropy,
 )
-from diffprune.reweighting.runner import RunLog, build_proxy, write_outputs
+from diffprune.reweighting.checkpoint import RunLog
+from diffprune.reweighting.outputs import write_outputs
+from diffprune.reweighting.runner import build_proxy
 
 # ddpm-tiny at 8 x 8 px grey: ~177k parameters, tens of ms per step.
 TINY = dict(proxy_preset="ddpm-tiny", batch_size=20, lr=1e-3, warmup_steps=0, device="cpu")
@@ -165,6 +170,25 @@ def test_resume_continues_exactly(short_run, digits, random_reference, tmp_path)
     with np.load(out / "trajectory.npz") as full, np.load(part / "trajectory.npz") as resumed:
         for key in ("weights", "excess", "average", "loss"):
             np.testing.assert_array_equal(full[key], resumed[key], err_msg=key)
+
+
+def test_signal_checkpoints_then_resume_matches(short_run, digits, random_reference, tmp_path, monkeypatch) -> None:
+    out, cfg, _ = short_run
+    real_step = DROLoop.step
+
+    def step_then_signal(self, step):
+        value = real_step(self, step)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # caught by run_dro: it checkpoints after this step and stops
+        return value
+
+    monkeypatch.setattr(DROLoop, "step", step_then_signal)
+    with pytest.raises(DROInterrupted, match="after step 4/12"):
+        run_dro(cfg, digits, random_reference, tmp_path, progress=False)
+    monkeypatch.setattr(DROLoop, "step", real_step)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 4
+    run_dro(cfg, digits, random_reference, tmp_path, progress=False)
+    assert (tmp_path / "class_weights.json").read_text() == (out / "class_weights.json").read_text()
 
 
 def test_resume_refuses_another_run(short_run, digits, random_reference) -> None:

@@ -43,6 +43,11 @@ def _pipeline(config: Path | None, overrides: list[str] | None, name: str | None
     return Pipeline(cfg, force=force, progress=not quiet, console=console)
 
 
+def _flags(**values) -> list[str]:
+    """Option values as ``--set`` overrides (options given on the command line win over the config)."""
+    return [f"{key}={value}" for key, value in values.items() if value is not None]
+
+
 def _arms(pipe, arms: list[str] | None):
     return [pipe.arm(a) for a in arms] if arms else list(pipe.cfg.arms)
 
@@ -58,31 +63,53 @@ def datasets() -> None:
     Console().print(table)
 
 
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset spec (see `diffprune datasets`); sets data.spec.")]
+
+
 @app.command()
-def embed(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False,
-          no_progress: QuietOpt = False) -> None:
+def embed(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None,
+          data: DataOpt = None,
+          encoder: Annotated[Optional[str], typer.Option(help="Surrogate encoder; sets embed.encoder.")] = None,
+          force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """Stage 1: embed every training image with the frozen surrogate encoder (features/<encoder>/)."""
-    pipe = _pipeline(config, set_, name, ("embed",) if force else (), no_progress)
+    extra = _flags(**{"data.spec": data, "embed.encoder": encoder})
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("embed",) if force else (), no_progress)
     feats = pipe.embed()
     console.print(f"features {tuple(feats.shape)} in {pipe.root / 'features' / pipe.cfg.embed.encoder}")
 
 
 @app.command()
 def select(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+           data: DataOpt = None,
+           method: Annotated[Optional[str], typer.Option(help="Selection method; replaces the config's arms by this one.")] = None,
+           ratio: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; sets select.ratio.")] = None,
+           keep: Annotated[Optional[str], typer.Option(help="top, bottom or middle; sets select.keep.")] = None,
            force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """Stage 2: score and select the coreset of each arm (selection/<method>-r<ratio>/)."""
-    pipe = _pipeline(config, set_, name, ("select",) if force else (), no_progress)
+    extra = _flags(**{"data.spec": data, "select.ratio": ratio, "select.keep": keep})
+    if method:
+        extra.append(f"arms=[{{method: {method}}}]")
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("select",) if force else (), no_progress)
     for a in _arms(pipe, arm):
         if a.method != "full":
             sel = pipe.select(a)
-            console.print(f"{a.label()}: kept {len(sel.indices)} of {len(sel.scores)}")
+            counts = ", ".join(f"{k}: {v}" for k, v in sel.counts.items())
+            console.print(f"{a.label()}: kept {len(sel.indices)} of {len(sel.scores)} (per group: {counts}) "
+                          f"in {pipe.root / 'selection' / pipe.selection_name(a)}")
 
 
 @app.command()
 def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+             reference: Annotated[Optional[str], typer.Option(help="Reference DM: a diffusers folder, diffprune train dir or hub id.")] = None,
+             train_reference: Annotated[bool, typer.Option("--train-reference", help="Train the reference with uniform weights first.")] = False,
              force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """Stage 3: DRO class weights of each reweighted arm against the reference DM (reweight/<selection>/)."""
-    pipe = _pipeline(config, set_, name, ("reweight",) if force else (), no_progress)
+    if reference and train_reference:
+        raise typer.BadParameter("--reference and --train-reference exclude each other")
+    extra = _flags(**{"reweight.reference": reference})
+    if train_reference:
+        extra += ["reweight.reference=null", "reweight.train_reference=true"]
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("reweight",) if force else (), no_progress)
     for a in _arms(pipe, arm):
         if a.reweight:
             weights = pipe.reweight(a)

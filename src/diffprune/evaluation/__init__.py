@@ -13,7 +13,12 @@ from diffprune.evaluation.config import ClassifierConfig, EvalConfig
 from diffprune.evaluation.errors import EvaluationError
 from diffprune.evaluation.evaluate import evaluate, network_identity
 from diffprune.evaluation.features import extract_features
-from diffprune.evaluation.frechet import fid_from_features, frechet_distance, gaussian_stats
+from diffprune.evaluation.frechet import (
+    fid_from_features,
+    frechet_distance,
+    frechet_distance_to_features,
+    gaussian_stats,
+)
 from diffprune.evaluation.prdc import prdc
 from diffprune.evaluation.reference import load_ref_stats, save_ref_stats
 from diffprune.evaluation.speedup import compute_speedup, fid_curve, read_metrics_jsonl, time_to_target
@@ -29,6 +34,7 @@ __all__ = [
     "fid_curve",
     "fid_from_features",
     "frechet_distance",
+    "frechet_distance_to_features",
     "gaussian_stats",
     "load_or_train_classifier",
     "load_ref_stats",

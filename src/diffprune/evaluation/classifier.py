@@ -113,10 +113,15 @@ def train_classifier(
         keep = np.sort(np.random.default_rng(seed).choice(len(train), config.max_train, replace=False))
         train = train.subset(keep)
     dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)  # initialisation, shuffling and dropout: the same classifier on every run
+        return _train(train, test, config, seed, dev, progress)
+
+
+def _train(train: ImageDataset, test: ImageDataset, config: ClassifierConfig, seed: int, dev: torch.device,
+           progress: bool) -> TrainedClassifier:
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SmallClassifier(train.channels, train.num_classes, config.width, train.resolution).to(dev)
+    model = SmallClassifier(train.channels, train.num_classes, config.width, train.resolution).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps_per_epoch = max(1, int(np.ceil(len(train) / config.batch_size)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
@@ -211,6 +216,7 @@ def load_or_train_classifier(
     device: str | torch.device = "cpu",
     cache_dir: Path | None = None,
     progress: bool = True,
+    write_cache: bool = True,
 ) -> TrainedClassifier:
     """``train_classifier`` with a cache in ``cache_dir`` (safetensors weights + info.json)."""
     key = config_hash({"train": train.fingerprint, "test": None if test is None else test.fingerprint,
@@ -225,7 +231,7 @@ def load_or_train_classifier(
         except (OSError, ValueError, KeyError, RuntimeError):
             pass  # a broken cache entry: retrain below
     trained = train_classifier(train, config, test=test, seed=seed, device=device, progress=progress)
-    if folder is not None:
+    if folder is not None and write_cache:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
         with atomic_path(folder / "model.safetensors") as tmp:

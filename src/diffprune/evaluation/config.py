@@ -1,6 +1,8 @@
 """Evaluation settings (the ``evaluate:`` block of a run config)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from diffprune.config import StrictModel
@@ -30,6 +32,8 @@ class EvalConfig(StrictModel):
     ``num_real``: real images for the reference statistics (None = all of the reference split).
     ``metrics``: any of fid, kid, is (needs a network with logits), prdc (precision/recall/density/coverage),
     classifier_fd (Frechet distance on the small classifier's features; needs labelled real images).
+    ``fid_backend``: ``torchmetrics`` (FrechetInceptionDistance) or ``diffprune`` (same value, faster on CPU);
+    ``cross_check`` also computes the other one and records the difference.
     ``classwise``: class-wise FID (per-class samples if conditional, else classifier-assigned classes).
     """
 
@@ -45,6 +49,7 @@ class EvalConfig(StrictModel):
     classwise: bool = True
     min_per_class: int = Field(2, ge=2)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    fid_backend: Literal["torchmetrics", "diffprune"] = "torchmetrics"
     cross_check: bool = True
     seed: int = 0
 

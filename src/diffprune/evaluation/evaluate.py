@@ -98,6 +98,8 @@ def evaluate(
             raise EvaluationError(f"sample_labels must have shape ({len(fake)},), got {sample_labels.shape}")
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
+    dist_state = _distributed_state()
+    is_main = dist_state is None or dist_state.is_main_process
     wanted = set(config.metrics)
     result: dict[str, Any] = {}
     details: dict[str, Any] = {}
@@ -115,7 +117,8 @@ def evaluate(
             return extract_features(images, net, config.batch_size, progress, device=device, description=what)
 
         ref = reference_features(real, lambda x: embed(x, "real features"), net_id,
-                                 num_real=config.num_real, seed=config.seed, cache_dir=cache_dir)
+                                 num_real=config.num_real, seed=config.seed, cache_dir=cache_dir,
+                                 write_cache=is_main)
         timing["reference_features"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         logits = None
@@ -127,7 +130,7 @@ def evaluate(
         timing["sample_features"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         if "fid" in wanted:
-            details["fid"] = fid_with_check(ref.stats, fake_feats, config.cross_check)
+            details["fid"] = fid_with_check(ref.stats, fake_feats, config.cross_check, config.fid_backend)
             result["fid"] = details["fid"]["value"]
         if "kid" in wanted:
             details["kid"] = torchmetrics_kid(ref.features, fake_feats, config.kid_subsets,
@@ -159,7 +162,8 @@ def evaluate(
     elif needs_classifier:
         t = time.perf_counter()
         trained = load_or_train_classifier(real, config.classifier, test=real_test, seed=config.seed,
-                                           device=device, cache_dir=cache_dir, progress=progress)
+                                           device=device, cache_dir=cache_dir, progress=progress and is_main,
+                                           write_cache=is_main)
         timing["classifier"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         idx = ref.indices if ref is not None else np.arange(len(real))
@@ -188,8 +192,7 @@ def evaluate(
     full_protocol = _protocol(real, ref, net_id, len(fake), config, protocol, sample_labels is not None)
     timing["total"] = round(time.perf_counter() - t_start, 3)
     record = {**result, "details": details, "classwise": classwise, "protocol": full_protocol, "seconds": timing}
-    state = _distributed_state()
-    if state is None or state.is_main_process:
+    if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ref is not None:
             save_ref_stats(out_dir / "ref_stats.npz", ref.mu, ref.sigma, ref.count, ref.protocol)
@@ -256,7 +259,7 @@ def _protocol(real, ref, net_id, num_fake, config, caller, conditional) -> dict[
         "metrics": list(config.metrics),
         "prdc_k": config.prdc_k,
         "kid": {"subsets": config.kid_subsets, "subset_size": config.kid_subset_size, "kernel": "poly3"},
-        "fid_formula": "torchmetrics FrechetInceptionDistance; cross-checked with diffprune frechet_distance",
+        "fid_formula": config.fid_backend + (" (cross-checked)" if config.cross_check else ""),
         "seed": config.seed,
         "caller": caller,
         "versions": _versions(),

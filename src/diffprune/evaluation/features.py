@@ -152,7 +152,9 @@ def _distributed_state():
         return None
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True lets a CPU-only machine form a gloo process group (accelerate launch --cpu, torchrun); it is
+    # ignored when the shared state already exists (e.g. the caller's Accelerator).
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state if state.num_processes > 1 else None
 
 

@@ -78,8 +78,33 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray, *, method: FrechetMeth
             "extract both with the same network"
         )
     mu1, s1 = gaussian_stats(real_f)
+    if method == "eigh":
+        return frechet_distance_to_features(mu1, s1, fake_f)
     mu2, s2 = gaussian_stats(fake_f)
     return frechet_distance(mu1, s1, mu2, s2, method=method)
+
+
+def frechet_distance_to_features(mu1: np.ndarray, sigma1: np.ndarray, features: np.ndarray) -> float:
+    """Frechet distance between N(mu1, sigma1) and the Gaussian fitted to ``features`` (N x D).
+
+    When N - 1 < D (fewer generated images than feature dimensions, e.g. 1,000 samples with 2,048-d Inception
+    features, or any class-wise FID) the fitted covariance is ``X^T X`` with the centred, scaled N x D matrix X,
+    and ``Tr((S1 X^T X)^{1/2}) = sum sqrt(eig(X S1 X^T))``: an N x N eigenproblem instead of two D x D ones.
+    Otherwise this is ``frechet_distance`` with the fitted statistics.
+    """
+    feats = _as_features(features, "features")
+    mu1, sigma1 = np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64)
+    n, d = feats.shape
+    if d != mu1.shape[0] or sigma1.shape != (d, d):
+        raise EvaluationError(f"features are {d}-d but the statistics are {mu1.shape[0]}-d; use the same network")
+    mu2, sigma2 = gaussian_stats(feats)
+    if n - 1 >= d:
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
+    x = (feats - mu2) / np.sqrt(n - 1)
+    m = x @ ((sigma1 + sigma1.T) / 2) @ x.T
+    tr_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:

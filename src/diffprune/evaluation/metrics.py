@@ -3,6 +3,8 @@
 torchmetrics' metrics run their own network inside ``update``. Here they receive a pass-through module, so they
 accumulate features we already have: the FID Inception runs once per image set, and the cached real statistics
 (mu, sigma, count) are loaded into the FID state instead of re-embedding the reference set for every arm.
+Every process already holds all features (gathered by ``extract_features``), so the metrics compute locally
+(``sync_on_compute=False``): torchmetrics' default all-reduce would count each image once per process.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffprune.evaluation.errors import EvaluationError
-from diffprune.evaluation.frechet import frechet_distance, gaussian_stats
+from diffprune.evaluation.frechet import frechet_distance_to_features
 
 
 class PrecomputedFeatures(torch.nn.Module):
@@ -43,7 +45,8 @@ def torchmetrics_fid(
         raise EvaluationError(f"fake features are {fake_features.shape[1]}-d but real statistics are {d}-d")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        metric = FrechetInceptionDistance(feature=PrecomputedFeatures(d), reset_real_features=False)
+        metric = FrechetInceptionDistance(feature=PrecomputedFeatures(d), reset_real_features=False,
+                                          sync_on_compute=False)
     mu_t = torch.as_tensor(mu, dtype=torch.float64)
     metric.real_features_sum = mu_t * count
     metric.real_features_cov_sum = torch.as_tensor(sigma, dtype=torch.float64) * (count - 1) + count * torch.outer(
@@ -68,7 +71,8 @@ def torchmetrics_kid(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         metric = KernelInceptionDistance(
-            feature=PrecomputedFeatures(real_features.shape[1]), subsets=subsets, subset_size=size
+            feature=PrecomputedFeatures(real_features.shape[1]), subsets=subsets, subset_size=size,
+            sync_on_compute=False,
         )
     metric.update(torch.as_tensor(real_features, dtype=torch.float64), real=True)
     metric.update(torch.as_tensor(fake_features, dtype=torch.float64), real=False)
@@ -84,7 +88,7 @@ def torchmetrics_inception_score(logits: np.ndarray, splits: int = 10, seed: int
         raise EvaluationError(f"the Inception Score with {splits} splits needs at least {splits} images")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        metric = InceptionScore(feature=PrecomputedFeatures(logits.shape[1]), splits=splits)
+        metric = InceptionScore(feature=PrecomputedFeatures(logits.shape[1]), splits=splits, sync_on_compute=False)
     metric.update(torch.as_tensor(logits, dtype=torch.float64))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -92,21 +96,28 @@ def torchmetrics_inception_score(logits: np.ndarray, splits: int = 10, seed: int
     return {"value": float(mean), "std": float(std), "splits": int(splits)}
 
 
+IMPLEMENTATIONS = {
+    "torchmetrics": "torchmetrics.image.fid.FrechetInceptionDistance (float64 state, eigvals of S1 S2)",
+    "diffprune": "diffprune.evaluation.frechet (symmetric eigendecomposition; N x N route when N <= D)",
+}
+
+
 def fid_with_check(
-    real_stats: tuple[np.ndarray, np.ndarray, int], fake_features: np.ndarray, cross_check: bool = True
+    real_stats: tuple[np.ndarray, np.ndarray, int],
+    fake_features: np.ndarray,
+    cross_check: bool = True,
+    backend: str = "torchmetrics",
 ) -> dict[str, object]:
-    """torchmetrics FID plus, with ``cross_check``, diffprune's symmetric-eigendecomposition value beside it."""
-    value = torchmetrics_fid(real_stats, fake_features)
-    out: dict[str, object] = {
-        "value": value,
-        "implementation": "torchmetrics.image.fid.FrechetInceptionDistance (float64 state)",
-    }
+    """FID by ``backend`` and, with ``cross_check``, the other implementation's value and the difference."""
+    def compute(name: str) -> float:
+        if name == "torchmetrics":
+            return torchmetrics_fid(real_stats, fake_features)
+        return frechet_distance_to_features(real_stats[0], real_stats[1], fake_features)
+
+    value = compute(backend)
+    out: dict[str, object] = {"value": value, "implementation": IMPLEMENTATIONS[backend]}
     if cross_check:
-        mu_f, sigma_f = gaussian_stats(fake_features)
-        check = frechet_distance(real_stats[0], real_stats[1], mu_f, sigma_f)
-        out["check"] = {
-            "implementation": "diffprune.evaluation.frechet_distance (method='eigh')",
-            "value": check,
-            "abs_diff": abs(check - value),
-        }
+        other = "diffprune" if backend == "torchmetrics" else "torchmetrics"
+        check = compute(other)
+        out["check"] = {"implementation": IMPLEMENTATIONS[other], "value": check, "abs_diff": abs(check - value)}
     return out

@@ -75,6 +75,7 @@ def reference_features(
     num_real: int | None,
     seed: int,
     cache_dir: Path | None,
+    write_cache: bool = True,
 ) -> ReferenceFeatures:
     """Features and statistics of the reference images, from ``cache_dir`` when present, else by ``embed``.
 
@@ -83,6 +84,7 @@ def reference_features(
         embed: uint8 images -> float64 N x D features (e.g. ``extract_features`` bound to the network).
         network_id: identifies the feature network (name, weights hash, preprocessing); part of the cache key.
         num_real: how many reference images (None = all), a seeded random subset when fewer.
+        write_cache: False on all but the main process of a multi-process run.
     """
     indices = choose_reference_indices(len(real), num_real, seed)
     protocol = {
@@ -104,7 +106,7 @@ def reference_features(
             return ReferenceFeatures(feats, indices, labels, mu, sigma, protocol, cache_hit=True)
     feats = embed(real.images[indices])
     mu, sigma = gaussian_stats(feats)
-    if folder is not None:
+    if folder is not None and write_cache:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_save_npy(folder / "features.npy", feats.astype(np.float32))
         atomic_save_npy(folder / "indices.npy", indices)

@@ -6,6 +6,7 @@ that arm needs: embed -> select -> [reference -> reweight] -> train -> sample ->
 """
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -20,6 +21,12 @@ from diffprune.pipeline.manifest import StageDir
 
 T = TypeVar("T")
 STAGES = ("embed", "select", "reference", "reweight", "train", "sample", "evaluate", "report")
+DISTRIBUTED_STAGES = ("embed", "train", "sample", "evaluate")
+
+
+def _distributed() -> tuple[int, bool]:
+    """(world size, is main process) from the variables that ``accelerate launch`` / torchrun set."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -61,25 +68,40 @@ class Pipeline:
         compute: Callable[[], tuple[T, str, dict[str, Any]]],
         load: Callable[[], T],
     ) -> T:
-        """Cache hit -> ``load()``; else ``compute()`` -> (result, output fingerprint, manifest extras)."""
+        """Cache hit -> ``load()``; else ``compute()`` -> (result, output fingerprint, manifest extras).
+
+        Under ``accelerate launch`` every process runs the stages that shard their work across processes
+        (train, sample, embed, evaluate) and only the main process writes the stage's config and manifest;
+        the other stages must already be cached, so they never run twice at once.
+        """
         rel = stage.path.relative_to(self.root) if stage.path.is_relative_to(self.root) else stage.path
         if stage.stage not in self.force and stage.is_complete():
             self.console.print(f"[dim]cached[/]  {stage.stage:<9} {rel}")
             self._fingerprints[str(stage.path)] = stage.manifest()["fingerprint"]
             return load()
-        self.console.print(f"[bold cyan]run[/]     {stage.stage:<9} {rel}")
-        stage.begin()
+        world, main = _distributed()
+        if world > 1 and stage.stage not in DISTRIBUTED_STAGES:
+            raise RuntimeError(
+                f"stage '{stage.stage}' ({rel}) is not cached and does not run under several processes; "
+                f"run it first without accelerate launch (e.g. `diffprune {stage.stage} ...`), then launch again"
+            )
+        if main:
+            self.console.print(f"[bold cyan]run[/]     {stage.stage:<9} {rel}")
+            stage.begin()
         result, fingerprint, extra = compute()
-        manifest = stage.finish(fingerprint, **extra)
-        self._fingerprints[str(stage.path)] = manifest["fingerprint"]
-        self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
+        self._fingerprints[str(stage.path)] = fingerprint
+        if main:
+            manifest = stage.finish(fingerprint, world_size=world, **extra)
+            self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
         return result
 
     def fingerprint(self, path: Path) -> str:
         return self._fingerprints[str(path)]
 
     def write_run_files(self) -> None:
-        """The resolved run config, the arms and the shared stages (read by the report)."""
+        """The resolved run config, the arms and the shared stages (read by the report); main process only."""
+        if not _distributed()[1]:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.root / "config.yaml", self.cfg.model_dump(mode="json"))
         arms = []
@@ -280,6 +302,8 @@ class Pipeline:
         from diffprune.report import build_report
 
         self.write_run_files()
+        if not _distributed()[1]:
+            return self.root / "report" / "report.md"
         path = build_report(self.root)
         self.console.print(f"[green]report[/]  {path}")
         return path

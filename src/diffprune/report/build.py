@@ -14,7 +14,18 @@ import numpy as np
 from diffprune.evaluation import fid_curve
 from diffprune.io import atomic_write_text
 from diffprune.report.collect import FULL, ArmResult, RunSummary, collect_run
-from diffprune.report.document import Bullets, Document, Heading, Image, Paragraph, Table, fmt, to_html, to_markdown
+from diffprune.report.document import (
+    Bullets,
+    Document,
+    Gallery,
+    Heading,
+    Image,
+    Paragraph,
+    Table,
+    fmt,
+    to_html,
+    to_markdown,
+)
 from diffprune.report.errors import ReportError
 from diffprune.report.plots import class_weights_bars, classwise_bars, fid_vs_compute
 
@@ -85,11 +96,14 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
 
     doc.add(Heading("Samples"))
     grids = [a for a in arms if a.grid is not None]
+    gallery = []
     for a in grids:
         dest = out / f"grid-{_safe(a.run + '-' + a.arm if multi else a.arm)}.png"
         shutil.copyfile(a.grid, dest)
-        doc.add(Image(dest, f"Samples: {a.run + '/' if multi else ''}{a.arm}", width=360))
-    if not grids:
+        gallery.append(Image(dest, f"{a.run + '/' if multi else ''}{a.arm}", width=260))
+    if gallery:
+        doc.add(Gallery(gallery))
+    else:
         doc.add(Paragraph("No sample grids found."))
 
     doc.add(Heading("Protocol"), *_protocol_blocks(arms, multi))

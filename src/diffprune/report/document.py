@@ -43,11 +43,21 @@ class Image:
 
 
 @dataclass
+class Gallery:
+    """Images side by side (sample grids); pixel art is shown without smoothing."""
+
+    images: list[Image]
+
+
+Block = Union[Heading, Paragraph, Bullets, Table, Image, Gallery]
+
+
+@dataclass
 class Document:
     title: str
-    blocks: list[Union[Heading, Paragraph, Bullets, Table, Image]] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
 
-    def add(self, *blocks: Union[Heading, Paragraph, Bullets, Table, Image]) -> "Document":
+    def add(self, *blocks: Block) -> "Document":
         self.blocks.extend(blocks)
         return self
 
@@ -75,9 +85,25 @@ def to_markdown(doc: Document, folder: Path) -> str:
             out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
             out.append("")
         elif isinstance(b, Image):
-            rel = Path(b.path).relative_to(folder) if Path(b.path).is_relative_to(folder) else Path(b.path)
-            out += [f"![{b.alt}]({rel.as_posix()})", ""]
+            out += [_md_image(b, folder), ""]
+        elif isinstance(b, Gallery):
+            out += ["| " + " | ".join(i.alt for i in b.images) + " |",
+                    "| " + " | ".join("---" for _ in b.images) + " |",
+                    "| " + " | ".join(_md_image(i, folder) for i in b.images) + " |", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _md_image(b: Image, folder: Path) -> str:
+    rel = Path(b.path).relative_to(folder) if Path(b.path).is_relative_to(folder) else Path(b.path)
+    return f"![{b.alt}]({rel.as_posix()})"
+
+
+def _html_image(b: Image, extra_style: str = "") -> str:
+    data = base64.b64encode(Path(b.path).read_bytes()).decode("ascii")
+    style = (f"width:{b.width}px;" if b.width else "") + extra_style
+    style_attr = f' style="{style}"' if style else ""
+    return (f'<figure><img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}"{style_attr}>'
+            f"<figcaption>{html.escape(b.alt)}</figcaption></figure>")
 
 
 CSS = """
@@ -90,6 +116,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{
 caption{caption-side:top;text-align:left;font-style:italic;color:#57606a;padding-bottom:.3rem}
 figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eaeef2}figcaption{color:#57606a;font-size:.9rem}
 code{background:#f6f8fa;padding:.1rem .3rem;border-radius:4px}
+.gallery{display:flex;flex-wrap:wrap;gap:1rem}.gallery figure{margin:0}
+.gallery img{image-rendering:pixelated}
 """
 
 
@@ -121,10 +149,9 @@ def to_html(doc: Document) -> str:
             rows.append("</table>")
             parts.append("".join(rows))
         elif isinstance(b, Image):
-            data = base64.b64encode(Path(b.path).read_bytes()).decode("ascii")
-            width = f' style="width:{b.width}px"' if b.width else ""
-            parts.append(f'<figure><img alt="{e(b.alt)}" src="data:image/png;base64,{data}"{width}>'
-                         f"<figcaption>{e(b.alt)}</figcaption></figure>")
+            parts.append(_html_image(b))
+        elif isinstance(b, Gallery):
+            parts.append('<div class="gallery">' + "".join(_html_image(i) for i in b.images) + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -52,7 +52,7 @@ def fid_vs_compute(arms: Sequence[ArmResult], path: Path, multi_run: bool = Fals
                       else "images processed (incl. embed/select/DRO)")
         ax.set_ylabel("FID (lower is better)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="best")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("FID versus compute")
     return _save(fig, path)
 
@@ -74,7 +74,7 @@ def class_weights_bars(arms: Sequence[ArmResult], path: Path, multi_run: bool = 
     ax.set_xticks(x, names, rotation=30 if max(len(n) for n in names) > 4 else 0, ha="right")
     ax.set_ylabel("class weight")
     ax.set_title("Class weights from DRO")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -95,6 +95,6 @@ def classwise_bars(series: Sequence[tuple[str, list[dict]]], path: Path, title: 
     ax.set_xticks(x, classes, rotation=30 if max(len(c) for c in classes) > 4 else 0, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -12,7 +12,7 @@ from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.checkpoint import CheckpointMismatchError
 from diffprune.reweighting.dro import ClassDRO, DROStateError
 from diffprune.reweighting.reference import prepare_reference
-from diffprune.reweighting.runner import DROLoop, ReweightError, run_dro
+from diffprune.reweighting.runner import DROInterrupted, DROLoop, ReweightError, run_dro
 from diffprune.reweighting.weights import (
     ClassWeightsError,
     is_collapsed,
@@ -25,8 +25,9 @@ from diffprune.reweighting.weights import (
 __all__ = [
     "CheckpointMismatchError",
     "ClassDRO",
-    "DROLoop",
     "ClassWeightsError",
+    "DROInterrupted",
+    "DROLoop",
     "DROStateError",
     "ReweightConfig",
     "ReweightError",

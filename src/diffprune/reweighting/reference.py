@@ -11,7 +11,7 @@ from pathlib import Path
 from diffprune.data import ImageDataset
 from diffprune.io import atomic_path
 from diffprune.reweighting.config import ReweightConfig
-from diffprune.reweighting.runner import ReweightError, _check_dataset, _check_reference
+from diffprune.reweighting.runner import ReweightError, check_dataset, check_reference
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -61,7 +61,7 @@ def prepare_reference(
     if config.reference is not None:
         source = config.reference
         model, scheduler = load_model(source)
-        _check_reference(model, scheduler, dataset, source)
+        check_reference(model, scheduler, dataset, source)
         local = Path(source).expanduser()
         if _is_diffusers_folder(local):
             return local.resolve()
@@ -72,7 +72,7 @@ def prepare_reference(
         logger.info("reference %s saved as %s", source, target)
         return target
 
-    _check_dataset(dataset)
+    check_dataset(dataset)
     summary = train(reference_train_config(config, dataset), dataset, out_dir, class_weights=None, resume=True,
                     progress=progress)
     logger.info("reference trained: %s", summary)

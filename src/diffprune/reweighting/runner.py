@@ -12,7 +12,8 @@ The output is ``ClassDRO.average`` (initial weights included), written as ``clas
 from __future__ import annotations
 
 import logging
-import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
-from diffprune.io import atomic_save_npz, atomic_write_json, config_hash
+from diffprune.io import config_hash
 from diffprune.reweighting.checkpoint import (
     CheckpointMismatchError,
     RunLog,
@@ -32,15 +33,9 @@ from diffprune.reweighting.checkpoint import (
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.dro import ClassDRO
 from diffprune.reweighting.excess import ExcessAccumulator, per_class_excess_sums, weighted_class_loss
-from diffprune.reweighting.plots import plot_trajectory, plot_weights
+from diffprune.reweighting.outputs import write_outputs
 from diffprune.reweighting.sampling import ClassBalancedBatches, step_seed
-from diffprune.reweighting.weights import (
-    collapse_message,
-    is_collapsed,
-    save_class_weights,
-    weights_entropy,
-    weights_to_dict,
-)
+from diffprune.reweighting.weights import weights_entropy
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -52,6 +47,31 @@ class ReweightError(ValueError):
     """The reweight stage cannot run on these inputs; the message names the problem and the fix."""
 
 
+class DROInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped ``run_dro`` after it checkpointed; rerun with ``resume=True`` to continue."""
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop reads between steps (a second signal stops at once)."""
+
+    def __enter__(self) -> "_StopRequest":
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,12 +80,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 N x C x H x W -> float32 in [-1, 1] on ``device``."""
-    return torch.from_numpy(images).to(device=device, dtype=torch.float32).div_(127.5).sub_(1.0)
-
-
-def _check_dataset(dataset: ImageDataset) -> None:
+def check_dataset(dataset: ImageDataset) -> None:
     if dataset.labels is None or dataset.num_classes == 0:
         raise ReweightError(
             f"dataset '{dataset.name}' has no labels; DRO needs groups. For unlabelled data pass the selection "
@@ -75,7 +90,7 @@ def _check_dataset(dataset: ImageDataset) -> None:
         raise ReweightError(f"dataset '{dataset.name}' is empty")
 
 
-def _check_reference(model: Any, scheduler: Any, dataset: ImageDataset, where: str) -> None:
+def check_reference(model: Any, scheduler: Any, dataset: ImageDataset, where: str) -> None:
     cfg = model.config
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
     if size != dataset.resolution or cfg.in_channels != dataset.channels:
@@ -155,14 +170,14 @@ class DROLoop:
         self.dro = ClassDRO(self.num_classes, eta=config.eta, smoothing=config.smoothing)
         self.acc = ExcessAccumulator(self.num_classes)
         self.log = RunLog([], [], [], self.acc.sums, self.acc.counts, 0)
-        self.data = images_to_tensor(dataset.images, device)
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)  # uint8, 4x less memory
         self.labels = torch.from_numpy(dataset.labels).to(device)
         self.batches = ClassBalancedBatches(dataset.labels, self.num_classes, config.batch_size, config.seed)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, labels, timesteps, noise) of ``step``: a pure function of (seed, step)."""
         idx = torch.from_numpy(self.batches.indices_at(step)).to(self.device)
-        x0, y = self.data[idx], self.labels[idx]
+        x0, y = self.images[idx].float() / 127.5 - 1.0, self.labels[idx]
         gen = torch.Generator(device=self.device).manual_seed(step_seed(self.config.seed, step))
         t = torch.randint(0, self.num_timesteps, (len(idx),), generator=gen, device=self.device)
         noise = torch.randn(x0.shape, generator=gen, device=self.device)
@@ -241,6 +256,7 @@ def run_dro(
             ``average`` K, ``initial`` K, ``loss`` per proxy step), ``weights.png``, ``trajectory.png``,
             ``summary.json`` and ``checkpoint/``.
         progress: show a rich progress bar.
+            SIGINT/SIGTERM checkpoint at the end of the current step and raise ``DROInterrupted``.
         resume: continue from ``out_dir/checkpoint`` when it belongs to the same run (raising when it does not);
             False starts afresh.
 
@@ -250,13 +266,13 @@ def run_dro(
     """
     from diffprune.diffusion import load_model
 
-    _check_dataset(dataset)
+    check_dataset(dataset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     t0 = time.perf_counter()
     reference, scheduler = load_model(str(reference_dir))
-    _check_reference(reference, scheduler, dataset, str(reference_dir))
+    check_reference(reference, scheduler, dataset, str(reference_dir))
     loop = DROLoop(config, dataset, reference, scheduler, device)
 
     identity = _identity(config, dataset, Path(reference_dir))
@@ -270,13 +286,18 @@ def run_dro(
             )
         logger.info("resuming DRO from step %d of %d", start, config.steps)
 
-    with _progress(progress) as bar:
+    with _StopRequest() as stop, _progress(progress) as bar:
         task = bar.add_task("dro", total=config.steps, completed=start, info="")
         for step in range(start, config.steps):
             loss = loop.step(step)
             done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
                 loop.save(out_dir, done, identity)
+            if stop.requested:
+                raise DROInterrupted(
+                    f"DRO stopped by a signal after step {done}/{config.steps}; the checkpoint is in "
+                    f"'{out_dir / 'checkpoint'}'; rerun to continue"
+                )
             w = loop.dro.weights
             bar.update(task, advance=1, info=f"loss {loss:.4f}  entropy {weights_entropy(w):.3f}  max {w.max():.3f}")
 
@@ -286,67 +307,3 @@ def run_dro(
             "raise steps or lower update_every"
         )
     return write_outputs(out_dir, loop.dro, loop.log, dataset.class_names, config, time.perf_counter() - t0, progress)
-
-
-def write_outputs(
-    out_dir: Path,
-    dro: ClassDRO,
-    log: RunLog,
-    class_names: list[str],
-    config: ReweightConfig,
-    seconds: float,
-    progress: bool,
-) -> dict[str, float]:
-    k = len(class_names)
-    average = dro.average
-    weights = weights_to_dict(average, class_names)
-    save_class_weights(out_dir / "class_weights.json", average, class_names)
-    steps = np.asarray(log.update_steps, dtype=np.int64)
-    atomic_save_npz(
-        out_dir / "trajectory.npz",
-        weights=dro.history, excess=dro.score_history, present=np.asarray(log.present, dtype=bool).reshape(-1, k),
-        steps=steps, average=average, initial=dro.initial, loss=np.asarray(log.losses, dtype=np.float64),
-        class_names=np.asarray(class_names, dtype=str),
-    )
-    plot_weights(out_dir / "weights.png", average, dro.weights, class_names)
-    plot_trajectory(out_dir / "trajectory.png", steps, dro.history, dro.score_history, class_names)
-
-    entropy = weights_entropy(average)
-    collapsed = is_collapsed(average)
-    tail = max(1, len(log.losses) // 10)
-    numbers = {
-        "entropy": entropy,
-        "normalized_entropy": entropy / math.log(k) if k > 1 else 1.0,
-        "max_weight": float(average.max()),
-        "min_weight": float(average.min()),
-        "collapsed": float(collapsed),
-        "last_weights_collapsed": float(is_collapsed(dro.weights)),
-        "steps": float(len(log.losses)),
-        "updates": float(dro.num_updates),
-        "seconds": float(seconds),
-        "final_loss": float(np.mean(log.losses[-tail:])),
-    }
-    summary = {
-        **numbers,
-        "collapsed": collapsed,
-        "last_weights_collapsed": bool(numbers["last_weights_collapsed"]),
-        "entropy_uniform": math.log(k),
-        "max_class": class_names[int(np.argmax(average))],
-        "min_class": class_names[int(np.argmin(average))],
-        "num_classes": k,
-        "excess_mode": config.excess,
-        "weights": weights,
-        "warning": collapse_message(weights) if collapsed else None,
-    }
-    atomic_write_json(out_dir / "summary.json", summary)
-    logger.info("DRO weights: entropy %.3f nats (uniform %.3f), max %.3f (%s)", entropy, math.log(k),
-                numbers["max_weight"], summary["max_class"])
-    if collapsed or numbers["last_weights_collapsed"]:
-        message = collapse_message(weights if collapsed else weights_to_dict(dro.weights, class_names),
-                                   "DRO output weights" if collapsed else "DRO weights at the last step")
-        logger.warning(message)
-        if progress:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[bold yellow]warning:[/] {message}")
-    return numbers
