@@ -104,6 +104,7 @@ def sklearn_gaussian(x, y):
 
     s = np.empty(len(x))
     for k in np.unique(y):
+        t0 = time.perf_counter()
         xk = x[y == k]
         try:
             s[y == k] = GaussianMixture(n_components=1, reg_covar=1e-5).fit(xk).score_samples(xk)
@@ -111,6 +112,7 @@ def sklearn_gaussian(x, y):
             SKLEARN_NOTES.append(f"class {k}: float32 fit failed (ill-defined covariance); refitted in float64")
             xk = xk.astype(np.float64)
             s[y == k] = GaussianMixture(n_components=1, reg_covar=1e-5).fit(xk).score_samples(xk)
+        print(f"    sklearn class {k}: {time.perf_counter() - t0:.1f} s", flush=True)
     return s
 
 
@@ -163,6 +165,18 @@ def covering_radius(x, kept, y):
 
 
 # ------------------------------------------------------------------------------------------ sections
+class Rows(list):
+    """Table rows, printed as they are measured (a long run shows progress and loses nothing if stopped)."""
+
+    def append(self, row):
+        super().append(row)
+        what, size, value, mb, target, ok = row
+        unit = "x" if "speed-up" in what else "s"
+        mb_s = "" if mb is None else f"{mb:.0f} MB"
+        print(f"  {what}: {value:.2f}{unit} {mb_s} {target} {'' if ok is None else ('met' if ok else 'MISS')}",
+              flush=True)
+
+
 def bench_50k(args, rows, results):
     x, y = synth(args.n, args.d, args.classes)
     tag = f"{args.n}x{args.d}, {args.classes} classes"
@@ -212,7 +226,6 @@ def bench_50k(args, rows, results):
         _, t, m = measure(lambda: select(x, y, method, args.ratio, **opts))
         results[method] = {"seconds": t, "peak_mb": m}
         rows.append((f"{method} {args.ratio:.0%}", tag, t, m, "", None))
-        print(f"  {method}: {t:.1f} s", flush=True)
     del x
 
 
@@ -273,7 +286,7 @@ def main():
     p.add_argument("--d", type=int, default=2048)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--ratio", type=float, default=0.1)
-    p.add_argument("--global-n", type=int, default=20_000, help="size of the global k-center comparison")
+    p.add_argument("--global-n", type=int, default=10_000, help="size of the global k-center comparison")
     p.add_argument("--imagenet-rows", type=int, default=IMAGENET_ROWS)
     p.add_argument("--tmp", default="/tmp")
     p.add_argument("--keep-file", action="store_true")
@@ -287,14 +300,14 @@ def main():
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
 
-    rows, results = [], {}
+    rows, results = Rows(), {}
     started = time.time()
-    if not args.skip_50k:
-        bench_50k(args, rows, results)
-    if not args.skip_global:
-        bench_global_kcenter(args, rows, results)
-    if not args.skip_imagenet:
-        bench_imagenet(args, rows, results)
+    sections = [(args.skip_50k, bench_50k), (args.skip_global, bench_global_kcenter),
+                (args.skip_imagenet, bench_imagenet)]
+    for skip, section in sections:
+        if not skip:
+            section(args, rows, results)
+            save(args, rows, results, started)
 
     print(f"\n{'what':44s} {'size':34s} {'value':>10s} {'peak MB':>9s}  target          met")
     for what, size, value, mb, target, ok in rows:
@@ -302,14 +315,19 @@ def main():
         mb_s = "" if mb is None else f"{mb:9.0f}"
         ok_s = "" if ok is None else ("yes" if ok else "MISS")
         print(f"{what:44s} {size:34s} {value:9.2f}{unit} {mb_s:>9s}  {target:15s} {ok_s}")
+    load = save(args, rows, results, started)
+    print(f"\nwrote {args.out}; load average {load[0]:.1f} ({os.cpu_count()} cores shared with other jobs)")
+
+
+def save(args, rows, results, started):
     load = os.getloadavg()
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs",
-            "load_average_at_end": load, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_average_at_save": load, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(), "seconds_total": time.time() - started, "args": vars(args)}
     atomic_write_json(args.out, {"meta": meta, "results": results,
                                  "table": [dict(zip(("what", "size", "value", "peak_mb", "target", "met"), r))
                                            for r in rows]})
-    print(f"\nwrote {args.out}; load average {load[0]:.1f} (2 cores shared with other jobs)")
+    return load
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def bare_loop(args, ds: ImageDataset, device: torch.device, mode: str) -> float:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if compile_ else model
     scheduler = create_scheduler(args.preset)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=device.type == "cuda")
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=True)  # the trainer's optimizer
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(s / 100, 1.0))
     images = torch.from_numpy(ds.images).to(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -139,6 +139,41 @@ def bench_training(args, mode: str) -> dict:
             "ratio_per_repeat": ratios, "ratio_median": statistics.median(ratios)}
 
 
+def bench_components(args) -> dict:
+    """Milliseconds per call of the two hand-rolled choices in the trainer, next to the stock alternative:
+    EMA update (cached foreach lerp vs torch's AveragedModel) and Adam step (fused vs torch's default)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from diffprune.diffusion.ema import EMA
+
+    device = torch.device(args.device)
+    model = create_model(args.preset, sample_size=args.resolution, in_channels=args.channels,
+                         out_channels=args.channels).to(device)
+    for p_ in model.parameters():
+        p_.grad = torch.randn_like(p_) * 1e-3
+
+    def per_call(fn, n=20) -> float:
+        fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t0) / n * 1e3
+
+    ours_ema = EMA(model, 0.9999)
+    stock_ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9999), use_buffers=True)
+    opts = {k: torch.optim.Adam(model.parameters(), lr=1e-9, fused=k == "fused") for k in ("default", "fused")}
+    rows = {"ema_ms": {"ours_cached_foreach": [], "torch_AveragedModel": []},
+            "adam_ms": {"fused": [], "default": []}}
+    for _ in range(args.repeats):  # interleaved
+        rows["ema_ms"]["ours_cached_foreach"].append(per_call(ours_ema.update))
+        rows["ema_ms"]["torch_AveragedModel"].append(per_call(lambda: stock_ema.update_parameters(model)))
+        rows["adam_ms"]["fused"].append(per_call(opts["fused"].step))
+        rows["adam_ms"]["default"].append(per_call(opts["default"].step))
+    return {k: {name: statistics.median(v) for name, v in d.items()} | {"raw": d} for k, d in rows.items()}
+
+
 @torch.no_grad()
 def bench_sampling(args) -> dict:
     from diffusers import DDIMPipeline, DDIMScheduler
@@ -192,6 +227,11 @@ def print_table(result: dict) -> None:
     print(f"{'mode':<18}{'bare img/s':>12}{'ours img/s':>12}{'ours/bare':>11}")
     for r in result["training"]:
         print(f"{r['mode']:<18}{r['bare_median']:>12.1f}{r['ours_median']:>12.1f}{r['ratio_median']:>11.3f}")
+    c = result.get("components")
+    if c:
+        e, a = c["ema_ms"], c["adam_ms"]
+        print(f"{'EMA update ms':<18}{'AveragedModel':>14}{e['torch_AveragedModel']:>8.2f}  ours {e['ours_cached_foreach']:.2f}")
+        print(f"{'Adam step ms':<18}{'default':>14}{a['default']:>8.2f}  fused {a['fused']:.2f}")
     s = result.get("sampling")
     if s:
         print(f"{'sampling ' + s['sampler']:<18}{'pipeline':>12}{'ours':>12}{'ours/pipe':>11}")
@@ -258,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         "params": count_parameters(create_model(args.preset, sample_size=args.resolution, in_channels=args.channels,
                                                  out_channels=args.channels)),
         "training": training,
+        "components": None if args.sampling_only else bench_components(args),
         "sampling": None if args.no_sampling else bench_sampling(args),
     }
     atomic_write_json(args.out, result)

@@ -24,7 +24,7 @@ if [[ "${1:-}" == "--smoke" ]]; then
   OUT=benchmarks/results/gpu_check_smoke.json
   ARGS=(--preset ddpm-tiny --resolution 16 --channels 3 --batch 8 --steps 4 --warmup 2 --repeats 1
         --device cpu --threads 1 --sample-steps 5 --sample-n 4)
-  LIMIT=600
+  LIMIT=900
 else
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device visible to $PY (use --smoke to test the script on a CPU)" >&2

@@ -194,7 +194,7 @@ def test_kid_caps_subset_size_and_is_reproducible():
     assert a == b and a["subset_size"] == 20
 
 
-@pytest.mark.filterwarnings("ignore:std\(\)")
+@pytest.mark.filterwarnings(r"ignore:std\(\)")
 def test_inception_score_equals_formula_with_one_split():
     logits = np.random.default_rng(7).normal(size=(40, 5)) * 3
     p = np.exp(logits - logits.max(1, keepdims=True))

@@ -191,12 +191,16 @@ def test_signal_checkpoints_then_resume_matches(short_run, digits, random_refere
     assert (tmp_path / "class_weights.json").read_text() == (out / "class_weights.json").read_text()
 
 
-def test_resume_refuses_another_run(short_run, digits, random_reference) -> None:
+def test_resume_refuses_another_run(short_run, digits, random_reference, tmp_path) -> None:
     out, cfg, _ = short_run
     with pytest.raises(CheckpointMismatchError, match="another run"):
         run_dro(cfg.model_copy(update={"eta": 0.5}), digits, random_reference, out, progress=False)
     with pytest.raises(CheckpointMismatchError, match="beyond"):
         run_dro(cfg.model_copy(update={"steps": 3}), digits, random_reference, out, progress=False)
+    other = tmp_path / "other_ref"
+    save_model(other, build_proxy(_config(seed=124), digits), create_scheduler("ddpm-tiny"))
+    with pytest.raises(CheckpointMismatchError, match="reference_weights"):
+        run_dro(cfg, digits, str(other), out, progress=False)
 
 
 def test_run_dro_rejects_unlabelled_and_mismatched(digits, random_reference, tmp_path) -> None:
@@ -213,6 +217,15 @@ def test_prepare_reference_given_folder(digits, random_reference, tmp_path) -> N
     assert prepare_reference(cfg, digits, tmp_path) == __import__("pathlib").Path(random_reference).resolve()
     with pytest.raises(ReweightError, match="resolution"):
         prepare_reference(cfg, load_dataset("digits", resolution=16, limit=50), tmp_path)
+
+
+def test_prepare_reference_from_train_dir_is_materialised(digits, random_reference, tmp_path) -> None:
+    model, scheduler = load_model(random_reference)
+    save_model(tmp_path / "train_run" / "model", model, scheduler)  # a diffprune train directory
+    out = prepare_reference(_config(reference=str(tmp_path / "train_run")), digits, tmp_path / "reference")
+    assert out == tmp_path / "reference" / "model"
+    again, _ = load_model(out)
+    assert hash_state_dict(again.state_dict()) == hash_state_dict(model.state_dict())
 
 
 # --- collapse warning, weights files, config --------------------------------------------------------------

@@ -226,3 +226,14 @@ def test_init_from_a_saved_model(dataset, tmp_path):
     with pytest.raises(TrainError, match="init_from model has sample_size=8"):
         big = ImageDataset(np.zeros((8, 1, 16, 16), np.uint8), np.arange(8) % 4, CLASSES)
         train(_cfg(steps=1, init_from=str(tmp_path / "init")), big, tmp_path / "bad", progress=False)
+
+
+def test_tensorboard_is_optional(dataset, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(TrainError, match="pip install tensorboard"):
+            train(_cfg(steps=1, tensorboard=True), dataset, tmp_path, progress=False)
+    else:
+        train(_cfg(steps=2, tensorboard=True), dataset, tmp_path, progress=False)
+        assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -9,12 +9,14 @@ Accepted by ``load_model``:
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffprune.diffusion.models import ModelError, create_scheduler
@@ -28,6 +30,8 @@ def save_model(path: str | os.PathLike, model: UNet2DModel, scheduler: DDPMSched
     """Write ``path`` atomically: ``save_pretrained`` of ``model`` (safetensors), ``scheduler/`` and
     ``diffprune.json`` (``meta``). ``UNet2DModel.from_pretrained(path)`` and
     ``DDPMScheduler.from_pretrained(path, subfolder="scheduler")`` load it; so does ``load_model(path)``."""
+    if any(not t.is_contiguous() for t in model.state_dict().values()):  # e.g. channels_last training
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     with atomic_path(path, is_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         scheduler.save_pretrained(tmp / "scheduler")

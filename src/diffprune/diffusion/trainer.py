@@ -40,7 +40,6 @@ from diffusers.optimization import get_constant_schedule_with_warmup
 from pydantic import field_validator, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffprune.config import StrictModel
 from diffprune.data import ImageDataset
@@ -50,6 +49,7 @@ from diffprune.diffusion.batches import (
     global_batch_indices,
     noise_generator,
 )
+from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.loading import load_model, save_model
 from diffprune.diffusion.models import PRESETS, count_parameters, create_model, create_scheduler, get_preset
 from diffprune.diffusion.objective import diffusion_loss
@@ -237,14 +237,12 @@ def train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    ema.update_parameters(model)  # EMA starts at the initial weights
-    ema.requires_grad_(False).eval()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+    ema = EMA(model, cfg.ema_decay)  # starts at the initial weights
+    params = list(model.parameters())  # collected once: walking the module tree every step is measurable
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)
     lr_schedule = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
     forward_model = torch.compile(model) if cfg.compile else model
-    raw_model = accelerator.unwrap_model(model)
 
     # ---- resume ------------------------------------------------------------------------------------------
     state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
@@ -258,8 +256,7 @@ def train(
                 f"change on resume); saved config: {saved['config']}"
             )
         accelerator.load_state(str(state_dir))
-        ema.module.load_state_dict(load_file(state_dir / EMA_FILE, device=str(device)))
-        ema.n_averaged.fill_(saved["ema_updates"])
+        ema.load_state_dict(load_file(state_dir / EMA_FILE, device=str(device)), saved["ema_updates"])
         start_step = resumed_from = int(saved["step"])
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -313,12 +310,12 @@ def train(
                         loss = per_example.mean()
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and cfg.grad_clip is not None:
-                            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                            accelerator.clip_grad_norm_(params, cfg.grad_clip)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     run_loss += loss.detach() / cfg.grad_accum
                 lr_schedule.step()
-                ema.update_parameters(raw_model)
+                ema.update()
                 step += 1
 
                 # -- logging, checkpoints, interruption ------------------------------------------------
@@ -366,7 +363,7 @@ def train(
 # ---- checkpoints ------------------------------------------------------------------------------------------
 
 
-def _save_checkpoint(accelerator: Accelerator, ema: AveragedModel, cfg: TrainConfig, dataset: ImageDataset,
+def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset,
                      out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler) -> None:
     """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
     and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state)."""
@@ -376,9 +373,9 @@ def _save_checkpoint(accelerator: Accelerator, ema: AveragedModel, cfg: TrainCon
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in ema.module.state_dict().items()}, tmp / EMA_FILE)
+        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / EMA_FILE)
         atomic_write_json(tmp / STATE_FILE, {
-            "step": step, "ema_updates": int(ema.n_averaged), "images_seen": step * cfg.batch_size,
+            "step": step, "ema_updates": ema.updates, "images_seen": step * cfg.batch_size,
             "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
             "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
         })

@@ -190,6 +190,10 @@ def evaluate(
             result["classwise_fid_mean"] = classwise["mean_fid"]
 
     full_protocol = _protocol(real, ref, net_id, len(fake), config, protocol, sample_labels is not None)
+    if "kid" in details:
+        full_protocol["kid"]["subset_size"] = details["kid"]["subset_size"]  # capped at the smaller set
+    if "prdc" in details:
+        full_protocol["prdc_k"] = details["prdc"]["k"]
     timing["total"] = round(time.perf_counter() - t_start, 3)
     record = {**result, "details": details, "classwise": classwise, "protocol": full_protocol, "seconds": timing}
     if is_main:

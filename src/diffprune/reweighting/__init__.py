@@ -7,6 +7,16 @@ Public API:
     run_dro             train the proxy, write class_weights.json, trajectory.npz, plots, summary.json
     load_class_weights  read and validate class_weights.json
     weights_entropy     Shannon entropy (nats) of a weight vector
+
+Example::
+
+    config = ReweightConfig(steps=500, batch_size=60)            # no reference given: one is trained
+    reference = prepare_reference(config, full_data, run_dir / "reference")
+    summary = run_dro(config, coreset, reference, run_dir / "reweight")   # coreset.labels = groups
+    weights = load_class_weights(run_dir / "reweight" / "class_weights.json", coreset.class_names)
+
+With more classes than a batch holds, set ``update_every`` so that ``batch_size * update_every`` is a
+multiple of the number of classes: every update then sees every class once per round of the class queue.
 """
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.checkpoint import CheckpointMismatchError

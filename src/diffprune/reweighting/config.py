@@ -20,24 +20,24 @@ class ReweightConfig(StrictModel):
     is what ``train_reference`` resolves to by default.
     """
 
-    proxy_preset: str = "ddpm-tiny"
-    model_overrides: dict[str, Any] = Field(default_factory=dict)
-    steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float | None = Field(default=None, gt=0, le=1)
-    warmup_steps: int | None = Field(default=None, ge=0)
-    grad_clip: float | None = Field(default=1.0, gt=0)
-    eta: float = Field(default=1.0, ge=0)
-    smoothing: float = Field(default=1e-3, ge=0, lt=1)
-    excess: Literal["pixel", "example"] = "pixel"
-    update_every: int = Field(default=1, ge=1)
-    reference: str | None = None
-    train_reference: bool | None = None
-    reference_steps: int = Field(default=1000, ge=1)
-    reference_preset: str | None = None
-    seed: int = 0
-    checkpoint_every: int = Field(default=200, ge=1)
-    device: str = "auto"
+    proxy_preset: str = "ddpm-tiny"  # the proxy's architecture (sized to the data's resolution and channels)
+    model_overrides: dict[str, Any] = Field(default_factory=dict)  # UNet2DModel options for the proxy
+    steps: int = Field(default=1000, ge=1)  # proxy steps
+    batch_size: int = Field(default=64, ge=1)  # images per step, drawn uniformly over classes
+    lr: float | None = Field(default=None, gt=0, le=1)  # proxy Adam lr; None: the preset's recipe
+    warmup_steps: int | None = Field(default=None, ge=0)  # linear lr warm-up; None: the preset's recipe
+    grad_clip: float | None = Field(default=1.0, gt=0)  # max grad norm; None disables
+    eta: float = Field(default=1.0, ge=0)  # exponentiated-gradient step size (DoReMi: 1)
+    smoothing: float = Field(default=1e-3, ge=0, lt=1)  # mix with uniform after each update (DoReMi: 1e-3)
+    excess: Literal["pixel", "example"] = "pixel"  # where the excess loss is clipped at 0
+    update_every: int = Field(default=1, ge=1)  # accumulate per-class statistics over N steps per update
+    reference: str | None = None  # diffusers folder, diffprune train dir or hub id; None: train one
+    train_reference: bool | None = None  # None: train one exactly when no reference is given
+    reference_steps: int = Field(default=1000, ge=1)  # steps of a trained reference
+    reference_preset: str | None = None  # a trained reference's architecture; None: proxy_preset
+    seed: int = 0  # proxy init, batches, timesteps and noise (and a trained reference's seed)
+    checkpoint_every: int = Field(default=200, ge=1)  # steps between checkpoints (proxy and reference)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
 
     @field_validator("proxy_preset", "reference_preset")
     @classmethod

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffprune.data import ImageDataset
-from diffprune.io import atomic_path
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.runner import ReweightError, check_dataset, check_reference
+
+if TYPE_CHECKING:
+    from diffprune.diffusion import TrainConfig
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -22,7 +25,7 @@ def _is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def reference_train_config(config: ReweightConfig, dataset: ImageDataset):
+def reference_train_config(config: ReweightConfig, dataset: ImageDataset) -> "TrainConfig":
     """The ``diffusion.TrainConfig`` of a reference trained on ``dataset`` with uniform class weights:
     ``reference_preset`` (default: the proxy's preset, as DoReMi's reference and proxy share a size) with its
     recipe (lr, warm-up, EMA), ``reference_steps`` steps, the proxy's batch size and seed. The trainer sizes
@@ -37,6 +40,7 @@ def reference_train_config(config: ReweightConfig, dataset: ImageDataset):
         steps=config.reference_steps,
         batch_size=config.batch_size,
         seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
     )
 
 
@@ -55,7 +59,7 @@ def prepare_reference(
         out_dir: the stage folder (``runs/<name>/reference``).
         progress: show progress bars.
     """
-    from diffprune.diffusion import load_model, train
+    from diffprune.diffusion import load_model, save_model, train
 
     out_dir = Path(out_dir)
     if config.reference is not None:
@@ -65,10 +69,7 @@ def prepare_reference(
         local = Path(source).expanduser()
         if _is_diffusers_folder(local):
             return local.resolve()
-        target = out_dir / MODEL_DIR
-        with atomic_path(target, is_dir=True) as tmp:
-            model.save_pretrained(tmp)
-            scheduler.save_pretrained(tmp / "scheduler")
+        target = save_model(out_dir / MODEL_DIR, model, scheduler, meta={"source": str(source)})
         logger.info("reference %s saved as %s", source, target)
         return target
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
-from diffprune.io import config_hash
+from diffprune.io import config_hash, hash_state_dict
 from diffprune.reweighting.checkpoint import (
     CheckpointMismatchError,
     RunLog,
@@ -129,12 +129,14 @@ def build_proxy(config: ReweightConfig, dataset: ImageDataset) -> torch.nn.Modul
     return create_model(config.proxy_preset, **overrides)
 
 
-def _identity(config: ReweightConfig, dataset: ImageDataset, reference_dir: Path) -> dict[str, Any]:
+def _identity(config: ReweightConfig, dataset: ImageDataset, reference: torch.nn.Module) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the config (but ``_RESUMABLE_FIELDS``), the data and the
+    reference's weights (a retrained or replaced reference invalidates the checkpoint)."""
     stable = config.model_dump(mode="json", exclude=set(_RESUMABLE_FIELDS))
     return {
         "config_hash": config_hash(stable),
         "dataset": dataset.fingerprint,
-        "reference": str(Path(reference_dir).resolve()) if Path(reference_dir).exists() else str(reference_dir),
+        "reference_weights": hash_state_dict(reference.state_dict()),
     }
 
 
@@ -275,7 +277,7 @@ def run_dro(
     check_reference(reference, scheduler, dataset, str(reference_dir))
     loop = DROLoop(config, dataset, reference, scheduler, device)
 
-    identity = _identity(config, dataset, Path(reference_dir))
+    identity = _identity(config, dataset, reference)
     start = 0
     if resume and checkpoint_step(out_dir) is not None:
         start = loop.restore(out_dir, identity)
