@@ -230,7 +230,8 @@ def print_table(result: dict) -> None:
     c = result.get("components")
     if c:
         e, a = c["ema_ms"], c["adam_ms"]
-        print(f"{'EMA update ms':<18}{'AveragedModel':>14}{e['torch_AveragedModel']:>8.2f}  ours {e['ours_cached_foreach']:.2f}")
+        print(f"{'EMA update ms':<18}{'AveragedModel':>14}{e['torch_AveragedModel']:>8.2f}"
+              f"  ours {e['ours_cached_foreach']:.2f}")
         print(f"{'Adam step ms':<18}{'default':>14}{a['default']:>8.2f}  fused {a['fused']:.2f}")
     s = result.get("sampling")
     if s:

@@ -155,3 +155,14 @@ def test_missing_files_become_notes(tmp_path):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(ReportError, match="arms.json"):
         build_report(tmp_path)
+
+
+def test_run_without_a_full_data_arm_still_reports_costs(tmp_path):
+    run = fabricate_run(tmp_path / "demo")
+    arms = json.loads((run / "arms.json").read_text())
+    (run / "arms.json").write_text(json.dumps([a for a in arms if a["method"] != "full"]))
+    md = build_report(run).read_text()
+    assert "speed-ups are not computed" in md
+    row = next(line for line in md.splitlines() if line.startswith("| gaussian+dro |"))
+    assert "| 160.0 |" in row and row.rstrip().endswith("| n/a | n/a |")
+    assert (run / "report" / "fid_vs_compute.png").is_file()

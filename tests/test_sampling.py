@@ -118,10 +118,44 @@ def test_generate_writes_labelled_samples_from_a_saved_model(cond_model, tmp_pat
     from diffprune.diffusion import generate, load_model, save_model
 
     save_model(tmp_path / "m", cond_model, create_scheduler("ddpm-tiny"))
-    out = generate(tmp_path / "m", tmp_path / "s", SampleConfig(num_samples=4, steps=2), progress=False)
+    out = generate(tmp_path / "m", tmp_path / "s", SampleConfig(num_samples=4, steps=2, batch_size=3), progress=False,
+                   chunk=3)
     with np.load(out / "samples.npz") as f:
         assert f["arr_0"].shape == (4, 8, 8, 1) and f["labels"].tolist() == [0, 1, 2, 0]  # i % K, K = 3
     model, sched = load_model(tmp_path / "m")
     again = sample_images(model, sched, SampleConfig(num_samples=4, steps=2), progress=False)
     with np.load(out / "samples.npz") as f:
         assert np.array_equal(f["arr_0"], again)
+
+
+def test_generate_resumes_from_finished_chunks(model, tmp_path, monkeypatch):
+    import diffprune.diffusion.sampling as sampling_mod
+    from diffprune.diffusion import generate, save_model
+
+    save_model(tmp_path / "m", model, create_scheduler("ddpm-tiny"))
+    cfg = SampleConfig(num_samples=5, steps=2, batch_size=2)
+    straight = generate(tmp_path / "m", tmp_path / "a", cfg, progress=False, chunk=2)
+    real, calls = sampling_mod._render, []
+
+    def die_on_third_batch(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling_mod, "_render", die_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "m", tmp_path / "b", cfg, progress=False, chunk=2)
+    assert len(list((tmp_path / "b" / ".chunks").glob("*.npy"))) == 2  # chunks [0, 2) and [2, 4) were saved
+    calls.clear()
+
+    def record(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling_mod, "_render", record)
+    generate(tmp_path / "m", tmp_path / "b", cfg, progress=False, chunk=2)
+    assert calls == [range(4, 5)]  # only the unfinished chunk was rendered
+    with np.load(straight / "samples.npz") as a, np.load(tmp_path / "b" / "samples.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"]) and a["arr_0"].shape == (5, 8, 8, 3)
+    assert not (tmp_path / "b" / ".chunks").exists()

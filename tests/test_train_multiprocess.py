@@ -52,12 +52,13 @@ def _run(out: Path) -> dict:
     """Train, then sample from the trained model; identical code for 1 and 2 processes."""
     from accelerate import PartialState
 
-    from diffprune.diffusion import SampleConfig, load_model, sample_images, save_samples, train
+    from diffprune.diffusion import SampleConfig, generate, load_model, sample_images, save_samples, train
 
     summary = train(_config(), _dataset(), out / "train", class_weights=WEIGHTS, progress=False)
     model, scheduler = load_model(out / "train")
-    images = sample_images(model, scheduler, SampleConfig(num_samples=5, steps=3, batch_size=2, guidance_scale=2.0),
-                           progress=False)
+    sample_cfg = SampleConfig(num_samples=5, steps=3, batch_size=2, guidance_scale=2.0)
+    images = sample_images(model, scheduler, sample_cfg, progress=False)
+    generate(out / "train", out / "generated", sample_cfg, progress=False, chunk=2)  # chunks split over processes
     if PartialState().is_main_process:
         save_samples(out / "samples", images)
         (out / "summary.json").write_text(json.dumps(summary))
@@ -97,6 +98,10 @@ def test_two_processes_match_one(tmp_path):
             np.load(tmp_path / "two" / "samples" / "samples.npz") as f2:
         assert f1["arr_0"].shape == f2["arr_0"].shape == (5, 8, 8, 1)
         assert np.abs(f1["arr_0"].astype(int) - f2["arr_0"].astype(int)).max() <= 1
+        for k in ("one", "two"):
+            with np.load(tmp_path / k / "generated" / "samples.npz") as g:
+                assert np.abs(g["arr_0"].astype(int) - f1["arr_0"].astype(int)).max() <= 1
+                assert g["labels"].tolist() == [0, 1, 2, 3, 0]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffprune.config import StrictModel
 from diffprune.diffusion.batches import stream_seed
 from diffprune.diffusion.models import null_class_label
-from diffprune.io import atomic_path, atomic_save_npz
+from diffprune.io import atomic_path, atomic_save_npy, atomic_save_npz, config_hash, hash_arrays, hash_state_dict
 
 _STREAM_SAMPLE = 11
 
@@ -96,8 +97,7 @@ def sample_images(
             Must be None for an unconditional model.
         device: where the UNet runs; default the accelerate process device (GPU if any).
     """
-    # ACCELERATE_USE_CPU: set by `accelerate launch --cpu`, needed for multi-process CPU (gloo) runs
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = _state()
     device = torch.device(device) if device is not None else state.device
     n = config.num_samples
     labels = _resolve_labels(model, class_labels, n, config.guidance_scale)
@@ -107,43 +107,81 @@ def sample_images(
     shard = math.ceil(n / state.num_processes)
     lo, hi = min(state.process_index * shard, n), min((state.process_index + 1) * shard, n)
     out = torch.zeros((shard, h, h, c), dtype=torch.uint8, device=device)
-    autocast = _autocast(device, config.mixed_precision)
     bar = _bar(progress and state.is_local_main_process)
     task = bar.add_task(f"sample {config.sampler}-{config.num_steps}", total=(hi - lo) * len(sched.timesteps))
     with bar:
         for start in range(lo, hi, config.batch_size):
-            idx = range(start, min(start + config.batch_size, hi))
-            gens = [torch.Generator().manual_seed(stream_seed(config.seed, _STREAM_SAMPLE, i)) for i in idx]
-            x = randn_tensor((len(idx), c, h, h), generator=gens, device=device)
-            y = None if labels is None else torch.as_tensor(labels[idx.start:idx.stop], device=device)
-            for t in sched.timesteps:
-                with autocast:
-                    eps = _guided_eps(model, x, t, y, config.guidance_scale)
-                kwargs = {"eta": config.eta} if config.sampler == "ddim" else {}
-                x = sched.step(eps.float(), t, x, generator=gens, **kwargs).prev_sample
-                bar.update(task, advance=len(idx))
-            out[start - lo: start - lo + len(idx)] = to_uint8(x)
+            stop = min(start + config.batch_size, hi)
+            out[start - lo: stop - lo] = _render(model, sched, range(start, stop), labels, config, device,
+                                                 lambda k: bar.update(task, advance=k))
     if state.num_processes > 1:
         out = gather(out)
     return out[:n].cpu().numpy()
 
 
-def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: SampleConfig,
-             class_labels: np.ndarray | None = None, progress: bool = True) -> Path:
-    """Load a model (see ``load_model``), sample it (sharded under ``accelerate launch``) and write
-    ``out_dir/samples.npz`` + ``grid.png`` from the main process. Returns ``out_dir``.
+@torch.no_grad()
+def _render(model: UNet2DModel, sched: DDPMScheduler | DDIMScheduler, idx: range, labels: np.ndarray | None,
+            config: SampleConfig, device: torch.device, advance=lambda k: None) -> torch.Tensor:
+    """Denoise samples ``idx`` (one batch): uint8 len(idx) x H x W x C on ``device``."""
+    c, h = model.config.in_channels, model.config.sample_size
+    gens = [torch.Generator().manual_seed(stream_seed(config.seed, _STREAM_SAMPLE, i)) for i in idx]
+    x = randn_tensor((len(idx), c, h, h), generator=gens, device=device)
+    y = None if labels is None else torch.as_tensor(labels[idx.start:idx.stop], device=device)
+    kwargs = {"eta": config.eta} if config.sampler == "ddim" else {}
+    for t in sched.timesteps:
+        with _autocast(device, config.mixed_precision):
+            eps = _guided_eps(model, x, t, y, config.guidance_scale)
+        x = sched.step(eps.float(), t, x, generator=gens, **kwargs).prev_sample
+        advance(len(idx))
+    return to_uint8(x)
 
-    Conditional models get ``labels`` in the npz (``i % K`` unless ``class_labels`` is given)."""
+
+def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: SampleConfig,
+             class_labels: np.ndarray | None = None, progress: bool = True, chunk: int = 1000) -> Path:
+    """Load a model (see ``load_model``), sample it and write ``out_dir/samples.npz`` + ``grid.png``.
+
+    Resumable and sharded: samples are rendered in chunks of ``chunk`` indices, each saved atomically to
+    ``out_dir/.chunks/`` as soon as it is done; chunk j goes to process j % P under ``accelerate launch``. A rerun
+    with the same config skips finished chunks (the images depend only on seed and index, so the result is the
+    same however often it was interrupted or how many processes ran). The main process then joins the chunks
+    (a shared filesystem is assumed across nodes) and removes them. Conditional models get ``labels`` in the npz
+    (``i % K`` unless ``class_labels`` is given). Returns ``out_dir``.
+    """
     from diffprune.diffusion.loading import load_model
 
-    model, scheduler = load_model(model_path)
-    images = sample_images(model, scheduler, config, class_labels=class_labels, progress=progress)
-    state = PartialState()
-    if state.is_main_process:
-        labels = _resolve_labels(model, class_labels, config.num_samples, config.guidance_scale)
-        save_samples(out_dir, images, labels)
+    state = _state()
+    out_dir = Path(out_dir)
+    chunks_dir = out_dir / ".chunks"
+    model, scheduler = load_model(model_path, device=str(state.device))
+    n = config.num_samples
+    labels = _resolve_labels(model, class_labels, n, config.guidance_scale)
+    key = config_hash({"config": config.model_dump(mode="json"), "weights": hash_state_dict(model.state_dict()),
+                       "labels": None if labels is None else hash_arrays(labels)})  # stale chunks never match
+    sched = sampling_scheduler(scheduler, config)
+    starts = list(range(0, n, chunk))
+    mine = [s0 for j, s0 in enumerate(starts) if j % state.num_processes == state.process_index]
+    todo = [s0 for s0 in mine if not (chunks_dir / f"{key}-{s0:09d}.npy").exists()]
+    bar = _bar(progress and state.is_local_main_process)
+    task = bar.add_task(f"sample {config.sampler}-{config.num_steps}",
+                        total=sum(min(chunk, n - s0) for s0 in todo) * len(sched.timesteps))
+    with bar:
+        for s0 in todo:
+            parts = [_render(model, sched, range(b, min(b + config.batch_size, s0 + chunk, n)), labels, config,
+                             state.device, lambda k: bar.update(task, advance=k))
+                     for b in range(s0, min(s0 + chunk, n), config.batch_size)]
+            atomic_save_npy(chunks_dir / f"{key}-{s0:09d}.npy", torch.cat(parts).cpu().numpy())
     state.wait_for_everyone()
-    return Path(out_dir)
+    if state.is_main_process:
+        images = np.concatenate([np.load(chunks_dir / f"{key}-{s0:09d}.npy") for s0 in starts])
+        save_samples(out_dir, images, labels)
+        shutil.rmtree(chunks_dir, ignore_errors=True)
+    state.wait_for_everyone()
+    return out_dir
+
+
+def _state() -> PartialState:
+    # ACCELERATE_USE_CPU: set by `accelerate launch --cpu`, needed for multi-process CPU (gloo) runs
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

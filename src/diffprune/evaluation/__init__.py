@@ -21,7 +21,13 @@ from diffprune.evaluation.frechet import (
 )
 from diffprune.evaluation.prdc import prdc
 from diffprune.evaluation.reference import load_ref_stats, save_ref_stats
-from diffprune.evaluation.speedup import compute_speedup, fid_curve, read_metrics_jsonl, time_to_target
+from diffprune.evaluation.speedup import (
+    compute_speedup,
+    fid_curve,
+    read_metrics_jsonl,
+    summarise_cost,
+    time_to_target,
+)
 
 __all__ = [
     "ClassifierConfig",
@@ -42,6 +48,7 @@ __all__ = [
     "prdc",
     "read_metrics_jsonl",
     "save_ref_stats",
+    "summarise_cost",
     "time_to_target",
     "train_classifier",
 ]

@@ -154,6 +154,7 @@ def evaluate(
     needs_classifier = "classifier_fd" in wanted or (config.classwise and sample_labels is None)
     trained = None
     fake_pred = None
+    real_cf = fake_cf = None
     if needs_classifier and real.labels is None:
         reason = "the reference images are unlabelled, so no classifier can be trained"
         if "classifier_fd" in wanted:
@@ -185,7 +186,7 @@ def evaluate(
     # 3. Class-wise FID.
     classwise: dict[str, Any] | None = None
     if config.classwise:
-        classwise = _classwise(real, ref, fake_feats, sample_labels, fake_pred, trained, config, device, fake)
+        classwise = _classwise(real, ref, fake_feats, sample_labels, fake_pred, trained, real_cf, fake_cf, config)
         if classwise.get("mean_fid") is not None:
             result["classwise_fid_mean"] = classwise["mean_fid"]
 
@@ -204,7 +205,7 @@ def evaluate(
     return record
 
 
-def _classwise(real, ref, fake_feats, sample_labels, fake_pred, trained, config, device, fake) -> dict[str, Any]:
+def _classwise(real, ref, fake_feats, sample_labels, fake_pred, trained, real_cf, fake_cf, config) -> dict[str, Any]:
     if real.labels is None:
         return {"available": False, "reason": "the reference images are unlabelled"}
     if sample_labels is not None:
@@ -221,10 +222,8 @@ def _classwise(real, ref, fake_feats, sample_labels, fake_pred, trained, config,
                                  min_per_class=config.min_per_class)
         out["fid"] = rows
         out["mean_fid"] = mean_of_rows(rows)
-    if trained is not None:
+    if real_cf is not None and fake_cf is not None:
         idx = ref.indices if ref is not None else np.arange(len(real))
-        real_cf, _ = classifier_outputs(trained.model, real.images[idx], device=device)
-        fake_cf, _ = classifier_outputs(trained.model, fake, device=device)
         rows = classwise_frechet(real_cf, real.labels[idx], fake_cf, labels, real.class_names,
                                  min_per_class=config.min_per_class)
         out["classifier_fd"] = rows

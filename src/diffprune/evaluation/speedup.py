@@ -69,6 +69,16 @@ def _summarise(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def summarise_cost(cost: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Total seconds and images processed of some stage manifests (a manifest, {stage: manifest} or a list), with
+    ``overhead_seconds`` / ``overhead_fraction`` = everything but training."""
+    summary = _summarise(_as_stage_map(cost, "cost"))
+    overhead = sum(s["seconds"] for name, s in summary["stages"].items() if not name.startswith("train"))
+    summary["overhead_seconds"] = float(overhead)
+    summary["overhead_fraction"] = float(overhead / summary["seconds"]) if summary["seconds"] > 0 else 0.0
+    return summary
+
+
 def compute_speedup(
     full: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     pruned: Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -87,7 +97,7 @@ def compute_speedup(
         ``by_images`` is None when some stage's manifest lacks ``images_processed`` (listed in the notes).
     """
     full_s = _summarise(_as_stage_map(full, "full"))
-    pruned_s = _summarise(_as_stage_map(pruned, "pruned"))
+    pruned_s = summarise_cost(pruned)
     notes: list[str] = []
     if pruned_s["seconds"] <= 0:
         raise EvaluationError("the pruned arm's manifests add up to 0 seconds; a speed-up cannot be computed")
@@ -99,9 +109,6 @@ def compute_speedup(
         lacking = [f"full:{s}" for s in full_s["stages_without_image_counts"]]
         lacking += [f"pruned:{s}" for s in pruned_s["stages_without_image_counts"]]
         notes.append(f"no speed-up by images: manifests without images_processed: {', '.join(lacking) or 'none'}")
-    overhead = sum(s["seconds"] for name, s in pruned_s["stages"].items() if not name.startswith("train"))
-    pruned_s["overhead_seconds"] = float(overhead)
-    pruned_s["overhead_fraction"] = float(overhead / pruned_s["seconds"])
     devices = {s["device"] for s in [*full_s["stages"].values(), *pruned_s["stages"].values()] if s["device"]}
     if len(devices) > 1:
         notes.append(f"stages ran on different devices ({'; '.join(sorted(devices))}): compare wall-clock with care")

@@ -78,7 +78,7 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
                           "training (when trained with `--eval-every`), shifted right by those overheads."),
                 Image(fig, "FID versus compute"))
     else:
-        doc.add(Paragraph("Not available: needs FID values and a full-data arm to account costs against."))
+        doc.add(Paragraph("Not available: needs FID values and stage manifests."))
     ttt = [a for a in arms if a.time_to_target]
     if ttt:
         doc.add(Heading("Time to target FID", 3), _ttt_table(ttt, multi))
@@ -146,7 +146,7 @@ def _results_table(arms: list[ArmResult], multi: bool) -> Table:
     for a in arms:
         row = ([a.run] if multi else []) + [a.arm, a.method, fmt(a.ratio, 2), "yes" if a.reweighted else "no"]
         row += [fmt(a.metric(k), 4 if k == "kid" else 3) for k, _ in METRIC_COLUMNS]
-        cost = a.speedup["pruned"]["seconds"] if a.speedup else (a.manifests.get("train") or {}).get("seconds")
+        cost = a.cost["seconds"] if a.cost else None
         row += [fmt(a.train_images), fmt(cost, 1), _speed(a, "by_wall_clock"), _speed(a, "by_images")]
         rows.append(row)
     first_num = 4 if multi else 3
@@ -201,14 +201,14 @@ def _ttt_table(arms: list[ArmResult], multi: bool) -> Table:
 def _cost_table(arms: list[ArmResult], multi: bool) -> Table:
     rows = []
     for a in arms:
-        if not a.speedup:
+        if not a.cost:
             continue
-        for stage, s in a.speedup["pruned"]["stages"].items():
+        for stage, s in a.cost["stages"].items():
             rows.append(([a.run] if multi else []) + [a.arm, stage, fmt(s["seconds"], 1), fmt(s["images_processed"]),
                                                       str(s.get("device") or "n/a")])
-        rows.append(([a.run] if multi else []) + [a.arm, "**total**", fmt(a.speedup["pruned"]["seconds"], 1),
-                                                  fmt(a.speedup["pruned"]["images_processed"]),
-                                                  f"overhead {100 * a.speedup['pruned']['overhead_fraction']:.1f}%"])
+        rows.append(([a.run] if multi else []) + [a.arm, "**total**", fmt(a.cost["seconds"], 1),
+                                                  fmt(a.cost["images_processed"]),
+                                                  f"overhead {100 * a.cost['overhead_fraction']:.1f}%"])
     header = (["run"] if multi else []) + ["arm", "stage", "seconds", "images processed", "device"]
     return Table(header, rows, caption="From each stage's manifest.json. Shared stages (embedding, reference) "
                  "are charged in full to every arm that needs them.", align_right_from=3 if multi else 2)
@@ -296,9 +296,12 @@ def _classwise_table(series: list[tuple[str, list[dict]]]) -> Table:
         rows.append(row)
     if len(series) >= 2:
         base, new = series[0][1], series[1][1]
-        better = sum(1 for b, n in zip(base, new) if b.get("value") is not None and n.get("value") is not None
-                     and n["value"] < b["value"])
-        rows.append([f"**{series[1][0]} better than {series[0][0]}**", f"{better} of {len(classes)} classes"] +
+        both = [(b["value"], n["value"]) for b, n in zip(base, new)
+                if b.get("value") is not None and n.get("value") is not None]
+        better = sum(1 for b, n in both if n < b)
+        rows.append([f"**{series[1][0]} better than {series[0][0]}**",
+                     f"{better} of {len(both)} classes" + (f" with values (of {len(classes)})"
+                                                           if len(both) < len(classes) else "")] +
                     [""] * (len(series) - 1))
     return Table(header, rows)
 

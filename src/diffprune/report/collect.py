@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffprune.evaluation import EvaluationError, compute_speedup, read_metrics_jsonl, time_to_target
+from diffprune.evaluation import (
+    EvaluationError,
+    compute_speedup,
+    read_metrics_jsonl,
+    summarise_cost,
+    time_to_target,
+)
 from diffprune.report.errors import ReportError
 
 FULL = "full"
@@ -32,6 +38,7 @@ class ArmResult:
     grid: Path | None = None
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_log: list[dict[str, Any]] = field(default_factory=list)
+    cost: dict[str, Any] | None = None  # summarise_cost of every stage the arm needed
     speedup: dict[str, Any] | None = None
     time_to_target: dict[str, Any] | None = None
 
@@ -147,6 +154,13 @@ def arm_cost(arm: ArmResult, shared: dict[str, dict[str, Any]]) -> dict[str, dic
 
 
 def _account(arms: list[ArmResult], shared: dict[str, dict[str, Any]], notes: list[str]) -> None:
+    for arm in arms:
+        cost = arm_cost(arm, shared)
+        if cost:
+            try:
+                arm.cost = summarise_cost(cost)
+            except EvaluationError as e:
+                notes.append(f"cost of {arm.arm}: {e}")
     full = next((a for a in arms if a.method == FULL and "train" in a.manifests), None)
     if full is None:
         notes.append("no full-data arm with a training manifest in this run: speed-ups are not computed")

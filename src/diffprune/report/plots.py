@@ -30,17 +30,17 @@ def _name(arm: ArmResult, multi_run: bool) -> str:
 def fid_vs_compute(arms: Sequence[ArmResult], path: Path, multi_run: bool = False) -> Path | None:
     """Final FID against total cost (wall-clock incl. overheads; and images processed when every arm has it),
     plus each arm's FID-during-training curve shifted right by its overhead."""
-    pts = [a for a in arms if a.metric("fid") is not None and a.speedup is not None]
+    pts = [a for a in arms if a.metric("fid") is not None and a.cost is not None]
     if not pts:
         return None
-    have_images = all(a.speedup["pruned"]["images_processed"] for a in pts)
+    have_images = all(a.cost["images_processed"] for a in pts)
     ncols = 2 if have_images else 1
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False)
     for col, unit in enumerate(["seconds", "images"][:ncols]):
         ax = axes[0][col]
         for i, a in enumerate(pts):
             color = f"C{i % 10}"
-            pr = a.speedup["pruned"]
+            pr = a.cost
             total = pr["seconds"] if unit == "seconds" else pr["images_processed"]
             overhead = pr["overhead_seconds"] if unit == "seconds" else (
                 total - (pr["stages"].get("train", {}).get("images_processed") or 0))
