@@ -308,3 +308,19 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
     for k in ("fid", "kid", "precision", "recall", "density", "coverage", "classifier_fd", "classwise_fid_mean"):
         assert two[k] == pytest.approx(one[k], rel=1e-9, abs=1e-12), k
     assert two["protocol"]["num_generated"] == 101
+
+
+def test_fid_floor_is_the_fid_of_held_out_real_images(digits, tmp_path):
+    samples = digits.images[:100]
+    cfg = EvalConfig(metrics=["fid"], classwise=False, num_real=1000, fid_floor=True)
+    res = evaluate(samples, digits, cfg, tmp_path / "e", cache_dir=tmp_path / "c", progress=False, network=TinyNet())
+    floor = res["details"]["fid_floor"]
+    assert floor["num_images"] == 100 and "outside the reference subset" in floor["source"]
+    ref_idx = np.sort(np.random.default_rng(0).choice(len(digits), 1000, replace=False))
+    outside = np.setdiff1d(np.arange(len(digits)), ref_idx)
+    pick = np.sort(np.random.default_rng(1).choice(len(outside), 100, replace=False))
+    want = fid_from_features(independent_features(digits.images[ref_idx]), independent_features(digits.images[outside[pick]]))
+    assert res["fid_floor"] == pytest.approx(want, rel=1e-4)
+    noisy = np.clip(samples.astype(int) + 80, 0, 255).astype(np.uint8)
+    worse = evaluate(noisy, digits, cfg, tmp_path / "w", cache_dir=tmp_path / "c", progress=False, network=TinyNet())
+    assert worse["fid_floor"] == pytest.approx(res["fid_floor"]) and worse["fid"] > 5 * worse["fid_floor"]

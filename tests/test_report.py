@@ -121,6 +121,17 @@ def test_report_contains_the_numbers_and_the_accounted_speedups(tmp_path):
         assert f"({png})" in md or png in md
 
 
+def test_fid_floor_column_appears_when_measured(tmp_path):
+    run = fabricate_run(tmp_path / "demo")
+    m = json.loads((run / "eval/random/metrics.json").read_text())
+    m["fid_floor"] = 3.25
+    (run / "eval/random/metrics.json").write_text(json.dumps(m))
+    md = build_report(run).read_text()
+    assert "FID floor (real, same N)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| random |"))
+    assert "| 14.000 | 3.250 |" in row
+
+
 def test_html_is_self_contained(tmp_path):
     run = fabricate_run(tmp_path / "demo")
     build_report(run)

@@ -34,6 +34,8 @@ class EvalConfig(StrictModel):
     classifier_fd (Frechet distance on the small classifier's features; needs labelled real images).
     ``fid_backend``: ``torchmetrics`` (FrechetInceptionDistance) or ``diffprune`` (same value, faster on CPU);
     ``cross_check`` also computes the other one and records the difference.
+    ``fid_floor``: also the FID of as many held-out real images as there are samples (the value a perfect
+    generator would get at this sample count; costs one more embedding of that many images, cached).
     ``classwise``: class-wise FID (per-class samples if conditional, else classifier-assigned classes).
     """
 
@@ -50,6 +52,7 @@ class EvalConfig(StrictModel):
     min_per_class: int = Field(2, ge=2)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     fid_backend: Literal["torchmetrics", "diffprune"] = "torchmetrics"
+    fid_floor: bool = False
     cross_check: bool = True
     seed: int = 0
 

@@ -23,7 +23,8 @@ from diffprune.evaluation.features import _distributed_state, extract_features, 
 from diffprune.evaluation.frechet import fid_from_features
 from diffprune.evaluation.metrics import fid_with_check, torchmetrics_inception_score, torchmetrics_kid
 from diffprune.evaluation.prdc import prdc
-from diffprune.evaluation.reference import reference_features, save_ref_stats
+from diffprune.evaluation.frechet import frechet_distance_to_features
+from diffprune.evaluation.reference import floor_features, reference_features, save_ref_stats
 from diffprune.io import atomic_write_json, hash_state_dict
 
 INCEPTION_METRICS = ("fid", "kid", "is", "prdc")
@@ -132,6 +133,15 @@ def evaluate(
         if "fid" in wanted:
             details["fid"] = fid_with_check(ref.stats, fake_feats, config.cross_check, config.fid_backend)
             result["fid"] = details["fid"]["value"]
+            if config.fid_floor:
+                floor = floor_features(real, ref, len(fake_feats), lambda x: embed(x, "held-out real features"),
+                                       seed=config.seed, held_out=real_test, write_cache=is_main)
+                if floor is None:
+                    details["fid_floor"] = {"value": None, "reason": "no real images outside the reference set"}
+                else:
+                    details["fid_floor"] = {"value": frechet_distance_to_features(ref.mu, ref.sigma, floor[0]),
+                                            "num_images": int(len(floor[0])), "source": floor[1]}
+                result["fid_floor"] = details["fid_floor"]["value"]
         if "kid" in wanted:
             details["kid"] = torchmetrics_kid(ref.features, fake_feats, config.kid_subsets,
                                               config.kid_subset_size, config.seed)

@@ -32,6 +32,7 @@ class ReferenceFeatures:
     sigma: np.ndarray
     protocol: dict[str, Any]
     cache_hit: bool = False
+    folder: Path | None = None  # the cache entry, when cached
 
     @property
     def count(self) -> int:
@@ -103,7 +104,7 @@ def reference_features(
         if cached is not None:
             feats, mu, sigma = cached
             labels = None if labels_all is None else labels_all[indices]
-            return ReferenceFeatures(feats, indices, labels, mu, sigma, protocol, cache_hit=True)
+            return ReferenceFeatures(feats, indices, labels, mu, sigma, protocol, cache_hit=True, folder=folder)
     feats = embed(real.images[indices])
     mu, sigma = gaussian_stats(feats)
     if folder is not None and write_cache:
@@ -112,7 +113,49 @@ def reference_features(
         atomic_save_npy(folder / "indices.npy", indices)
         save_ref_stats(folder / "ref_stats.npz", mu, sigma, len(indices), protocol)  # written last: the commit mark
     labels = None if labels_all is None else labels_all[indices]
-    return ReferenceFeatures(feats, indices, labels, mu, sigma, protocol, cache_hit=False)
+    return ReferenceFeatures(feats, indices, labels, mu, sigma, protocol, cache_hit=False,
+                             folder=folder if write_cache else None)
+
+
+def floor_features(
+    real: ImageDataset,
+    ref: ReferenceFeatures,
+    count: int,
+    embed: Callable[[np.ndarray], np.ndarray],
+    *,
+    seed: int,
+    held_out: ImageDataset | None = None,
+    write_cache: bool = True,
+) -> tuple[np.ndarray, str] | None:
+    """Features of ``count`` real images that are not in the reference set (from ``held_out`` when given, else the
+    reference dataset's images outside the reference subset), cached beside the reference features.
+
+    Their FID against the reference is the FID a perfect generator would get with this many samples: the floor
+    set by finite-sample bias. Returns (features, description) or None when fewer than 2 such images exist.
+    """
+    if held_out is not None:
+        pool_images, source = held_out.images, f"{held_out.name} ({held_out.fingerprint}), held out"
+    else:
+        mask = np.ones(len(real), dtype=bool)
+        mask[ref.indices] = False
+        pool_images, source = real.images[mask], f"{real.name} images outside the reference subset"
+    n = int(min(count, len(pool_images)))
+    if n < 2:
+        return None
+    pick = np.sort(np.random.default_rng(seed + 1).choice(len(pool_images), n, replace=False))
+    key = config_hash({"source": source, "n": n, "seed": seed})
+    path = ref.folder / f"floor-{key}.npy" if ref.folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            feats = np.load(path)
+            if feats.shape == (n, ref.features.shape[1]):
+                return feats.astype(np.float64), source
+        except (OSError, ValueError):
+            pass
+    feats = embed(pool_images[pick])
+    if path is not None and write_cache:
+        atomic_save_npy(path, feats.astype(np.float32))
+    return feats, source
 
 
 def _load(folder: Path, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -140,12 +140,15 @@ def _speed(a: ArmResult, key: str) -> str:
 
 
 def _results_table(arms: list[ArmResult], multi: bool) -> Table:
-    header = (["run"] if multi else []) + ["arm", "method", "ratio", "DRO"] + [h for _, h in METRIC_COLUMNS] + [
+    columns = list(METRIC_COLUMNS)
+    if any(a.metric("fid_floor") is not None for a in arms):
+        columns.insert(1, ("fid_floor", "FID floor (real, same N)"))
+    header = (["run"] if multi else []) + ["arm", "method", "ratio", "DRO"] + [h for _, h in columns] + [
         "train images", "cost (s)", "speed-up (time)", "speed-up (images)"]
     rows = []
     for a in arms:
         row = ([a.run] if multi else []) + [a.arm, a.method, fmt(a.ratio, 2), "yes" if a.reweighted else "no"]
-        row += [fmt(a.metric(k), 4 if k == "kid" else 3) for k, _ in METRIC_COLUMNS]
+        row += [fmt(a.metric(k), 4 if k == "kid" else 3) for k, _ in columns]
         cost = a.cost["seconds"] if a.cost else None
         row += [fmt(a.train_images), fmt(cost, 1), _speed(a, "by_wall_clock"), _speed(a, "by_images")]
         rows.append(row)
