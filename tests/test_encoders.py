@@ -184,7 +184,9 @@ def test_sharded_embedding_assembles_all_ranks(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes_shard_the_embedding(tmp_path):
+def test_two_launched_cpu_processes_shard_the_embedding(tmp_path):
+    # torchrun is what `accelerate launch --multi_gpu` runs; accelerate's PartialState reads its environment
+    # (accelerate's own multi-CPU mode needs MPI, absent here).
     import subprocess
 
     script = tmp_path / "embed_script.py"
@@ -198,9 +200,8 @@ def test_accelerate_launch_two_cpu_processes_shard_the_embedding(tmp_path):
         "np.testing.assert_allclose(f, np.repeat(ds.images, 3, axis=1).reshape(23, -1) / 255, rtol=1e-6)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           str(tmp_path / "out")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(script), str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())

@@ -11,7 +11,10 @@ weights within 1e-4 absolute (a tenth of one Adam step) and 1e-8 on average. The
 attention key biases, whose true gradient is zero (softmax ignores them), so Adam normalises pure rounding
 noise there. Sampling with two processes gathers the same images as one process (within 1 grey level).
 
-This file is also the worker: ``accelerate launch ... tests/test_train_multiprocess.py OUT_DIR``.
+A second launch sends SIGTERM to rank 0 only, checks that both ranks checkpoint at the same step, resumes, and
+must end bit-identical to the uninterrupted 2-process run.
+
+This file is also the worker: ``accelerate launch ... tests/test_train_multiprocess.py OUT_DIR [interrupt]``.
 """
 from __future__ import annotations
 
@@ -76,6 +79,14 @@ def test_two_processes_match_one(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    proc = subprocess.run([*cmd[:-1], str(tmp_path / "resumed"), "interrupt"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert "step 2/4" in resumed["stopped"] and resumed["resumed_from"] == 2  # log_every=1: stop after step 2
+    for name in ("state/model.safetensors", "state/ema.safetensors"):  # 2 processes, interrupted == straight
+        a, b = load_file(tmp_path / "two" / "train" / name), load_file(tmp_path / "resumed" / "train" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
 
     torch.set_num_threads(1)
     one = _run(tmp_path / "one")
@@ -104,5 +115,37 @@ def test_two_processes_match_one(tmp_path):
                 assert g["labels"].tolist() == [0, 1, 2, 3, 0]
 
 
+def _interrupt_then_resume(out: Path) -> None:
+    """SIGTERM reaches rank 0 only during step 1; both ranks must stop at the same step (the flag is OR-reduced
+    at log steps), checkpoint, and a resumed run must finish exactly like the uninterrupted one."""
+    import signal
+
+    from accelerate import PartialState
+
+    import diffprune.diffusion.trainer as trainer
+    from diffprune.diffusion import TrainingInterrupted, train
+
+    real = trainer.global_batch_indices
+
+    def signal_rank0(step, *args, **kwargs):
+        if step == 1 and PartialState().process_index == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(step, *args, **kwargs)
+
+    trainer.global_batch_indices = signal_rank0
+    try:
+        train(_config(), _dataset(), out / "train", class_weights=WEIGHTS, progress=False)
+        raise AssertionError("training was not interrupted")
+    except TrainingInterrupted as e:
+        stopped = str(e)
+    trainer.global_batch_indices = real
+    summary = train(_config(), _dataset(), out / "train", class_weights=WEIGHTS, resume=True, progress=False)
+    if PartialState().is_main_process:
+        (out / "summary.json").write_text(json.dumps({**summary, "stopped": stopped}))
+
+
 if __name__ == "__main__":
-    _run(Path(sys.argv[1]))
+    if len(sys.argv) > 2 and sys.argv[2] == "interrupt":
+        _interrupt_then_resume(Path(sys.argv[1]))
+    else:
+        _run(Path(sys.argv[1]))

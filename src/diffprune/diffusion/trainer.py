@@ -1,6 +1,10 @@
 """The diffusion trainer: the original DDPM recipe on accelerate, resumable, with per-example class weights.
 
-Runs unchanged in one process or under ``accelerate launch`` (CPU, one GPU, many GPUs or nodes).
+Runs unchanged in one process or under ``accelerate launch`` (CPU, one GPU, many GPUs or nodes). Several CPU
+processes: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...`` (gloo; accelerate 1.15's
+``--cpu --num_processes N`` starts a single process unless an MPI hostfile is given).
+SIGINT/SIGTERM: one process acts at the next step, several at the next ``log_every`` step (the stop flag is
+OR-reduced there so that all stop together).
 
 One optimizer step:
   1. every process computes the same global batch (``batches.global_batch_indices``) and the same global
@@ -258,7 +262,7 @@ def train(
                 f"change on resume); saved config: {saved['config']}"
             )
         accelerator.load_state(str(state_dir))
-        ema.load_state_dict(load_file(state_dir / EMA_FILE, device=str(device)), saved["ema_updates"])
+        ema.load_state_dict(load_file(state_dir / EMA_FILE, device="cpu"), saved["ema_updates"])  # copied to device
         start_step = resumed_from = int(saved["step"])
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -45,48 +45,25 @@ def sweep_config(base: RunConfig, methods: list[str], ratios: list[float], seeds
     return validate_config(RunConfig, data, prefix="sweep")
 
 
-def _metric(metrics: dict[str, Any], name: str) -> float | None:
-    value = metrics.get(name)
-    if isinstance(value, dict):
-        value = value.get("value")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def collect_results(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per arm of ``arms.json``: metrics, training cost and overheads, from the stage files."""
-    run_dir = Path(run_dir)
-    arms = read_json(run_dir / "arms.json")
-    stages = read_json(run_dir / "stages.json") if (run_dir / "stages.json").exists() else {}
+    """One row per arm: headline metrics, training cost, overheads and speed-up, as the report accounts them."""
+    from diffprune.report import collect_run
 
-    def manifest(rel: str | None) -> dict[str, Any] | None:
-        path = run_dir / rel / "manifest.json" if rel else None
-        return read_json(path) if path and path.exists() else None
-
+    seeds = {a["arm"]: a.get("seed") for a in read_json(Path(run_dir) / "arms.json")}
     rows = []
-    for arm in arms:
-        metrics_path = run_dir / arm["eval"] / "metrics.json"
-        metrics = read_json(metrics_path) if metrics_path.exists() else {}
-        train = manifest(arm["train"]) or {}
-        overhead = 0.0
-        if arm["method"] != FULL:
-            parts = [manifest(stages.get("embed")), manifest(arm.get("selection")), manifest(arm.get("reweight"))]
-            if arm.get("reweight"):
-                parts.append(manifest(stages.get("reference")))
-            overhead = sum(float(m["seconds"]) for m in parts if m)
+    for arm in collect_run(Path(run_dir)).arms:
+        train = arm.manifests.get("train") or {}
+        total = (arm.cost or {}).get("seconds")
         rows.append({
-            "arm": arm["arm"], "method": arm["method"] + ("+dro" if arm.get("reweight") else ""),
-            "ratio": arm["ratio"], "seed": arm.get("seed"),
-            "fid": _metric(metrics, "fid"), "kid": _metric(metrics, "kid"),
-            "precision": _metric(metrics, "precision"), "recall": _metric(metrics, "recall"),
-            "classifier_fd": _metric(metrics, "classifier_fd"),
-            "train_seconds": train.get("seconds"), "overhead_seconds": round(overhead, 3),
-            "images_seen": train.get("images_processed"),
+            "arm": arm.arm, "method": arm.method + ("+dro" if arm.reweighted else ""),
+            "ratio": 1.0 if arm.method == FULL else arm.ratio, "seed": seeds.get(arm.arm),
+            **{m: arm.metric(m) for m in ("fid", "kid", "precision", "recall", "classifier_fd")},
+            "train_seconds": train.get("seconds"),
+            "overhead_seconds": None if total is None else round(total - float(train.get("seconds", 0.0)), 3),
+            "images_seen": arm.train_images,
+            "speedup": (arm.speedup or {}).get("by_wall_clock"),
+            "speedup_images": (arm.speedup or {}).get("by_images"),
         })
-    full = [r for r in rows if r["method"] == FULL and r["train_seconds"]]
-    full_cost = sum(r["train_seconds"] for r in full) / len(full) if full else None
-    for r in rows:
-        total = (r["train_seconds"] or 0) + r["overhead_seconds"]
-        r["speedup"] = round(full_cost / total, 3) if full_cost and total else None
     return rows
 
 
@@ -113,7 +90,7 @@ def write_results(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["ratio"])].append(r)
-    cols = ["fid", "kid", "precision", "recall", "classifier_fd", "speedup"]
+    cols = ["fid", "kid", "precision", "recall", "classifier_fd", "speedup", "speedup_images"]
     lines = ["| method | ratio | seeds | " + " | ".join(cols) + " |", "|" + " --- |" * (3 + len(cols))]
     for (method, ratio), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cells = [_mean_std([r[c] for r in rs]) for c in cols]
