@@ -87,7 +87,8 @@ def _dist_state():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        state = PartialState()
+        # without CUDA, accelerate only sets up the (gloo) process group when asked for CPU explicitly
+        state = PartialState(cpu=not torch.cuda.is_available())
         return state.process_index, state.num_processes, state.wait_for_everyone, state.device
     return 0, 1, (lambda: None), None
 

@@ -253,24 +253,23 @@ class Pipeline:
         return self._stage(stage, compute, lambda: out / "model")
 
     def sample(self, arm: ArmConfig) -> np.ndarray:
-        from diffprune.diffusion import load_model, sample_images, save_samples
+        from diffprune.diffusion import generate
 
         model_dir = self.train(arm)
         out = self.root / "samples" / arm.label()
         sc = self.cfg.sample
         stage = StageDir(out, "sample", sc.model_dump(mode="json"), {"model": self.fingerprint(model_dir.parent)})
 
+        def load() -> np.ndarray:
+            with np.load(out / "samples.npz") as z:
+                return z["arr_0"]
+
         def compute():
-            model, scheduler = load_model(str(model_dir))
-            labels = None
-            if self.cfg.train.conditional:
-                k = self.training_set(arm)[0].num_classes
-                labels = np.arange(sc.num_samples, dtype=np.int64) % k
-            images = sample_images(model, scheduler, sc, class_labels=labels, progress=self.progress)
-            save_samples(out, images, labels)
+            generate(model_dir, out, sc, progress=self.progress)  # resumable chunks, sharded across processes
+            images = load()
             return images, hash_arrays(images), {"images_processed": int(len(images))}
 
-        return self._stage(stage, compute, lambda: np.load(out / "samples.npz")["arr_0"])
+        return self._stage(stage, compute, load)
 
     def evaluate(self, arm: ArmConfig) -> dict[str, Any]:
         from diffprune.evaluation import evaluate
