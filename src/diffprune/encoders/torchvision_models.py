@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from diffprune.encoders.base import EncoderError, TorchvisionStyleEncoder

@@ -171,7 +171,7 @@ class Pipeline:
         def compute():
             sel = select(
                 features, self.dataset.labels, sc.method, sc.ratio, per_class=sc.per_class, keep=sc.keep,
-                seed=sc.seed, clusters=sc.clusters, **sc.options,
+                seed=sc.seed, clusters=sc.clusters, class_names=self.dataset.class_names or None, **sc.options,
             )
             sel.save(out)
             return sel, hash_arrays(sel.indices, sel.groups), {"kept": int(len(sel.indices)), "images_processed": 0}
