@@ -21,14 +21,6 @@ from diffprune.diffusion import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny models run several times faster that way on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_ddpm_cifar10_is_the_original_35_7m_unet():
     model = create_model("ddpm-cifar10")

@@ -55,14 +55,6 @@ def independent_features(images_nchw: np.ndarray) -> np.ndarray:
         return net(x).double().numpy()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions: one thread is faster, and much faster on a CPU shared with other jobs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def digits() -> ImageDataset:

@@ -38,14 +38,6 @@ from diffprune.reweighting.runner import build_proxy
 TINY = dict(proxy_preset="ddpm-tiny", batch_size=20, lr=1e-3, warmup_steps=0, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two torch threads on a loaded 2-core machine are >10x slower than one (OpenMP oversubscription).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def digits() -> ImageDataset:

@@ -13,13 +13,6 @@ from diffprune.diffusion.batches import stream_seed
 from diffprune.diffusion.sampling import _STREAM_SAMPLE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model():

@@ -28,14 +28,6 @@ from diffprune.diffusion.batches import global_batch_indices, noise_generator
 
 CLASSES = ["a", "b", "c", "d"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny models run several times faster that way on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 WEIGHTS = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}
 
 

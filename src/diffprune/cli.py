@@ -206,12 +206,21 @@ def demo(set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False, no_
     pipe = _pipeline(bundled_config("demo"), set_, name, force, no_progress)
     path = pipe.run_all()
     console.print(f"\n[bold green]Demo finished in {time.perf_counter() - t0:.0f} s. Report:[/] {path}")
-    md = path.with_name("report.md")
-    if md.exists():
-        from rich.markdown import Markdown
+    _print_results(pipe.root)
 
-        sections = md.read_text().split("\n## ")
-        Console().print(Markdown("\n## ".join(sections[:2])))
+
+def _print_results(run_dir: Path) -> None:
+    """A terminal-sized summary of the run's arms (the report has every column)."""
+    from diffprune.pipeline.sweep import collect_results
+
+    def fmt(v, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    table = Table("arm", "FID", "KID", "precision", "recall", "train (s)", "overheads (s)", title="results")
+    for r in collect_results(run_dir):
+        table.add_row(r["arm"], fmt(r["fid"], ".1f"), fmt(r["kid"], ".4f"), fmt(r["precision"], ".3f"),
+                      fmt(r["recall"], ".3f"), fmt(r["train_seconds"], ".0f"), fmt(r["overhead_seconds"], ".0f"))
+    Console().print(table)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ Files in ``out_dir``:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -59,6 +60,8 @@ from diffprune.diffusion.loading import load_model, save_model
 from diffprune.diffusion.models import PRESETS, count_parameters, create_model, create_scheduler, get_preset
 from diffprune.diffusion.objective import diffusion_loss
 from diffprune.io import atomic_write_json, config_hash
+
+log = logging.getLogger("diffprune.train")
 
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
@@ -189,6 +192,14 @@ def train(
     if n == 0:
         raise TrainError("the dataset is empty; nothing to train on")
     steps_total = total_steps(cfg, n)
+    if cfg.ema_decay and cfg.ema_decay**steps_total > 0.1:
+        # constant-decay EMA starts at the initial weights: after S steps they still weigh decay**S
+        log.warning(
+            "ema_decay %.4g averages over ~%d steps but this run has %d: the saved EMA weights keep %.0f%% of the "
+            "random initialisation; lower train.ema_decay (e.g. %.3g) for short runs",
+            cfg.ema_decay, round(1 / (1 - cfg.ema_decay)), steps_total, 100 * cfg.ema_decay**steps_total,
+            1 - 3.0 / steps_total,
+        )
 
     _allow_precision_change(cfg.mixed_precision)
     accelerator = Accelerator(

@@ -55,11 +55,16 @@ def build_lite0(weights: str | Path | None, pretrained: bool = True) -> tuple[nn
     return net, hash_file(path)
 
 
-def efficientnet_lite0(weights: str | Path | None = None, pretrained: bool = True) -> TorchvisionStyleEncoder:
+def efficientnet_lite0(weights: str | Path | None = None, pretrained: bool = True,
+                       size: int = 224) -> TorchvisionStyleEncoder:
+    """EfficientNet-Lite0 pooled features (1280-d). ``size``: input side in pixels (224 as trained; smaller
+    sides trade fidelity for speed, e.g. 112 costs a quarter of the compute)."""
+    if not 32 <= int(size) <= 1024:
+        raise EncoderError(f"efficientnet-lite0 size must lie in [32, 1024] pixels, got {size}")
     net, wid = build_lite0(weights, pretrained)
     # TF EfficientNet-Lite preprocessing, (x - 127) / 128: with it the bundled weights classify sklearn's
     # sample photos correctly (flower.jpg -> daisy, bee); ImageNet mean/std does not.
-    enc = TorchvisionStyleEncoder("efficientnet-lite0", _LiteFeatures(net), dim=1280, size=224,
+    enc = TorchvisionStyleEncoder("efficientnet-lite0", _LiteFeatures(net), dim=1280, size=int(size),
                                   mean=LITE_MEAN, std=LITE_STD)
     enc.weights_id = wid if pretrained else hash_state_dict(net.state_dict())
     return enc
