@@ -33,3 +33,14 @@ def test_corrupt_manifest_is_not_complete(tmp_path):
     assert not s.is_complete()
     s.finish()
     assert json.loads((tmp_path / "e" / "manifest.json").read_text())["stage"] == "embed"
+
+
+def test_interrupted_attempt_is_resumable_only_with_same_config(tmp_path):
+    s = StageDir(tmp_path / "t", "train", {"steps": 10}, {"data": "a"})
+    assert not s.was_interrupted()
+    s.begin()  # ... and the process dies before finish()
+    assert StageDir(tmp_path / "t", "train", {"steps": 10}, {"data": "a"}).was_interrupted()
+    assert not StageDir(tmp_path / "t", "train", {"steps": 20}, {"data": "a"}).was_interrupted()
+    assert not StageDir(tmp_path / "t", "train", {"steps": 10}, {"data": "b"}).was_interrupted()
+    s.finish()
+    assert not s.was_interrupted()  # finished: a cache hit, not a resume

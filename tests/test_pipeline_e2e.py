@@ -105,3 +105,10 @@ def test_sweep_shares_cached_stages_and_writes_results(demo_run):
     assert dro["overhead_seconds"] > rand["overhead_seconds"] >= 0 and all(r["fid"] is not None for r in rows)
     table = (demo_run / "results.md").read_text()
     assert "| random | 0.5 | 1 |" in table and (demo_run / "results.csv").exists()
+
+
+def test_changing_dro_steps_keeps_the_reference_cached(demo_run):
+    result = CliRunner().invoke(app, ["reweight", "--no-progress", *_args(demo_run.parent, "reweight.steps=4")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "cached  reference" in result.output and "run     reweight" in result.output

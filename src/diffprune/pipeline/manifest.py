@@ -75,11 +75,26 @@ class StageDir:
         m = self.manifest()
         return bool(m) and m.get("config_hash") == self.config_hash and m.get("inputs") == dict(self.inputs)
 
+    @property
+    def attempt_path(self) -> Path:
+        return self.path / ".attempt.json"
+
+    def was_interrupted(self) -> bool:
+        """True when an earlier attempt with this same config and inputs began here and never finished:
+        its checkpoints may be resumed. A changed config or input means starting afresh."""
+        try:
+            attempt = read_json(self.attempt_path)
+        except (FileNotFoundError, ValueError):
+            return False
+        same = attempt == {"config_hash": self.config_hash, "inputs": dict(self.inputs)}
+        return same and not self.manifest_path.exists()
+
     def begin(self) -> "StageDir":
-        """Create the folder, drop any stale manifest and write the resolved config."""
+        """Create the folder, drop any stale manifest and record the resolved config and this attempt."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest_path.unlink(missing_ok=True)
         atomic_write_yaml(self.path / "config.yaml", dict(self.config))
+        atomic_write_json(self.attempt_path, {"config_hash": self.config_hash, "inputs": dict(self.inputs)})
         self._t0 = time.perf_counter()
         self._started = _dt.datetime.now(_dt.timezone.utc).isoformat()
         return self

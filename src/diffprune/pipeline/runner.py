@@ -7,6 +7,7 @@ that arm needs: embed -> select -> [reference -> reweight] -> train -> sample ->
 from __future__ import annotations
 
 import os
+import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -65,10 +66,13 @@ class Pipeline:
     def _stage(
         self,
         stage: StageDir,
-        compute: Callable[[], tuple[T, str, dict[str, Any]]],
+        compute: Callable[[bool], tuple[T, str, dict[str, Any]]],
         load: Callable[[], T],
     ) -> T:
-        """Cache hit -> ``load()``; else ``compute()`` -> (result, output fingerprint, manifest extras).
+        """Cache hit -> ``load()``; else ``compute(resume)`` -> (result, output fingerprint, manifest extras).
+
+        ``resume`` is True only when an attempt with the same config and inputs was interrupted here (and the
+        stage is not forced): a changed config starts afresh instead of resuming foreign checkpoints.
 
         Under ``accelerate launch`` every process runs the stages that shard their work across processes
         (train, sample, embed, evaluate) and only the main process writes the stage's config and manifest;
@@ -85,10 +89,11 @@ class Pipeline:
                 f"stage '{stage.stage}' ({rel}) is not cached and does not run under several processes; "
                 f"run it first without accelerate launch (e.g. `diffprune {stage.stage} ...`), then launch again"
             )
+        resume = stage.stage not in self.force and stage.was_interrupted()
         if main:
-            self.console.print(f"[bold cyan]run[/]     {stage.stage:<9} {rel}")
+            self.console.print(f"[bold cyan]{'resume' if resume else 'run':<7}[/] {stage.stage:<9} {rel}")
             stage.begin()
-        result, fingerprint, extra = compute()
+        result, fingerprint, extra = compute(resume)
         self._fingerprints[str(stage.path)] = fingerprint
         if main:
             manifest = stage.finish(fingerprint, world_size=world, **extra)
@@ -140,7 +145,7 @@ class Pipeline:
         out = self.root / "features" / self.cfg.embed.encoder
         stage = StageDir(out, "embed", self.cfg.embed.model_dump(mode="json"), {"dataset": self.dataset.fingerprint})
 
-        def compute():
+        def compute(resume: bool):
             feats = embed_dataset(self.dataset, self.cfg.embed, out, progress=self.progress)
             return feats, hash_file(out / "features.npy"), {"images_processed": len(self.dataset)}
 
@@ -168,7 +173,7 @@ class Pipeline:
         out = self.root / "selection" / self.selection_name(arm)
         stage = StageDir(out, "select", sc.model_dump(mode="json"), {"features": self.fingerprint(feat_path)})
 
-        def compute():
+        def compute(resume: bool):
             sel = select(
                 features, self.dataset.labels, sc.method, sc.ratio, per_class=sc.per_class, keep=sc.keep,
                 seed=sc.seed, clusters=sc.clusters, class_names=self.dataset.class_names or None, **sc.options,
@@ -193,6 +198,7 @@ class Pipeline:
         """The frozen reference DM of the DRO stage (given as a path / hub id, or trained once per run)
         and its fingerprint."""
         from diffprune.reweighting import prepare_reference
+        from diffprune.reweighting.reference import reference_train_config
 
         rc = self.cfg.reweight
         if self.cfg.reference_data == "coreset":
@@ -201,9 +207,13 @@ class Pipeline:
         else:
             data, data_fp = self.dataset, self.dataset.fingerprint
             out = self.root / "reference"
-        stage = StageDir(out, "reference", rc.model_dump(mode="json"), {"data": data_fp})
+        # keyed by what determines the reference only, so changing DRO settings keeps it cached
+        ref_config = {"reference": rc.reference} if rc.reference else reference_train_config(rc, data).model_dump(mode="json")
+        stage = StageDir(out, "reference", ref_config, {"data": data_fp})
 
-        def compute():
+        def compute(resume: bool):
+            if not resume:  # the trainer resumes any checkpoint it finds; a changed config starts afresh
+                shutil.rmtree(out / "state", ignore_errors=True)
             path = prepare_reference(rc, data, out, progress=self.progress)
             images = 0 if rc.reference else int(rc.reference_steps) * int(rc.batch_size)
             return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path)}
@@ -223,8 +233,8 @@ class Pipeline:
         rc = self.cfg.arm_reweight_config(arm)
         stage = StageDir(out, "reweight", rc.model_dump(mode="json"), inputs)
 
-        def compute():
-            summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume="reweight" not in self.force)
+        def compute(resume: bool):
+            summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume)
             images = int(rc.steps) * int(rc.batch_size)
             weights = load_class_weights(out / "class_weights.json")
             return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary}
@@ -243,8 +253,7 @@ class Pipeline:
         tc = self.cfg.arm_train_config(arm)
         stage = StageDir(out, "train", tc.model_dump(mode="json"), inputs)
 
-        def compute():
-            resume = (out / "state").exists() and "train" not in self.force
+        def compute(resume: bool):
             summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress)
             return out / "model", model_fingerprint(out / "model"), {
                 "images_processed": int(summary.get("images_seen", 0)), "summary": summary,
@@ -264,7 +273,7 @@ class Pipeline:
             with np.load(out / "samples.npz") as z:
                 return z["arr_0"]
 
-        def compute():
+        def compute(resume: bool):
             generate(model_dir, out, sc, progress=self.progress)  # resumable chunks, sharded across processes
             images = load()
             return images, hash_arrays(images), {"images_processed": int(len(images))}
@@ -285,7 +294,7 @@ class Pipeline:
             "dataset": self.cfg.data.spec, "resolution": self.dataset.resolution,
         }
 
-        def compute():
+        def compute(resume: bool):
             labels_path = self.root / "samples" / arm.label() / "samples.npz"
             with np.load(labels_path) as z:
                 sample_labels = z["labels"] if "labels" in z.files else None
