@@ -141,10 +141,7 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
     """Stage 5: FID and friends of each arm's samples against the training set (eval/<arm>/metrics.json)."""
     pipe = _pipeline(config, set_, name, ("evaluate",) if force else (), no_progress)
     for a in _arms(pipe, arm):
-        metrics = pipe.evaluate(a)
-        fid = metrics.get("fid", {})
-        value = fid.get("value") if isinstance(fid, dict) else fid
-        console.print(f"{a.label()}: FID {value}")
+        console.print(f"{a.label()}: FID {pipe.evaluate(a).get('fid')}")
 
 
 @app.command()

@@ -61,6 +61,7 @@ class Pipeline:
         self.progress = progress
         self.console = console or Console(stderr=True)
         self._fingerprints: dict[str, str] = {}
+        self._coresets: dict[str, tuple[ImageDataset, str]] = {}
 
     # ----------------------------------------------------------------------------------------- helpers
     def _stage(
@@ -184,15 +185,20 @@ class Pipeline:
         return self._stage(stage, compute, lambda: Selection.load(out))
 
     def training_set(self, arm: ArmConfig) -> tuple[ImageDataset, str]:
-        """The images an arm trains on (the coreset, labelled by its groups) and their fingerprint."""
+        """The images an arm trains on (the coreset, labelled by its groups) and their fingerprint.
+
+        Built once per arm: the reference, DRO and training stages all ask for it."""
         if arm.method == FULL:
             return self.dataset, self.dataset.fingerprint
-        sel = self.select(arm)
-        ds = ImageDataset(
-            self.dataset.images[sel.indices], sel.groups[sel.indices], list(sel.group_names),
-            name=f"{self.dataset.name}[{self.selection_name(arm)}]",
-        )
-        return ds, self.fingerprint(self.root / "selection" / self.selection_name(arm))
+        name = self.selection_name(arm)
+        if name not in self._coresets:
+            sel = self.select(arm)
+            ds = ImageDataset(
+                self.dataset.images[sel.indices], sel.groups[sel.indices], list(sel.group_names),
+                name=f"{self.dataset.name}[{name}]",
+            )
+            self._coresets[name] = (ds, self.fingerprint(self.root / "selection" / name))
+        return self._coresets[name]
 
     def reference(self, arm: ArmConfig) -> tuple[Path, str]:
         """The frozen reference DM of the DRO stage (given as a path / hub id, or trained once per run)
