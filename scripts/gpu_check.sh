@@ -6,6 +6,9 @@
 #
 #   scripts/gpu_check.sh            # on a GPU machine
 #   scripts/gpu_check.sh --smoke    # tiny CPU setting (ddpm-tiny, a few steps) to check the script itself
+#   scripts/gpu_check.sh --latent   # latent training img/s of DiT-S/2 and DiT-B/2 on 256x256 inputs (32x32x4
+#                                   # latents), bf16, next to diffusers' DiTTransformer2DModel, and MDT masking
+#                                   # (~2 min); --latent --smoke runs it on the CPU at 8x8 latents
 #
 # Budget on an H100-class GPU (estimate): 3 modes x 2 loops x 60 steps plus start-up and compilation ~4-6 min,
 # DDIM-100 on 256 images ~0.5 min. Each mode runs in its own process (accelerate fixes precision per process).
@@ -19,6 +22,22 @@ fi
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="${PWD}/src${PYTHONPATH:+:$PYTHONPATH}"   # works from a plain checkout too
+
+if [[ "${1:-}" == "--latent" ]]; then
+  if [[ "${2:-}" == "--smoke" ]]; then
+    LARGS=(--sample-size 8 --batch-size 4 --iters 1 --warmup 1 --repeats 1 --device cpu --threads 1)
+    PRESETS=(dit-s-2); SUFFIX=_smoke
+  else
+    "$PY" -c "import torch; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
+    LARGS=(--sample-size 32 --batch-size 64 --iters 10 --warmup 3 --repeats 3 --device cuda --bf16)
+    PRESETS=(dit-s-2 dit-b-2); SUFFIX=
+  fi
+  for preset in "${PRESETS[@]}"; do
+    timeout 280 "$PY" benchmarks/bench_dit.py --preset "$preset" "${LARGS[@]}" \
+      --out "benchmarks/results/gpu_latent_${preset}${SUFFIX}.json"
+  done
+  exit 0
+fi
 
 if [[ "${1:-}" == "--smoke" ]]; then
   OUT=benchmarks/results/gpu_check_smoke.json

@@ -52,3 +52,14 @@ def test_shipped_configs_validate(name):
 
     cfg = load_run_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
     assert cfg.name == name and cfg.arms
+
+
+@pytest.mark.parametrize("name", ["demo", "fashion-mnist", "cifar10-ddpm", "imagenet-latent"])
+def test_shipped_configs_validate(name):
+    """Every config in configs/ loads, and its training preset resolves (a typo would fail a user hours in)."""
+    from pathlib import Path
+
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.name == name and cfg.arms and cfg.train.resolved().batch_size
+    if name == "imagenet-latent":
+        assert cfg.latent is not None and cfg.train.preset.startswith("dit-") and cfg.train.mask_ratio == 0.3

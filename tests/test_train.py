@@ -253,3 +253,25 @@ def test_one_process_can_train_with_different_precisions(dataset, tmp_path):
     wa = _weights(tmp_path / "fp32/state/model.safetensors")
     wc = _weights(tmp_path / "fp32-again/state/model.safetensors")
     assert all(torch.equal(wa[k], wc[k]) for k in wa)  # the bf16 run in between leaves fp32 runs reproducible
+
+
+def test_ema_warmup_matches_diffusers_ema_model():
+    """EMA(warmup=True) follows diffusers' EMAModel decay schedule update by update (an independent oracle)."""
+    from diffusers.training_utils import EMAModel
+
+    from diffprune.diffusion.ema import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    ours = EMA(model, decay=0.95, warmup=True)
+    theirs = EMAModel(model.parameters(), decay=0.95)
+    for _ in range(200):  # the warm-up reaches 0.95 after 170 updates
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update()
+        theirs.step(model.parameters())
+    for mine, ref in zip(ours.module.parameters(), theirs.shadow_params):
+        torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
+    assert ours.current_decay() == 0.95  # past the warm-up the configured decay applies
+    assert EMA(model, decay=0.95, warmup=True).current_decay() == 0.0  # the first update copies

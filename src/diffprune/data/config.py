@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import StrictModel
 from diffprune.data.sources import BUILTIN
@@ -16,10 +16,12 @@ class DataConfig(StrictModel):
     split: Literal["train", "test"] = "train"
     root: str | None = None
     resolution: int | None = Field(default=None, ge=4, le=1024)
-    resize: Literal["pad", "resize"] = "pad"
+    resize: Literal["pad", "resize", "center-crop"] = "pad"
     channels: Literal[1, 3] | None = None
     limit: int | None = Field(default=None, ge=1)
     skip_bad: bool = False
+    # imagefolder only: decode once into a memmapped .npy under this folder (see ``load_dataset``)
+    cache_dir: str | None = None
 
     @field_validator("spec")
     @classmethod
@@ -29,10 +31,16 @@ class DataConfig(StrictModel):
             return v
         raise ValueError(f"choose one of {', '.join(BUILTIN)}, imagefolder:PATH or npz:PATH")
 
+    @model_validator(mode="after")
+    def _cache_needs_resolution(self) -> "DataConfig":
+        if self.cache_dir is not None and self.spec.startswith("imagefolder:") and self.resolution is None:
+            raise ValueError("cache_dir needs a fixed resolution (every cached image has one size); set resolution")
+        return self
+
     def load(self):
         from diffprune.data.sources import load_dataset
 
         return load_dataset(
             self.spec, self.split, root=self.root, resolution=self.resolution, resize=self.resize,
-            channels=self.channels, limit=self.limit, skip_bad=self.skip_bad,
+            channels=self.channels, limit=self.limit, skip_bad=self.skip_bad, cache_dir=self.cache_dir,
         )

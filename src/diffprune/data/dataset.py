@@ -8,8 +8,30 @@ import numpy as np
 from diffprune.io.hashing import hash_arrays
 
 
+class ArrayShapes:
+    """Size accessors of a dataset held as an N x C x H x W ``images`` array with ``class_names``."""
+
+    images: np.ndarray
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(ArrayShapes):
     """Images and optional labels, held as plain arrays.
 
     Attributes:
@@ -46,21 +68,6 @@ class ImageDataset:
                 )
         if not self.fingerprint:
             self.fingerprint = hash_arrays(self.images, self.labels)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def resolution(self) -> int:
-        return int(self.images.shape[-1])
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[1])
 
     def subset(self, indices: np.ndarray) -> "ImageDataset":
         """A new dataset holding ``indices`` (int array) in the given order; fingerprint recomputed."""

@@ -1,19 +1,29 @@
 """Dataset loaders, one function per spec, behind ``load_dataset(spec)``.
 
 Specs: ``digits``, ``mnist5k``, ``fashion-mnist``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``.
-Every loader returns uint8 N x C x H x W images; resolution changes happen in ``load_dataset``.
+Every loader returns uint8 N x C x H x W images; resolution changes happen in ``load_dataset``, except for
+``imagefolder``, which resizes and converts channels per image while decoding (and can decode once into an
+on-disk memmap cache, ``cache_dir=``, for datasets such as ImageNet that do not fit in RAM).
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
+import json
 import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from diffprune.data.dataset import ImageDataset
-from diffprune.data.transforms import pad_to, resize_to, to_channels
+from diffprune.data.transforms import center_crop_pil, center_crop_to, pad_to, resize_to, to_channels
+from diffprune.io import atomic_save_npy, atomic_write_json, hash_arrays, read_json
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = [
@@ -21,6 +31,11 @@ FASHION_MNIST_CLASSES = [
 ]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+RESIZE_MODES = ("pad", "resize", "center-crop")
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CHECKPOINT_EVERY = 4096  # files decoded between resumable checkpoints of an imagefolder cache
+DECODE_BATCH = 256  # files decoded per thread-pool batch: the most decoded images held in RAM at once
+DECODE_THREADS = min(8, os.cpu_count() or 1)
 
 
 class DatasetError(ValueError):
@@ -90,20 +105,69 @@ def _cifar10(split: str, root: str | None, skip_bad: bool) -> ImageDataset:
     return ImageDataset(images, np.asarray(ds.targets, dtype=np.int64), CIFAR10_CLASSES, name="cifar10")
 
 
-def _read_image(path: Path, mode: str) -> np.ndarray:
+def _read_image(path: Path, mode: str, crop: int | None = None) -> np.ndarray:
+    """Decode one file as PIL ``mode``: uint8 H x W (``L``) or H x W x 3 (``RGB``).
+
+    With ``crop`` the ADM centre crop to ``crop`` x ``crop`` is done here, on the PIL image.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            im = im.convert(mode)
+            return center_crop_pil(im, crop) if crop else np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # PIL raises all four on bad files
         raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
-def _imagefolder(path: str, split: str, skip_bad: bool, size: int | None) -> ImageDataset:
-    from PIL import Image
+@dataclass(frozen=True)
+class _Decode:
+    """How one image file becomes a uint8 C x H x W array; the same steps with or without a cache."""
 
-    root = Path(path)
+    mode: str  # PIL mode to read as, "L" or "RGB" (from the first readable file)
+    size: int | None  # target side in pixels; None keeps the native size
+    resize: str  # one of RESIZE_MODES
+    channels: int | None  # 1 or 3 to convert to after resizing; None keeps ``mode``'s channels
+
+
+def _decode(path: Path, dec: _Decode) -> np.ndarray:
+    """One file -> uint8 C x H x W: geometry first, then channel conversion (as ``load_dataset`` does for arrays)."""
+    a = _read_image(path, dec.mode, dec.size if dec.resize == "center-crop" else None)
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    if dec.size is not None and dec.resize == "pad":
+        a = pad_to(a[None], dec.size)[0]
+    elif dec.size is not None and dec.resize == "resize":
+        a = resize_to(a[None], dec.size)[0]
+    if dec.channels is not None:
+        a = to_channels(a[None], dec.channels)[0]
+    return np.ascontiguousarray(a)
+
+
+def _decode_stream(
+    files: list[tuple[Path, int]], dec: _Decode, skip_bad: bool, start: int = 0
+) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Yield (file index, C x H x W uint8 or None if unreadable and ``skip_bad``), in file order from ``start``.
+
+    ``DECODE_BATCH`` files at a time go to ``DECODE_THREADS`` threads (Pillow releases the GIL while
+    decoding and resampling), so at most one batch of decoded images is held here.
+    """
+
+    def one(i: int) -> np.ndarray | None:
+        try:
+            return _decode(files[i][0], dec)
+        except DatasetError as e:
+            if not skip_bad:
+                raise DatasetError(f"{e}; fix or remove it, or pass --skip-bad") from None
+            return None
+
+    with ThreadPoolExecutor(max(1, DECODE_THREADS)) as pool:
+        for lo in range(start, len(files), DECODE_BATCH):
+            idx = range(lo, min(lo + DECODE_BATCH, len(files)))
+            yield from zip(idx, pool.map(one, idx))
+
+
+def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, sorted (file, label) pairs); label -1 and no names for a flat folder."""
     if not root.is_dir():
         raise DatasetError(f"imagefolder: '{root}' is not a directory")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -115,37 +179,179 @@ def _imagefolder(path: str, split: str, skip_bad: bool, size: int | None) -> Ima
         files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DatasetError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{root}'")
-    first = None
+    return class_names, files
+
+
+def _probe_mode(files: list[tuple[Path, int]]) -> str:
+    """``L`` if the first readable file is grey, else ``RGB`` (reads headers only)."""
+    from PIL import Image
+
     for f, _ in files:
         try:
             with Image.open(f) as im:
-                first = im.mode
-            break
+                return "L" if im.mode in ("L", "1", "I;16") else "RGB"
         except Exception:
             continue
-    mode = "L" if first in ("L", "1", "I;16") else "RGB"
-    arrays, labels, skipped = [], [], []
+    return "RGB"
+
+
+def _imagefolder(
+    path: str, skip_bad: bool, size: int | None, resize: str, channels: int | None, cache_dir: str | None
+) -> ImageDataset:
+    """A folder of images, resized (``size``/``resize``) and channel-converted per image while decoding."""
+    root = Path(path)
+    class_names, files = _list_folder(root)
+    if cache_dir is not None:
+        if size is None:
+            raise DatasetError("imagefolder: cache_dir needs a fixed resolution (every cached image has one size); "
+                               "set resolution=")
+        return _cached_imagefolder(root, class_names, files, skip_bad, size, resize, channels, Path(cache_dir))
+    dec = _Decode(_probe_mode(files), size, resize, channels)
     from rich.progress import track
 
-    for f, k in track(files, description=f"reading {root.name}", transient=True):
-        try:
-            a = _read_image(f, mode)
-        except DatasetError:
-            if not skip_bad:
-                raise DatasetError(f"cannot read image {f}; fix or remove it, or pass --skip-bad") from None
-            skipped.append(str(f))
+    arrays, labels, skipped = [], [], []
+    stream = _decode_stream(files, dec, skip_bad)
+    for i, a in track(stream, total=len(files), description=f"reading {root.name}", transient=True):
+        if a is None:
+            skipped.append(str(files[i][0]))
             continue
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        if size is not None:
-            a = resize_to(a[None], size)[0]
         arrays.append(a)
-        labels.append(k)
+        labels.append(files[i][1])
+    if not arrays:
+        raise DatasetError(f"imagefolder: none of the {len(files)} images under '{root}' could be read")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DatasetError(f"imagefolder: images under '{root}' differ in size {sorted(shapes)[:3]}...; pass resolution=")
-    images = np.stack(arrays).astype(np.uint8)
     lab = np.asarray(labels, dtype=np.int64) if class_names else None
-    return ImageDataset(images, lab, class_names, name=f"imagefolder:{root}", skipped=skipped)
+    return ImageDataset(np.stack(arrays), lab, class_names, name=f"imagefolder:{root}", skipped=skipped)
+
+
+# ------------------------------------------------------------------------- on-disk decoded-image cache
+#
+# <cache_dir>/<folder name>-<key>/  images.npy  uint8 N_files x C x S x S memmap; the first num_images rows
+#                                               hold the readable files in file order (unreadable ones are
+#                                               skipped, not left as holes, so the tail rows go unused)
+#                                   state.json  decode progress (next file, rows written, skipped file indices),
+#                                               rewritten atomically every CHECKPOINT_EVERY files
+#                                   labels.npy, meta.json  written last; meta.json marks the cache complete
+# The key hashes the folder path, every file's relative path, size, mtime and label, and the decode options,
+# so editing, adding or removing a file (or changing an option) gives a new cache instead of a stale one.
+
+
+def _cache_key(root: Path, files: list[tuple[Path, int]], size: int, resize: str, channels: int | None) -> str:
+    """16 hex digits identifying the folder's files (paths, sizes, mtimes, labels) and the decode options."""
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), size, resize, channels]).encode())
+    for f, k in files:
+        try:
+            st = f.stat()
+            size_b, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # a dangling link: decoding reports it as unreadable
+            size_b, mtime = -1, -1
+        h.update(f"{f.relative_to(root)}\0{size_b}\0{mtime}\0{k}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive lock on ``path`` (flock), so processes of one multi-GPU run never decode into one file at once."""
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _cached_imagefolder(
+    root: Path, class_names: list[str], files: list[tuple[Path, int]], skip_bad: bool,
+    size: int, resize: str, channels: int | None, cache_dir: Path,
+) -> ImageDataset:
+    """Open the decoded cache of ``files`` (building or resuming it first if needed) as a read-only memmap."""
+    key = _cache_key(root, files, size, resize, channels)
+    d = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.resolve().name)}-{key}"
+    if not (d / "meta.json").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        with _locked(d / ".lock"):
+            if not (d / "meta.json").exists():  # another process may have finished it while we waited
+                _build_cache(d, root, class_names, files, skip_bad, size, resize, channels)
+    meta = read_json(d / "meta.json")
+    skipped = [str(files[i][0]) for i in meta["skipped_index"]]  # paths as this call spells them
+    if skipped and not skip_bad:
+        raise DatasetError(f"cannot read image {skipped[0]} (recorded in the cache {d}); "
+                           "fix or remove it, or pass --skip-bad")
+    if not meta["num_images"]:
+        raise DatasetError(f"imagefolder: none of the {meta['num_files']} images under '{root}' could be read")
+    images = np.load(d / "images.npy", mmap_mode="r")[: meta["num_images"]]
+    labels = np.load(d / "labels.npy") if class_names else None
+    # content-addressed by the key (files, sizes, mtimes, options) instead of hashing every pixel
+    fingerprint = hash_arrays(np.frombuffer(f"imagefolder-cache:{key}".encode(), np.uint8), labels)
+    return ImageDataset(images, labels, class_names, name=f"imagefolder:{root}", fingerprint=fingerprint,
+                        skipped=skipped)
+
+
+def _checkpoint(mm: np.memmap, path: Path, state: dict) -> None:
+    """Flush decoded rows to disk, then record them: a crash in between only redoes some rows."""
+    mm.flush()
+    atomic_write_json(path, state)
+
+
+def _start_cache(d: Path, files: list[tuple[Path, int]], size: int, channels: int | None) -> tuple[np.memmap, dict]:
+    """The memmap and progress state to decode into: resumed from ``state.json`` when there is one."""
+    state_path, npy = d / "state.json", d / "images.npy"
+    if state_path.exists() and npy.exists():
+        return np.lib.format.open_memmap(npy, mode="r+"), read_json(state_path)
+    mode = _probe_mode(files)
+    shape = (len(files), channels or (1 if mode == "L" else 3), size, size)
+    need = int(np.prod(shape))
+    if shutil.disk_usage(d).free < need:  # fail now, not with SIGBUS when the mapped pages run out of disk
+        raise DatasetError(f"imagefolder cache: {need / 1e9:.1f} GB needed in '{d}', "
+                           f"{shutil.disk_usage(d).free / 1e9:.1f} GB free; choose another cache_dir")
+    mm = np.lib.format.open_memmap(npy, mode="w+", dtype=np.uint8, shape=shape)  # sparse until written
+    state = {"mode": mode, "next": 0, "written": 0, "skipped_index": []}
+    _checkpoint(mm, state_path, state)
+    return mm, state
+
+
+def _build_cache(
+    d: Path, root: Path, class_names: list[str], files: list[tuple[Path, int]], skip_bad: bool,
+    size: int, resize: str, channels: int | None,
+) -> None:
+    """Decode ``files`` into ``d``/images.npy in one streaming, resumable pass; write meta.json last."""
+    from PIL import __version__ as pil_version
+    from rich.progress import MofNCompleteColumn, Progress
+
+    state_path = d / "state.json"
+    mm, state = _start_cache(d, files, size, channels)
+    dec = _Decode(state["mode"], size, resize, channels)
+    try:
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as bar:
+            task = bar.add_task(f"decoding {root.name} into cache", total=len(files), completed=state["next"])
+            for i, a in _decode_stream(files, dec, skip_bad, start=state["next"]):
+                if a is None:
+                    state["skipped_index"].append(i)
+                else:
+                    mm[state["written"]] = a
+                    state["written"] += 1
+                state["next"] = i + 1
+                if state["next"] % CHECKPOINT_EVERY == 0:
+                    _checkpoint(mm, state_path, state)
+                bar.advance(task)
+    finally:  # an error or Ctrl-C keeps what was decoded; the next load resumes at state["next"]
+        _checkpoint(mm, state_path, state)
+    row_shape = list(mm.shape[1:])
+    del mm
+    skipped = set(state["skipped_index"])
+    atomic_save_npy(d / "labels.npy", np.asarray([k for i, (_, k) in enumerate(files) if i not in skipped], np.int64))
+    atomic_write_json(d / "meta.json", {
+        "version": CACHE_VERSION, "root": str(root.resolve()), "num_files": len(files),
+        "num_images": state["written"], "shape": [state["written"], *row_shape], "resolution": size,
+        "resize": resize, "channels": channels, "read_mode": state["mode"], "class_names": class_names,
+        "skipped_index": state["skipped_index"], "skipped": [str(files[i][0]) for i in state["skipped_index"]],
+        "pillow": pil_version,
+    })
+    state_path.unlink()
 
 
 def _npz(path: str) -> ImageDataset:
@@ -203,6 +409,7 @@ def load_dataset(
     channels: int | None = None,
     limit: int | None = None,
     skip_bad: bool = False,
+    cache_dir: str | None = None,
 ) -> ImageDataset:
     """Load a dataset by spec and bring it to a target resolution.
 
@@ -211,19 +418,26 @@ def load_dataset(
         split: ``train`` or ``test`` (the embedded datasets have only ``train``).
         root: where a downloadable dataset lives or is downloaded to.
         resolution: target side length in pixels; ``None`` keeps the native size.
-        resize: ``pad`` (centre-pad/crop, keeps pixels exact) or ``resize`` (antialiased bilinear).
+        resize: ``pad`` (centre-pad/crop, keeps pixels exact), ``resize`` (antialiased bilinear, stretches
+            non-square images) or ``center-crop`` (ADM/DiT ``center_crop_arr``: BOX-halve, BICUBIC-scale the
+            shorter side to ``resolution``, crop the centre; a plain BOX/BICUBIC resize for square images).
         channels: 1 or 3 to force grey or RGB.
         limit: keep the first ``limit`` images of a class-stratified, seed-0 shuffle (for quick runs).
         skip_bad: skip unreadable image files (listed in ``dataset.skipped``) instead of failing.
+        cache_dir: ``imagefolder`` only (other specs ignore it): decode the folder once, resumably, into a
+            uint8 N x C x H x W ``.npy`` under this folder and open it as a read-only memmap, so the images
+            need not fit in RAM. Needs ``resolution``. The cache is keyed by the folder path, every file's
+            path, size and mtime, and the options; the dataset's fingerprint comes from that key and the
+            labels (instant), so it differs from an uncached load's pixel hash.
     """
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
-    if resize not in ("pad", "resize"):
-        raise DatasetError(f"resize must be 'pad' or 'resize', got '{resize}'")
+    if resize not in RESIZE_MODES:
+        raise DatasetError(f"resize must be one of {', '.join(RESIZE_MODES)}, got '{resize}'")
     kind, _, arg = spec.partition(":")
-    if kind == "imagefolder" and arg:
-        ds = _imagefolder(arg, split, skip_bad, resolution if resize == "resize" else None)
-    elif kind == "npz" and arg:
+    if kind == "imagefolder" and arg:  # resized and channel-converted per image while decoding
+        return _apply_limit(_imagefolder(arg, skip_bad, resolution, resize, channels, cache_dir), limit)
+    if kind == "npz" and arg:
         ds = _npz(arg)
     elif spec in BUILTIN:
         if split == "test" and spec in EMBEDDED:
@@ -231,19 +445,26 @@ def load_dataset(
         ds = BUILTIN[spec](split, root, skip_bad)
     else:
         raise DatasetError(f"unknown dataset '{spec}'; choose one of: {', '.join(available_datasets())}")
+    ds = _apply_limit(ds, limit)
     images = ds.images
-    if limit is not None and limit < len(images):
-        keep = _stratified_first(ds.labels, len(images), limit)
-        images = images[keep]
-        ds = ImageDataset(images, None if ds.labels is None else ds.labels[keep], ds.class_names, name=ds.name,
-                          skipped=ds.skipped)
     if channels is not None:
         images = to_channels(images, channels)
     if resolution is not None:
-        images = pad_to(images, resolution) if resize == "pad" else resize_to(images, resolution)
+        images = {"pad": pad_to, "resize": resize_to, "center-crop": center_crop_to}[resize](images, resolution)
     if images is ds.images:
         return ds
     return ImageDataset(images, ds.labels, ds.class_names, name=ds.name, skipped=ds.skipped)
+
+
+def _apply_limit(ds: ImageDataset, limit: int | None) -> ImageDataset:
+    """``ds`` cut to ``limit`` images by ``_stratified_first`` (a copy of those rows only)."""
+    if limit is None or limit >= len(ds):
+        return ds
+    keep = _stratified_first(ds.labels, len(ds), limit)
+    # a cached memmap is fingerprinted by its key, not its pixels; derive the subset's the same cheap way
+    fp = hash_arrays(np.frombuffer(ds.fingerprint.encode(), np.uint8), keep) if isinstance(ds.images, np.memmap) else ""
+    return ImageDataset(ds.images[keep], None if ds.labels is None else ds.labels[keep], ds.class_names,
+                        name=ds.name, fingerprint=fp, skipped=ds.skipped)
 
 
 def _stratified_first(labels: np.ndarray | None, n: int, limit: int) -> np.ndarray:

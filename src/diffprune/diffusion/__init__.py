@@ -1,17 +1,18 @@
-"""Stage 4: diffusion models (presets), the accelerate trainer, and sampling.
+"""Stage 4: diffusion models (presets), the accelerate trainer, and sampling; in pixel or VAE latent space.
 
 Public API::
 
-    create_model(preset, **overrides) -> UNet2DModel
+    create_model(preset, **overrides) -> UNet2DModel (ddpm-*) | DiT (dit-*)
     create_scheduler(preset) -> DDPMScheduler
-    diffusion_loss(model, scheduler, x0, timesteps, noise, class_labels=None) -> B x C x H x W tensor
-    load_model(path_or_hub) -> (UNet2DModel, DDPMScheduler)
-    train(TrainConfig, ImageDataset, out_dir, class_weights=None, resume=False) -> summary dict
+    diffusion_loss(model, scheduler, x0, timesteps, noise, class_labels=None, mask_ratio=0) -> B x C x H x W
+    load_model(path_or_hub) -> (UNet2DModel | DiT | ClassPromptUNet, DDPMScheduler)
+    train(TrainConfig, ImageDataset | LatentDataset, out_dir, class_weights=None, resume=False) -> summary dict
     sample_images(model, scheduler, SampleConfig, class_labels=None) -> uint8 N x H x W x C
     save_samples(out_dir, images, labels=None)
     generate(model_path, out_dir, SampleConfig, class_labels=None) -> out_dir   # load + sample + save
 """
 from diffprune.diffusion.batches import WeightsError
+from diffprune.diffusion.dit import DiT
 from diffprune.diffusion.loading import load_model, read_meta, save_model
 from diffprune.diffusion.models import (
     PRESETS,
@@ -27,6 +28,7 @@ from diffprune.diffusion.sampling import SampleConfig, generate, image_grid, sam
 from diffprune.diffusion.trainer import TrainConfig, TrainError, TrainingInterrupted, total_steps, train
 
 __all__ = [
+    "DiT",
     "PRESETS",
     "ModelError",
     "SampleConfig",

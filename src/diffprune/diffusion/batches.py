@@ -85,6 +85,20 @@ def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> torch.Tensor
     return torch.randperm(num_examples, generator=g)
 
 
+def to_model_input(batch: torch.Tensor) -> torch.Tensor:
+    """float32 model input of a batch of stored examples: uint8 images -> [-1, 1]; latents (float) as they are."""
+    return batch.float() / 127.5 - 1.0 if batch.dtype == torch.uint8 else batch.float()
+
+
+def latent_meta(dataset: object) -> dict | None:
+    """How to decode a latent dataset's examples back to images ({vae, scaling_factor, shift_factor,
+    image_channels}), or None for an image dataset."""
+    if getattr(dataset, "vae_spec", None) is None:
+        return None
+    return {"vae": dataset.vae_spec, "scaling_factor": float(dataset.scaling_factor),
+            "shift_factor": float(dataset.shift_factor or 0.0), "image_channels": int(dataset.image_channels)}
+
+
 def noise_generator(seed: int, step: int, device: torch.device | str) -> torch.Generator:
     """The generator for step ``step``'s timesteps, noise, flips and label dropout (same on every process)."""
     return torch.Generator(device=device).manual_seed(stream_seed(seed, _STREAM_NOISE, step))

@@ -2,10 +2,15 @@
 
 Accepted by ``load_model``:
 - a diffprune train directory (``<dir>/model/config.json``),
-- a diffusers UNet directory (``config.json`` + weights, scheduler in ``scheduler/`` or ``scheduler_config.json``),
-- a diffusers pipeline directory (``model_index.json`` with ``unet/`` and ``scheduler/``),
-- a Hugging Face hub id such as ``google/ddpm-cifar10-32`` (downloaded on first use; with ``HF_HUB_OFFLINE=1``
-  only a cached copy works).
+- a model directory (``config.json`` + weights, scheduler in ``scheduler/`` or ``scheduler_config.json``),
+- a diffusers pipeline directory (``model_index.json`` with ``unet/`` or ``transformer/``, and ``scheduler/``),
+- a Hugging Face hub id such as ``google/ddpm-cifar10-32`` or ``facebook/DiT-XL-2-256`` (downloaded on first use;
+  with ``HF_HUB_OFFLINE=1`` only a cached copy works).
+
+The model class comes from ``config.json``'s ``_class_name``: ``UNet2DModel``; ``DiT`` (diffprune's); diffusers'
+``DiTTransformer2DModel`` (or the legacy ``Transformer2DModel`` with ``norm_type="ada_norm_zero"``, as in
+``facebook/DiT-XL-2-256``), converted to diffprune's ``DiT`` with identical outputs; ``ClassPromptUNet``
+(``diffprune.diffusion.sd``).
 """
 from __future__ import annotations
 
@@ -18,17 +23,19 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.models.modeling_utils import ModelMixin
 
+from diffprune.diffusion.dit import DiT, dit_from_diffusers
 from diffprune.diffusion.models import ModelError, create_scheduler
 from diffprune.io import atomic_path
 
 META_FILE = "diffprune.json"
 
 
-def save_model(path: str | os.PathLike, model: UNet2DModel, scheduler: DDPMScheduler,
+def save_model(path: str | os.PathLike, model: ModelMixin, scheduler: DDPMScheduler,
                meta: Mapping[str, Any] | None = None) -> Path:
     """Write ``path`` atomically: ``save_pretrained`` of ``model`` (safetensors), ``scheduler/`` and
-    ``diffprune.json`` (``meta``). ``UNet2DModel.from_pretrained(path)`` and
+    ``diffprune.json`` (``meta``). ``UNet2DModel.from_pretrained(path)`` (``DiT.from_pretrained``) and
     ``DDPMScheduler.from_pretrained(path, subfolder="scheduler")`` load it; so does ``load_model(path)``."""
     if any(not t.is_contiguous() for t in model.state_dict().values()):  # e.g. channels_last training
         model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
@@ -47,40 +54,80 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
 
 
-def load_model(path_or_hub: str | os.PathLike, device: str | None = None) -> tuple[UNet2DModel, DDPMScheduler]:
-    """Load ``(UNet2DModel, DDPMScheduler)`` in eval mode from a directory or hub id (see module doc).
+def load_model(path_or_hub: str | os.PathLike, device: str | None = None) -> tuple[ModelMixin, DDPMScheduler]:
+    """Load ``(model, DDPMScheduler)`` in eval mode from a directory or hub id (see module doc); the model is a
+    ``UNet2DModel``, a ``DiT`` or a ``ClassPromptUNet``.
 
-    A directory without a scheduler config gets the original DDPM schedule (``create_scheduler``).
+    A directory without a scheduler config gets its preset family's schedule (``create_scheduler``): DDPM's
+    for a UNet, the DiT presets' for a DiT.
     """
     path = Path(path_or_hub)
     if not path.exists():
         path = _download(str(path_or_hub))
     if not path.is_dir():
         raise ModelError(f"{path} is not a directory; pass a diffusers model directory, a train dir or a hub id")
-    root = _model_dir(path)
-    if (root / "model_index.json").exists() and (root / "unet" / "config.json").exists():
-        unet_dir, sched_dirs = root / "unet", [root / "scheduler"]
-    elif (root / "config.json").exists():
-        unet_dir, sched_dirs = root, [root / "scheduler", root]
-    else:
-        raise ModelError(
-            f"{path} holds no diffusers model (expected config.json, model/config.json or model_index.json + unet/)"
-        )
-    try:
-        model = UNet2DModel.from_pretrained(unet_dir, use_safetensors=_has_safetensors(unet_dir) or None)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not load a UNet2DModel from {unet_dir}: {e}") from None
+    model_dir, sched_dirs = _locate(_model_dir(path), path)
+    model = _load_weights(model_dir)
     scheduler = None
     for d in sched_dirs:
         if (d / "scheduler_config.json").exists():
             scheduler = DDPMScheduler.from_pretrained(d)
             break
     if scheduler is None:
-        scheduler = create_scheduler("ddpm-cifar10")
+        scheduler = create_scheduler("dit-xl-2" if isinstance(model, DiT) else "ddpm-cifar10")
     model.eval()
     if device is not None:
         model.to(device)
     return model, scheduler
+
+
+_PIPELINE_MODELS = ("unet", "transformer")  # the denoiser's folder in a diffusers pipeline
+
+
+def _locate(root: Path, given: Path) -> tuple[Path, list[Path]]:
+    """(the model's folder, the folders that may hold its scheduler config)."""
+    if (root / "model_index.json").exists():
+        for sub in _PIPELINE_MODELS:
+            if (root / sub / "config.json").exists():
+                return root / sub, [root / "scheduler"]
+    if (root / "config.json").exists():
+        return root, [root / "scheduler", root]
+    raise ModelError(
+        f"{given} holds no diffusers model (expected config.json, model/config.json or model_index.json + "
+        f"unet/ or transformer/)"
+    )
+
+
+def _load_weights(model_dir: Path) -> ModelMixin:
+    """The model of ``model_dir``, its class chosen by ``config.json``'s ``_class_name``."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    name = config.get("_class_name", "UNet2DModel")
+    is_diffusers_dit = name == "DiTTransformer2DModel" or (
+        name == "Transformer2DModel" and config.get("norm_type") == "ada_norm_zero")
+    if name == "UNet2DModel":
+        cls = UNet2DModel
+    elif name == "DiT":
+        cls = DiT
+    elif is_diffusers_dit:
+        from diffusers import DiTTransformer2DModel as cls
+    elif name == "ClassPromptUNet":
+        cls = _class_prompt_unet_class()
+    else:
+        raise ModelError(f"{model_dir} holds a {name}; load_model reads UNet2DModel, DiT, DiTTransformer2DModel "
+                         f"(or a DiT Transformer2DModel) and ClassPromptUNet models")
+    try:
+        model = cls.from_pretrained(model_dir, use_safetensors=_has_safetensors(model_dir) or None)
+        return dit_from_diffusers(model) if is_diffusers_dit else model
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a {name} from {model_dir}: {e}") from None
+
+
+def _class_prompt_unet_class() -> type:
+    try:
+        from diffprune.diffusion.sd import ClassPromptUNet
+    except ImportError as e:
+        raise ModelError(f"this model is a ClassPromptUNet, but diffprune.diffusion.sd does not import: {e}") from None
+    return ClassPromptUNet
 
 
 def _model_dir(path: Path) -> Path:

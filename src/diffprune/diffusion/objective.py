@@ -1,4 +1,9 @@
-"""The DDPM training objective (epsilon prediction), unreduced so callers can weight examples or classes."""
+"""The DDPM training objective (epsilon prediction), unreduced so callers can weight examples or classes.
+
+MDT-style masked training (``mask_ratio > 0``, DiT models built with a side-interpolater): the loss is the sum of
+the unmasked prediction's error and the masked prediction's error on the same noisy input, as in MDT's training
+(Gao et al. 2023); both are over all latent tokens.
+"""
 from __future__ import annotations
 
 import torch
@@ -12,6 +17,8 @@ def diffusion_loss(
     timesteps: torch.Tensor,
     noise: torch.Tensor,
     class_labels: torch.Tensor | None = None,
+    mask_ratio: float = 0.0,
+    mask_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per-pixel squared error of the epsilon prediction, unreduced.
 
@@ -23,6 +30,8 @@ def diffusion_loss(
         noise: standard normal B x C x H x W (the same tensor for a proxy and its reference model when the
             caller needs paired losses).
         class_labels: int64 B for a class-conditional model, else None.
+        mask_ratio: fraction of latent tokens hidden from the encoder in the extra masked pass (MDT); 0: none.
+        mask_generator: draws the masks (reproducible masked passes).
 
     Returns:
         float32 B x C x H x W: (noise - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t))^2.
@@ -34,4 +43,15 @@ def diffusion_loss(
         raise ValueError(f"timesteps must have shape ({x0.shape[0]},), got {tuple(timesteps.shape)}")
     noisy = scheduler.add_noise(x0, noise, timesteps)
     pred = model(noisy, timesteps, class_labels=class_labels).sample
-    return (pred.float() - noise.float()).square()
+    loss = (epsilon_part(pred, noise.shape[1]).float() - noise.float()).square()
+    if mask_ratio > 0:
+        masked = model(noisy, timesteps, class_labels=class_labels, mask_ratio=mask_ratio,
+                       generator=mask_generator).sample
+        loss = loss + (epsilon_part(masked, noise.shape[1]).float() - noise.float()).square()
+    return loss
+
+
+def epsilon_part(prediction: torch.Tensor, channels: int) -> torch.Tensor:
+    """The epsilon channels of a model output: models with a learned variance (DiT checkpoints, 2C channels)
+    put epsilon first; the variance half is not trained by this objective."""
+    return prediction if prediction.shape[1] == channels else prediction[:, :channels]

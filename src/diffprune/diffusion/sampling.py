@@ -3,14 +3,16 @@
 Sample ``i`` of a run draws all its noise from its own generator seeded by (seed, i), so the images depend on
 the seed and index only: not on the batch size, nor on how many processes share the work. Under
 ``accelerate launch`` each process renders a contiguous shard and the shards are gathered into one array.
+Latent models (their ``diffprune.json`` names the VAE) are decoded to pixels batch by batch.
 """
 from __future__ import annotations
 
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from diffprune.config import StrictModel
 from diffprune.diffusion.batches import stream_seed
 from diffprune.diffusion.models import null_class_label
+from diffprune.diffusion.objective import epsilon_part
 from diffprune.io import atomic_path, atomic_save_npy, atomic_save_npz, config_hash, hash_arrays, hash_state_dict
 
 _STREAM_SAMPLE = 11
@@ -81,6 +84,34 @@ def sampling_scheduler(scheduler: DDPMScheduler, config: SampleConfig) -> DDPMSc
     return sched
 
 
+@dataclass
+class LatentDecoder:
+    """Latents (scaled as in training) -> uint8 images, with the VAE that encoded the training set."""
+
+    vae: Any
+    scaling_factor: float
+    shift_factor: float
+    channels: int  # of the training images (grey samples are the mean of the decoded RGB)
+    resolution: int  # of the decoded images, pixels
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], latent_size: int, device: torch.device | str) -> "LatentDecoder":
+        """From the ``latent`` entry of a latent model's ``diffprune.json``."""
+        from diffprune.diffusion.latents import load_vae, vae_downsample_factor
+
+        vae = load_vae(meta["vae"], device=device)
+        return cls(vae, float(meta["scaling_factor"]), float(meta.get("shift_factor") or 0.0),
+                   int(meta["image_channels"]), latent_size * vae_downsample_factor(vae))
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        """float B x C x h x w latents -> uint8 B x H x W x C images on the latents' device."""
+        from diffprune.diffusion.latents import decode_latents
+
+        images = decode_latents(self.vae, latents, self.scaling_factor, self.shift_factor, self.channels,
+                                batch_size=len(latents))
+        return torch.as_tensor(images, device=latents.device)
+
+
 @torch.no_grad()
 def sample_images(
     model: UNet2DModel,
@@ -89,13 +120,15 @@ def sample_images(
     class_labels: np.ndarray | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
+    decoder: LatentDecoder | None = None,
 ) -> np.ndarray:
     """Generate ``config.num_samples`` images; uint8 N x H x W x C (every process gets the full array).
 
     Args:
         class_labels: int N class indices for a conditional model; None gives labels ``i % K``.
             Must be None for an unconditional model.
-        device: where the UNet runs; default the accelerate process device (GPU if any).
+        device: where the model runs; default the accelerate process device (GPU if any).
+        decoder: decodes a latent model's samples to images (None: the model works in pixel space).
     """
     state = _state()
     device = torch.device(device) if device is not None else state.device
@@ -103,7 +136,7 @@ def sample_images(
     labels = _resolve_labels(model, class_labels, n, config.guidance_scale)
     model = model.to(device).eval()
     sched = sampling_scheduler(scheduler, config)
-    c, h = model.config.in_channels, model.config.sample_size
+    h, c = _image_shape(model, decoder)
     shard = math.ceil(n / state.num_processes)
     lo, hi = min(state.process_index * shard, n), min((state.process_index + 1) * shard, n)
     out = torch.zeros((shard, h, h, c), dtype=torch.uint8, device=device)
@@ -113,15 +146,23 @@ def sample_images(
         for start in range(lo, hi, config.batch_size):
             stop = min(start + config.batch_size, hi)
             out[start - lo: stop - lo] = _render(model, sched, range(start, stop), labels, config, device,
-                                                 lambda k: bar.update(task, advance=k))
+                                                 lambda k: bar.update(task, advance=k), decoder)
     if state.num_processes > 1:
         out = gather(out)
     return out[:n].cpu().numpy()
 
 
+def _image_shape(model: Any, decoder: LatentDecoder | None) -> tuple[int, int]:
+    """(resolution, channels) of the images a model's samples become."""
+    if decoder is not None:
+        return decoder.resolution, decoder.channels
+    return model.config.sample_size, model.config.in_channels
+
+
 @torch.no_grad()
 def _render(model: UNet2DModel, sched: DDPMScheduler | DDIMScheduler, idx: range, labels: np.ndarray | None,
-            config: SampleConfig, device: torch.device, advance=lambda k: None) -> torch.Tensor:
+            config: SampleConfig, device: torch.device, advance=lambda k: None,
+            decoder: LatentDecoder | None = None) -> torch.Tensor:
     """Denoise samples ``idx`` (one batch): uint8 len(idx) x H x W x C on ``device``."""
     c, h = model.config.in_channels, model.config.sample_size
     gens = [torch.Generator().manual_seed(stream_seed(config.seed, _STREAM_SAMPLE, i)) for i in idx]
@@ -133,7 +174,7 @@ def _render(model: UNet2DModel, sched: DDPMScheduler | DDIMScheduler, idx: range
             eps = _guided_eps(model, x, t, y, config.guidance_scale)
         x = sched.step(eps.float(), t, x, generator=gens, **kwargs).prev_sample
         advance(len(idx))
-    return to_uint8(x)
+    return to_uint8(x) if decoder is None else decoder(x)
 
 
 def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: SampleConfig,
@@ -147,12 +188,14 @@ def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     (a shared filesystem is assumed across nodes) and removes them. Conditional models get ``labels`` in the npz
     (``i % K`` unless ``class_labels`` is given). Returns ``out_dir``.
     """
-    from diffprune.diffusion.loading import load_model
+    from diffprune.diffusion.loading import load_model, read_meta
 
     state = _state()
     out_dir = Path(out_dir)
     chunks_dir = out_dir / ".chunks"
     model, scheduler = load_model(model_path, device=str(state.device))
+    latent = read_meta(model_path).get("latent")
+    decoder = None if latent is None else LatentDecoder.from_meta(latent, model.config.sample_size, state.device)
     n = config.num_samples
     labels = _resolve_labels(model, class_labels, n, config.guidance_scale)
     key = config_hash({"config": config.model_dump(mode="json"), "weights": hash_state_dict(model.state_dict()),
@@ -167,7 +210,7 @@ def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     with bar:
         for s0 in todo:
             parts = [_render(model, sched, range(b, min(b + config.batch_size, s0 + chunk, n)), labels, config,
-                             state.device, lambda k: bar.update(task, advance=k))
+                             state.device, lambda k: bar.update(task, advance=k), decoder)
                      for b in range(s0, min(s0 + chunk, n), config.batch_size)]
             atomic_save_npy(chunks_dir / f"{key}-{s0:09d}.npy", torch.cat(parts).cpu().numpy())
     state.wait_for_everyone()
@@ -224,14 +267,15 @@ def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
 def _guided_eps(model: UNet2DModel, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
                 scale: float) -> torch.Tensor:
     """eps = eps(x, null) + s * (eps(x, y) - eps(x, null)); one batched call for both halves."""
+    c = x.shape[1]
     if y is None:
-        return model(x, t).sample
+        return epsilon_part(model(x, t).sample, c)
     null = torch.full_like(y, null_class_label(model))
     if scale == 1.0:
-        return model(x, t, class_labels=y).sample
+        return epsilon_part(model(x, t, class_labels=y).sample, c)
     if scale == 0.0:
-        return model(x, t, class_labels=null).sample
-    both = model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample
+        return epsilon_part(model(x, t, class_labels=null).sample, c)
+    both = epsilon_part(model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample, c)
     cond, uncond = both.chunk(2)
     return uncond + scale * (cond - uncond)
 

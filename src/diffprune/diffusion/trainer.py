@@ -53,16 +53,27 @@ from diffprune.diffusion.batches import (
     class_weight_vector,
     example_probabilities,
     global_batch_indices,
+    latent_meta,
     noise_generator,
+    stream_seed,
+    to_model_input,
 )
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.loading import load_model, save_model
-from diffprune.diffusion.models import PRESETS, count_parameters, create_model, create_scheduler, get_preset
+from diffprune.diffusion.models import (
+    PRESETS,
+    SD_PRESET,
+    count_parameters,
+    create_model,
+    create_scheduler,
+    get_preset,
+)
 from diffprune.diffusion.objective import diffusion_loss
 from diffprune.io import atomic_write_json, config_hash
 
 log = logging.getLogger("diffprune.train")
 
+_STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
@@ -88,17 +99,21 @@ class TrainConfig(StrictModel):
     warmup_steps: int | None = None  # linear LR warm-up from 0
     grad_clip: float | None = 1.0  # max global grad norm; None disables
     ema_decay: float | None = None  # per optimizer step
+    ema_warmup: bool = False  # decay after n steps min(ema_decay, (1 + n) / (10 + n)), as diffusers' EMAModel
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     grad_accum: int = 1
     weighting: Literal["loss", "resample"] = "loss"
-    hflip: bool | None = None  # random horizontal flip (p = 0.5)
-    conditional: bool = False  # class-conditional UNet (needs labels)
+    hflip: bool | None = None  # random horizontal flip (p = 0.5); pixel data only
+    conditional: bool = False  # class-conditional model (needs labels); always on for preset "sd"
+    mask_ratio: float = 0.0  # MDT-style masked training of DiT presets: share of latent tokens masked; 0 = off
+    prompt_template: str = "a photo of a {}"  # preset "sd": the prompt of each class
     cfg_dropout: float = 0.1  # probability of replacing the label by the null label (conditional only)
     checkpoint_every: int = 1000  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
     log_every: int = 10  # steps between metrics lines
     seed: int = 0
-    model_overrides: dict[str, Any] = {}  # UNet2DModel keyword overrides of the preset
+    model_overrides: dict[str, Any] = {}  # keyword overrides of the preset's model (UNet2DModel or DiT)
     init_from: str | None = None  # initialise from a diffusers dir, a diffprune train dir or a hub id
+    # (preset "sd": the Stable Diffusion pipeline dir or hub id whose unet, text encoder and scheduler are used)
     channels_last: bool = False
     compile: bool = False  # torch.compile the UNet
     tensorboard: bool = False
@@ -149,6 +164,16 @@ class TrainConfig(StrictModel):
     def _one_budget(self) -> "TrainConfig":
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give the budget as steps or as epochs, not both")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1) (MDT uses 0.3), got {self.mask_ratio}")
+        if self.mask_ratio > 0 and get_preset(self.preset).kind != "dit":
+            raise ValueError(f"mask_ratio (MDT masked training) needs a DiT preset (dit-*), not {self.preset!r}")
+        if self.mask_ratio == 0 and self.model_overrides.get("side_interpolater_depth"):
+            raise ValueError("model_overrides.side_interpolater_depth builds MDT's side-interpolater, which only "
+                             "mask_ratio > 0 trains (unused parameters break DDP); set mask_ratio, e.g. 0.3")
+        if self.preset == SD_PRESET and not self.init_from:
+            raise ValueError("preset 'sd' fine-tunes a Stable Diffusion UNet: set init_from to its diffusers "
+                             "pipeline dir (or hub id), e.g. init_from: /models/stable-diffusion-v1-5")
         return self
 
     def resolved(self) -> "TrainConfig":
@@ -158,6 +183,8 @@ class TrainConfig(StrictModel):
         updates = {k: v for k, v in fill.items() if getattr(self, k) is None}
         if self.steps is None and self.epochs is None:
             updates["steps"] = recipe.steps
+        if self.preset == SD_PRESET:
+            updates["conditional"] = True  # the class prompts condition the UNet
         return self.model_copy(update=updates)
 
 
@@ -192,13 +219,13 @@ def train(
     if n == 0:
         raise TrainError("the dataset is empty; nothing to train on")
     steps_total = total_steps(cfg, n)
-    if cfg.ema_decay and cfg.ema_decay**steps_total > 0.1:
+    if cfg.ema_decay and not cfg.ema_warmup and cfg.ema_decay**steps_total > 0.1:
         # constant-decay EMA starts at the initial weights: after S steps they still weigh decay**S
         log.warning(
             "ema_decay %.4g averages over ~%d steps but this run has %d: the saved EMA weights keep %.0f%% of the "
-            "random initialisation; lower train.ema_decay (e.g. %.3g) for short runs",
+            "random initialisation; set train.ema_warmup=true or lower train.ema_decay (e.g. %.3g) for short runs",
             cfg.ema_decay, round(1 / (1 - cfg.ema_decay)), steps_total, 100 * cfg.ema_decay**steps_total,
-            1 - 3.0 / steps_total,
+            max(0.0, 1 - 3.0 / steps_total),
         )
 
     _allow_precision_change(cfg.mixed_precision)
@@ -232,19 +259,19 @@ def train(
             sample_probs = torch.from_numpy(example_probabilities(dataset.labels, a))
     if cfg.conditional and labels is None:
         raise TrainError("conditional=True needs a labelled dataset; set conditional=False or provide labels")
+    latent = latent_meta(dataset)
+    if latent is not None and cfg.hflip:
+        raise TrainError("hflip flips training tensors, and these are VAE latents, not images; set hflip: false")
 
     # ---- model, EMA, optimizer, LR schedule -------------------------------------------------------------
     overrides = {"sample_size": dataset.resolution, "in_channels": dataset.channels,
                  "out_channels": dataset.channels}
     if cfg.conditional:
         overrides["num_class_embeds"] = num_classes + 1  # the last index is the null (unconditional) label
+    if cfg.mask_ratio > 0:
+        overrides["side_interpolater_depth"] = 2  # MDT's side-interpolater (model_overrides may change it)
     overrides.update(cfg.model_overrides)
-    if cfg.init_from:
-        model, _ = load_model(cfg.init_from)
-        _check_init_model(model, overrides)
-    else:
-        model = create_model(cfg.preset, **overrides)
-    scheduler = create_scheduler(cfg.preset)
+    model, scheduler = _build_model(cfg, dataset, overrides, device)
     if model.config.sample_size != dataset.resolution or model.config.in_channels != dataset.channels:
         raise TrainError(
             f"model expects {model.config.in_channels} x {model.config.sample_size} px images but the dataset has "
@@ -254,7 +281,7 @@ def train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
-    ema = EMA(model, cfg.ema_decay)  # starts at the initial weights
+    ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)  # starts at the initial weights
     params = list(model.parameters())  # collected once: walking the module tree every step is measurable
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cuda", "cpu"))  # fused: 5x faster step
     lr_schedule = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
@@ -280,7 +307,7 @@ def train(
         _truncate_metrics(metrics_path, keep_through_step=start_step)
     accelerator.wait_for_everyone()
 
-    # ---- data on device (uint8; ~150 MB for CIFAR-10) or pinned host memory --------------------------------
+    # ---- data on device (uint8 images, ~150 MB for CIFAR-10; or float latents) or pinned host memory ----------
     images = torch.from_numpy(np.ascontiguousarray(dataset.images))
     if device.type != "cpu":
         images = images.to(device) if images.numel() < (1 << 31) else images.pin_memory()
@@ -312,7 +339,7 @@ def train(
                 for k in range(cfg.grad_accum):
                     lo = (k * world + accelerator.process_index) * micro  # this process' micro-batch
                     sl = slice(lo, lo + micro)
-                    x0 = images[idx[sl].to(images.device)].to(device, non_blocking=True).float() / 127.5 - 1.0
+                    x0 = to_model_input(images[idx[sl].to(images.device)].to(device, non_blocking=True))
                     if cfg.hflip:
                         x0 = torch.where(flip_all[sl, None, None, None], x0.flip(3), x0)
                     if cfg.channels_last:
@@ -322,8 +349,10 @@ def train(
                     if cfg.conditional:
                         cond = torch.where(drop_all[sl], torch.full_like(y, null_label), y)
                     with accelerator.accumulate(model):
-                        per_example = diffusion_loss(forward_model, scheduler, x0, t_all[sl], noise_all[sl],
-                                                     cond).mean(dim=(1, 2, 3))
+                        per_example = diffusion_loss(
+                            forward_model, scheduler, x0, t_all[sl], noise_all[sl], cond, mask_ratio=cfg.mask_ratio,
+                            mask_generator=_mask_generator(cfg, step, k, accelerator.process_index, device),
+                        ).mean(dim=(1, 2, 3))
                         if loss_multiplier is not None:
                             per_example = per_example * loss_multiplier[y]
                         loss = per_example.mean()
@@ -412,7 +441,7 @@ def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, datas
             "preset": cfg.preset, "steps": step, "images_seen": step * cfg.batch_size, "weights": "ema",
             "ema_decay": cfg.ema_decay, "class_names": list(dataset.class_names),
             "null_class_label": dataset.num_classes if cfg.conditional else None,
-            "dataset_fingerprint": dataset.fingerprint,
+            "dataset_fingerprint": dataset.fingerprint, "latent": latent_meta(dataset),
         })
     accelerator.wait_for_everyone()
 
@@ -436,6 +465,48 @@ def _trajectory_hash(cfg: TrainConfig, dataset: ImageDataset, class_weights: Map
     fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUME_MUTABLE}
     weights = None if class_weights is None else {k: float(v) for k, v in sorted(class_weights.items())}
     return config_hash({"config": fixed, "data": dataset.fingerprint, "class_weights": weights})
+
+
+def _build_model(cfg: TrainConfig, dataset: ImageDataset, overrides: dict[str, Any],
+                 device: torch.device) -> tuple[Any, DDPMScheduler]:
+    """The model to train and its noise schedule: a fresh preset, ``init_from`` weights, or (preset "sd") the
+    Stable Diffusion UNet of ``init_from`` conditioned on one prompt per class."""
+    if cfg.preset == SD_PRESET:
+        from diffprune.diffusion.sd import build_class_prompt_unet, load_sd_scheduler
+
+        # sample_size follows the data (SD 1.5's config says 64 = 512 px; the UNet itself is size-agnostic)
+        model = build_class_prompt_unet(cfg.init_from, dataset.class_names, template=cfg.prompt_template,
+                                        device=device, sample_size=dataset.resolution)
+        return model, load_sd_scheduler(cfg.init_from)
+    if cfg.init_from:
+        model, _ = load_model(cfg.init_from)
+        _check_init_model(model, overrides)
+        if cfg.mask_ratio > 0 and getattr(model.config, "side_interpolater_depth", None) == 0:
+            model = _with_side_interpolater(model, overrides["side_interpolater_depth"])
+    else:
+        model = create_model(cfg.preset, **overrides)
+    return model, create_scheduler(cfg.preset)
+
+
+def _with_side_interpolater(model: Any, depth: int) -> Any:
+    """A pre-trained plain DiT with MDT's side-interpolater added (fresh), for masked fine-tuning."""
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    masked = type(model)(**{**config, "side_interpolater_depth": depth})
+    missing, unexpected = masked.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any("side" not in k and "mask" not in k and "decoder_pos" not in k for k in missing):
+        raise TrainError(f"cannot add a side-interpolater to {type(model).__name__}: unmatched weights "
+                         f"{sorted(unexpected)[:3]} {sorted(missing)[:3]}")
+    return masked
+
+
+def _mask_generator(cfg: TrainConfig, step: int, micro: int, rank: int,
+                    device: torch.device) -> torch.Generator | None:
+    """The generator of MDT token masks for one micro-batch of one process (None when masking is off).
+    Seeded by (seed, step, micro-batch, process), so a resumed run draws the same masks."""
+    if cfg.mask_ratio <= 0:
+        return None
+    index = (step * 4096 + micro) * 4096 + rank
+    return torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, _STREAM_MASK, index))
 
 
 def _check_init_model(model: UNet2DModel, overrides: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from diffprune.config import ConfigError, StrictModel, validate_config
 from diffprune.data import DataConfig
 from diffprune.diffusion import SampleConfig, TrainConfig
+from diffprune.diffusion.latents import LatentConfig
 from diffprune.encoders import EmbedConfig
 from diffprune.evaluation import EvalConfig
 from diffprune.io import read_yaml
@@ -61,6 +62,7 @@ class RunConfig(StrictModel):
     select: SelectConfig = Field(default_factory=SelectConfig)
     reweight: ReweightConfig = Field(default_factory=ReweightConfig)
     reference_data: Literal["full", "coreset"] = "full"
+    latent: LatentConfig | None = None  # latent diffusion: train on these VAE latents; None = pixel space
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)

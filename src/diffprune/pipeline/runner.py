@@ -3,6 +3,9 @@
 
 The methods call each other on demand, so ``Pipeline(cfg).evaluate(arm)`` runs (or reuses) every stage
 that arm needs: embed -> select -> [reference -> reweight] -> train -> sample -> evaluate.
+
+Latent runs (a ``latent`` section) embed and select on pixels as usual, then the reference, DRO and training
+stages read VAE latents from one cache in ``latents/`` that encodes each image at most once; sampling decodes.
 """
 from __future__ import annotations
 
@@ -122,6 +125,8 @@ class Pipeline:
             })
         atomic_write_json(self.root / "arms.json", arms)
         stages = {"embed": f"features/{self.cfg.embed.encoder}"}
+        if self.cfg.latent is not None:
+            stages["latents"] = "latents"
         if any(a.reweight for a in self.cfg.arms):
             stages["reference"] = "reference"
         atomic_write_json(self.root / "stages.json", stages)
@@ -185,20 +190,70 @@ class Pipeline:
         return self._stage(stage, compute, lambda: Selection.load(out))
 
     def training_set(self, arm: ArmConfig) -> tuple[ImageDataset, str]:
-        """The images an arm trains on (the coreset, labelled by its groups) and their fingerprint.
+        """What an arm trains on (the coreset, labelled by its groups; latents in a latent run) and its
+        fingerprint.
 
         Built once per arm: the reference, DRO and training stages all ask for it."""
         if arm.method == FULL:
-            return self.dataset, self.dataset.fingerprint
+            return self.full_training_set()
         name = self.selection_name(arm)
         if name not in self._coresets:
             sel = self.select(arm)
-            ds = ImageDataset(
-                self.dataset.images[sel.indices], sel.groups[sel.indices], list(sel.group_names),
-                name=f"{self.dataset.name}[{name}]",
-            )
-            self._coresets[name] = (ds, self.fingerprint(self.root / "selection" / name))
+            fp = self.fingerprint(self.root / "selection" / name)
+            labels, names = sel.groups[sel.indices], list(sel.group_names)
+            if self.cfg.latent is not None:
+                self._coresets[name] = self._latent_set(sel.indices, labels, names, fp)
+            else:
+                ds = ImageDataset(self.dataset.images[sel.indices], labels, names, name=f"{self.dataset.name}[{name}]")
+                self._coresets[name] = (ds, fp)
         return self._coresets[name]
+
+    def full_training_set(self) -> tuple[ImageDataset, str]:
+        """Every training image (or its latent) and the fingerprint."""
+        if self.cfg.latent is None:
+            return self.dataset, self.dataset.fingerprint
+        if FULL not in self._coresets:
+            ds = self.dataset
+            labels = ds.labels if ds.labels is not None else np.zeros(len(ds), dtype=np.int64)
+            self._coresets[FULL] = self._latent_set(np.arange(len(ds)), labels, list(ds.class_names) or ["all"],
+                                                    ds.fingerprint)
+        return self._coresets[FULL]
+
+    # ------------------------------------------------------------------------------------------ latents
+    @cached_property
+    def latent_cache(self):
+        """The run's VAE latent cache (``latents/<vae>-<dtype>``) and its VAE; runs with a ``latent`` section."""
+        import torch
+
+        from diffprune.diffusion.latents import LatentCache, load_vae
+
+        lc = self.cfg.latent
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if lc.device == "auto" else lc.device
+        vae = load_vae(lc.vae, device=device)
+        slug = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in lc.vae.strip("/"))[-60:]
+        return LatentCache.open(self.root / "latents" / f"{slug}-{lc.dtype}", self.dataset, lc.vae, vae,
+                                dtype=lc.dtype), vae
+
+    def _latent_set(self, indices: np.ndarray, labels: np.ndarray, names: list[str], fp: str):
+        """The latents of ``indices`` (encoded now if the cache lacks any) labelled ``labels``, and their
+        fingerprint (the images' fingerprint + the VAE's identity, so gigabytes of latents are never hashed)."""
+        import dataclasses
+
+        cache, vae = self.latent_cache
+        missing = len(cache.missing(indices))
+        if missing:
+            if _distributed()[0] > 1:
+                raise RuntimeError(
+                    f"{missing} of the {len(indices)} images this stage needs are not in the latent cache yet and "
+                    f"encoding does not run under several processes; run it first without accelerate launch "
+                    f"(e.g. `diffprune reweight ...` or `diffprune run ...`), then launch again"
+                )
+            self.console.print(f"[bold cyan]{'encode':<7}[/] latents   {missing} images with {self.cfg.latent.vae}")
+            cache.ensure(self.dataset, indices, vae, batch_size=self.cfg.latent.batch_size, progress=self.progress)
+        meta = cache.meta
+        key = hash_arrays(np.frombuffer(f"{fp}|{meta['vae_weights_hash']}|{meta['dtype']}".encode(), np.uint8))
+        ds = dataclasses.replace(cache.dataset(indices), labels=labels, class_names=names, fingerprint=key)
+        return ds, key
 
     def reference(self, arm: ArmConfig) -> tuple[Path, str]:
         """The frozen reference DM of the DRO stage (given as a path / hub id, or trained once per run)
@@ -211,7 +266,7 @@ class Pipeline:
             data, data_fp = self.training_set(arm)
             out = self.root / "reference" / self.selection_name(arm)
         else:
-            data, data_fp = self.dataset, self.dataset.fingerprint
+            data, data_fp = self.full_training_set()
             out = self.root / "reference"
         # keyed by what determines the reference only, so changing DRO settings keeps it cached
         ref_config = {"reference": rc.reference} if rc.reference else reference_train_config(rc, data).model_dump(mode="json")

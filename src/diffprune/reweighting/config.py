@@ -6,8 +6,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import StrictModel
+from diffprune.diffusion.models import PRESETS as MODEL_PRESETS
 
-PRESETS = ("ddpm-tiny", "ddpm-small", "ddpm-cifar10")
+# every model preset that builds from its config alone (Stable Diffusion needs a pipeline dir: not a proxy)
+PRESETS = tuple(name for name, preset in MODEL_PRESETS.items() if preset.kind != "sd")
 
 
 class ReweightConfig(StrictModel):

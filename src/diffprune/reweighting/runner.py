@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
+from diffprune.diffusion.batches import to_model_input
 from diffprune.io import config_hash, hash_state_dict
 from diffprune.reweighting.checkpoint import (
     CheckpointMismatchError,
@@ -172,14 +173,14 @@ class DROLoop:
         self.dro = ClassDRO(self.num_classes, eta=config.eta, smoothing=config.smoothing)
         self.acc = ExcessAccumulator(self.num_classes)
         self.log = RunLog([], [], [], self.acc.sums, self.acc.counts, 0)
-        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)  # uint8, 4x less memory
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)  # uint8 images or latents
         self.labels = torch.from_numpy(dataset.labels).to(device)
         self.batches = ClassBalancedBatches(dataset.labels, self.num_classes, config.batch_size, config.seed)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, labels, timesteps, noise) of ``step``: a pure function of (seed, step)."""
         idx = torch.from_numpy(self.batches.indices_at(step)).to(self.device)
-        x0, y = self.images[idx].float() / 127.5 - 1.0, self.labels[idx]
+        x0, y = to_model_input(self.images[idx]), self.labels[idx]
         gen = torch.Generator(device=self.device).manual_seed(step_seed(self.config.seed, step))
         t = torch.randint(0, self.num_timesteps, (len(idx),), generator=gen, device=self.device)
         noise = torch.randn(x0.shape, generator=gen, device=self.device)
