@@ -5,7 +5,7 @@
 # DDIM-50 samples per arm against 10,000 training images, plus the classifier Frechet distance.
 #
 #   scripts/gpu_study.sh             # on a GPU machine: runs/gpu-study/results.md and the report
-#   scripts/gpu_study.sh --smoke     # a few hundred images on the CPU, to check the script itself (~3 min)
+#   scripts/gpu_study.sh --smoke     # 200 images, 3 arms, on the CPU: checks the script itself
 #
 # Budget (estimated from the CPU measurements, not yet measured on a GPU): training 2 x 1.3M images at ~5k img/s
 # ~9 min is the bulk; lower train.epochs if the first arm's img/s says it will not fit.
@@ -25,11 +25,12 @@ COMMON=(--set "runs_dir=$RUNS" --set data.resolution=32 --set data.resize=pad --
         --set train.ema_decay=0.999 --set reweight.proxy_preset=ddpm-tiny --set sample.steps=50)
 if [[ "${1:-}" == "--smoke" ]]; then
   NAME=gpu-study-smoke
-  ARGS=(--set data.limit=400 --set 'embed.options={size: 64}' --set train.epochs=1 --set train.batch_size=32
-        --set reweight.steps=10 --set reweight.reference_steps=10 --set sample.num_samples=32
-        --set evaluate.num_real=64 --set 'evaluate.metrics=[fid, classifier_fd]' --set evaluate.classifier.epochs=1
+  ARGS=(--set data.limit=200 --set data.resolution=16 --set data.resize=resize --set train.preset=ddpm-tiny
+        --set 'embed.options={size: 64}' --set train.epochs=1 --set train.batch_size=32
+        --set reweight.steps=10 --set reweight.reference_steps=10 --set sample.num_samples=16 --set sample.steps=5
+        --set evaluate.num_real=32 --set 'evaluate.metrics=[fid, classifier_fd]' --set evaluate.classifier.epochs=1
         --set evaluate.fid_floor=false --set evaluate.classwise=false)
-  SEEDS=0
+  SEEDS=0; METHODS=random,gaussian+dro; RATIOS=0.3
   LIMIT=900
 else
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -42,12 +43,12 @@ else
         --set train.lr=5.0e-4 --set reweight.steps=500 --set reweight.batch_size=128 --set reweight.reference_steps=3000
         --set sample.num_samples=1000 --set sample.batch_size=500 --set evaluate.num_real=10000
         --set evaluate.batch_size=250)
-  SEEDS=0,1
+  SEEDS=0,1; METHODS=random,gaussian,gaussian+dro; RATIOS=0.1,0.3
   LIMIT=590
 fi
 
 start=$(date +%s)
 timeout "$LIMIT" "$PY" -m diffprune.cli sweep configs/fashion-mnist.yaml --name "$NAME" --no-progress \
-  --methods random,gaussian,gaussian+dro --ratios 0.1,0.3 --seeds "$SEEDS" "${COMMON[@]}" "${ARGS[@]}"
+  --methods "$METHODS" --ratios "$RATIOS" --seeds "$SEEDS" "${COMMON[@]}" "${ARGS[@]}"
 echo "gpu_study: $(( $(date +%s) - start )) s; table: $RUNS/$NAME/results.md"
 cat "$RUNS/$NAME/results.md"

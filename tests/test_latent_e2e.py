@@ -73,11 +73,11 @@ def test_stable_diffusion_arm_fine_tunes_the_class_prompt_unet(tmp_path):
 
     sd = save_tiny_sd(tmp_path / "sd", sample_size=8)
     items = [*TINY, f"runs_dir={tmp_path}", f"latent.vae={sd}", "train.preset=sd", f"train.init_from={sd}",
-             "train.mask_ratio=0", "train.lr=1.0e-4", "arms=[{method: random}]"]
+             "train.mask_ratio=0", "train.lr=1.0e-4", "arms=[{method: random}]", "train.prompt_names={'0': zero}"]
     _invoke("run", "configs/demo.yaml", "--name", "sd", "--no-progress", *_sets(items))
     root = tmp_path / "sd"
     config = json.loads((root / "train/random/model/config.json").read_text())
-    assert config["_class_name"] == "ClassPromptUNet" and config["class_names"][0] == "0"
+    assert config["_class_name"] == "ClassPromptUNet" and config["class_names"][:2] == ["zero", "1"]
     scheduler = json.loads((root / "train/random/model/scheduler/scheduler_config.json").read_text())
     assert scheduler["beta_schedule"] == "scaled_linear"  # SD's schedule, not the DDPM presets'
     with np.load(root / "samples/random/samples.npz") as z:

@@ -107,6 +107,7 @@ class TrainConfig(StrictModel):
     conditional: bool = False  # class-conditional model (needs labels); always on for preset "sd"
     mask_ratio: float = 0.0  # MDT-style masked training of DiT presets: share of latent tokens masked; 0 = off
     prompt_template: str = "a photo of a {}"  # preset "sd": the prompt of each class
+    prompt_names: dict[str, str] = {}  # preset "sd": text for a class name, e.g. {n01440764: tench} for ImageNet
     cfg_dropout: float = 0.1  # probability of replacing the label by the null label (conditional only)
     checkpoint_every: int = 1000  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
     log_every: int = 10  # steps between metrics lines
@@ -475,7 +476,8 @@ def _build_model(cfg: TrainConfig, dataset: ImageDataset, overrides: dict[str, A
         from diffprune.diffusion.sd import build_class_prompt_unet, load_sd_scheduler
 
         # sample_size follows the data (SD 1.5's config says 64 = 512 px; the UNet itself is size-agnostic)
-        model = build_class_prompt_unet(cfg.init_from, dataset.class_names, template=cfg.prompt_template,
+        names = [cfg.prompt_names.get(name, name) for name in dataset.class_names]
+        model = build_class_prompt_unet(cfg.init_from, names, template=cfg.prompt_template,
                                         device=device, sample_size=dataset.resolution)
         return model, load_sd_scheduler(cfg.init_from)
     if cfg.init_from:

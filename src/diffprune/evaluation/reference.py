@@ -134,15 +134,18 @@ def floor_features(
     set by finite-sample bias. Returns (features, description) or None when fewer than 2 such images exist.
     """
     if held_out is not None:
-        pool_images, source = held_out.images, f"{held_out.name} ({held_out.fingerprint}), held out"
+        images, pool = held_out.images, np.arange(len(held_out))
+        source = f"{held_out.name} ({held_out.fingerprint}), held out"
     else:
         mask = np.ones(len(real), dtype=bool)
         mask[ref.indices] = False
-        pool_images, source = real.images[mask], f"{real.name} images outside the reference subset"
-    n = int(min(count, len(pool_images)))
+        # indices, not a copy: the images may be a memory map larger than RAM
+        images, pool = real.images, np.flatnonzero(mask)
+        source = f"{real.name} images outside the reference subset"
+    n = int(min(count, len(pool)))
     if n < 2:
         return None
-    pick = np.sort(np.random.default_rng(seed + 1).choice(len(pool_images), n, replace=False))
+    pick = pool[np.sort(np.random.default_rng(seed + 1).choice(len(pool), n, replace=False))]
     key = config_hash({"source": source, "n": n, "seed": seed})
     path = ref.folder / f"floor-{key}.npy" if ref.folder is not None else None
     if path is not None and path.is_file():
@@ -152,7 +155,7 @@ def floor_features(
                 return feats.astype(np.float64), source
         except (OSError, ValueError):
             pass
-    feats = embed(pool_images[pick])
+    feats = embed(images[pick])
     if path is not None and write_cache:
         atomic_save_npy(path, feats.astype(np.float32))
     return feats, source
