@@ -15,13 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
-fi
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH="${PWD}/src${PYTHONPATH:+:$PYTHONPATH}"   # works from a plain checkout too
+source scripts/env.sh
 
 if [[ "${1:-}" == "--latent" ]]; then
   if [[ "${2:-}" == "--smoke" ]]; then

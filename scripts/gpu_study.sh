@@ -12,13 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY="${PYTHON:-}"
-if [[ -z "$PY" ]]; then
-  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
-fi
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH="${PWD}/src${PYTHONPATH:+:$PYTHONPATH}"
+source scripts/env.sh
 RUNS="${RUNS_DIR:-runs}"
 
 COMMON=(--set "runs_dir=$RUNS" --set data.resolution=32 --set data.resize=pad --set train.preset=ddpm-small
