@@ -346,19 +346,24 @@ class LatentCache:
                 self.done[chunk] = True
                 atomic_save_npy(self.path / DONE, self.done)
 
-    def dataset(self, indices: np.ndarray | None = None, name: str | None = None) -> LatentDataset:
-        """An in-memory ``LatentDataset`` of ``indices`` (default all; in the given order), all encoded already,
-        with the labels and class names of the cached dataset."""
+    def dataset(self, indices: np.ndarray | None = None, name: str | None = None, labels: np.ndarray | None = None,
+                class_names: list[str] | None = None, fingerprint: str = "") -> LatentDataset:
+        """An in-memory ``LatentDataset`` of ``indices`` (default all; in the given order), all encoded already.
+
+        ``labels`` / ``class_names`` default to the cached dataset's; a ``fingerprint`` given by the caller
+        (e.g. derived from the images' fingerprint and the VAE) spares hashing the latents."""
         idx = np.arange(len(self)) if indices is None else self._check_indices(indices)
         if not self.done[idx].all():
             raise LatentError(f"{int((~self.done[idx]).sum())} of the requested latents are not encoded yet; "
                               f"call ensure(dataset, indices, vae) first")
-        labels = np.load(self.path / LABELS)[idx] if (self.path / LABELS).is_file() else None
+        if labels is None and (self.path / LABELS).is_file():
+            labels = np.load(self.path / LABELS)[idx]
         return LatentDataset(
-            images=np.asarray(self.latents[idx]), labels=labels, class_names=list(self.meta["class_names"]),
+            images=np.asarray(self.latents[idx]), labels=labels,
+            class_names=list(self.meta["class_names"] if class_names is None else class_names),
             scaling_factor=self.meta["scaling_factor"], shift_factor=self.meta["shift_factor"],
             image_channels=self.meta["image_shape"][0], vae_spec=self.meta["vae_spec"],
-            name=name or f"{self.meta['dataset']}[latents]",
+            name=name or f"{self.meta['dataset']}[latents]", fingerprint=fingerprint,
         )
 
     def _check_indices(self, indices: np.ndarray) -> np.ndarray:

@@ -237,8 +237,6 @@ class Pipeline:
     def _latent_set(self, indices: np.ndarray, labels: np.ndarray, names: list[str], fp: str):
         """The latents of ``indices`` (encoded now if the cache lacks any) labelled ``labels``, and their
         fingerprint (the images' fingerprint + the VAE's identity, so gigabytes of latents are never hashed)."""
-        import dataclasses
-
         cache, vae = self.latent_cache
         missing = len(cache.missing(indices))
         if missing:
@@ -252,7 +250,7 @@ class Pipeline:
             cache.ensure(self.dataset, indices, vae, batch_size=self.cfg.latent.batch_size, progress=self.progress)
         meta = cache.meta
         key = hash_arrays(np.frombuffer(f"{fp}|{meta['vae_weights_hash']}|{meta['dtype']}".encode(), np.uint8))
-        ds = dataclasses.replace(cache.dataset(indices), labels=labels, class_names=names, fingerprint=key)
+        ds = cache.dataset(indices, labels=labels, class_names=names, fingerprint=key)
         return ds, key
 
     def reference(self, arm: ArmConfig) -> tuple[Path, str]:
