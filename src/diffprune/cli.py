@@ -17,7 +17,8 @@ from rich.table import Table
 
 app = typer.Typer(
     name="diffprune",
-    help="Prune then reweight the training set of a diffusion model: embed, select, reweight, train, sample, evaluate.",
+    help="Prune then reweight the training set of a diffusion model: embed, select, reweight, train, sample, evaluate. "
+         "Global flags: --debug (keep tracebacks), --wait (queue behind another process computing the same stage).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -221,19 +222,35 @@ def _print_results(run_dir: Path) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one red line (set DIFFPRUNE_DEBUG=1 for the traceback)."""
+    """Entry point: every failure becomes one red line ``error: ...`` and exit status 2 (1 for a bug).
+
+    Global flags, accepted anywhere on the command line: ``--debug`` (or DIFFPRUNE_DEBUG=1) keeps the
+    traceback; ``--wait`` (or DIFFPRUNE_WAIT=1) queues behind another process computing a stage of the same
+    run directory instead of stopping (its result is then reused).
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for flag, var in (("--debug", "DIFFPRUNE_DEBUG"), ("--wait", "DIFFPRUNE_WAIT")):
+        if flag in sys.argv[1:]:
+            sys.argv = [a for i, a in enumerate(sys.argv) if i == 0 or a != flag]
+            os.environ[var] = "1"
+    debug = os.environ.get("DIFFPRUNE_DEBUG", "") not in ("", "0")
     try:
         app()
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/] Finished stages are kept; run the same command again to resume.")
         sys.exit(130)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        if os.environ.get("DIFFPRUNE_DEBUG"):
+    except Exception as e:
+        if debug:
             raise
-        msg = str(e).strip("'\"") or type(e).__name__
-        hint = "" if isinstance(e, ValueError) else " (set DIFFPRUNE_DEBUG=1 for the traceback)"
-        console.print(f"[bold red]error:[/] {msg}{hint}", highlight=False)
+        from diffprune.errors import user_message
+
+        msg = user_message(e)
+        if msg is None:
+            console.print(f"[bold red]error:[/] unexpected {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+                          f"(a bug? rerun with --debug for the traceback and report it)", highlight=False,
+                          soft_wrap=True)
+            sys.exit(1)
+        console.print(f"[bold red]error:[/] {msg} (--debug for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -118,6 +118,8 @@ def _read_image(path: Path, mode: str, crop: int | None = None) -> np.ndarray:
             return center_crop_pil(im, crop) if crop else np.asarray(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # PIL raises all four on bad files
         raise DatasetError(f"cannot read image {path}: {e}") from None
+    except Image.DecompressionBombError as e:  # over 2x PIL's MAX_IMAGE_PIXELS: refused, not decoded
+        raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ def _decode_stream(
             return _decode(files[i][0], dec)
         except DatasetError as e:
             if not skip_bad:
-                raise DatasetError(f"{e}; fix or remove it, or pass --skip-bad") from None
+                raise DatasetError(f"{e}; fix or remove it, or skip unreadable files with "
+                                   f"--set data.skip_bad=true") from None
             return None
 
     with ThreadPoolExecutor(max(1, DECODE_THREADS)) as pool:

@@ -43,6 +43,7 @@ from diffprune.io import (
     atomic_save_npy,
     atomic_write_json,
     config_hash,
+    ensure_free_space,
     hash_arrays,
     hash_state_dict,
     read_json,
@@ -302,6 +303,7 @@ class LatentCache:
         path.mkdir(parents=True, exist_ok=True)
         (path / META).unlink(missing_ok=True)  # meta.json is written last: without it the cache is empty
         shape = (meta["num_images"], *meta["latent_shape"])
+        ensure_free_space(path / LATENTS, int(np.prod(shape)) * np.dtype(meta["dtype"]).itemsize + 4096)
         with atomic_path(path / LATENTS) as tmp:
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(meta["dtype"]), shape=shape).flush()
         done = np.zeros(shape[0], dtype=bool)

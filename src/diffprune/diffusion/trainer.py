@@ -24,6 +24,7 @@ Files in ``out_dir``:
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -69,7 +70,7 @@ from diffprune.diffusion.models import (
     get_preset,
 )
 from diffprune.diffusion.objective import diffusion_loss
-from diffprune.io import atomic_write_json, config_hash
+from diffprune.io import DiskSpaceError, atomic_write_json, config_hash
 
 log = logging.getLogger("diffprune.train")
 
@@ -293,16 +294,11 @@ def train(
     state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
     trajectory_hash = _trajectory_hash(cfg, dataset, class_weights)
     start_step, resumed_from = 0, None
+    log_window = (0, 0.0)  # (first step, loss sum) of the metrics line in progress at the checkpoint
     if resume and (state_dir / STATE_FILE).exists():
-        saved = json.loads((state_dir / STATE_FILE).read_text())
-        if saved["trajectory_hash"] != trajectory_hash:
-            raise TrainError(
-                f"{state_dir} was written with a different config or dataset (only {sorted(_RESUME_MUTABLE)} may "
-                f"change on resume); saved config: {saved['config']}"
-            )
-        accelerator.load_state(str(state_dir))
-        ema.load_state_dict(load_file(state_dir / EMA_FILE, device="cpu"), saved["ema_updates"])  # copied to device
+        saved = _load_checkpoint(accelerator, ema, state_dir, trajectory_hash)
         start_step = resumed_from = int(saved["step"])
+        log_window = (int(saved.get("log_window_start", start_step)), float(saved.get("log_window_loss", 0.0)))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, keep_through_step=start_step)
@@ -321,7 +317,9 @@ def train(
     run_loss = torch.zeros((), device=device)
     last_loss = float("nan")
     t_start = t_log = time.perf_counter()
-    step_log = step = start_step
+    step = start_step
+    step_log = log_window[0] if resumed_from is not None else start_step
+    run_loss.fill_(log_window[1])  # so a resumed metrics line averages the same steps as an uninterrupted one
     saved_step = start_step if resumed_from is not None else -1
     bar = _progress_bar(progress and accelerator.is_local_main_process)
     task = bar.add_task("train", total=steps_total, completed=start_step, loss=float("nan"), ips=0.0)
@@ -385,7 +383,8 @@ def train(
                 bar.update(task, completed=step)
                 interrupted = stop.requested(accelerator, sync=step % cfg.log_every == 0)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
-                    _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler)
+                    _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler,
+                                     log_window=(step_log, accelerator.reduce(run_loss, "mean").item()))
                     saved_step = step
                 if interrupted:
                     raise TrainingInterrupted(
@@ -393,7 +392,8 @@ def train(
                         f"rerun with resume=True to continue"
                     )
             if saved_step != step:
-                _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler)
+                _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler,
+                                 log_window=(step_log, accelerator.reduce(run_loss, "mean").item()))
     finally:
         if writer is not None:
             writer.close()
@@ -414,22 +414,62 @@ def train(
 # ---- checkpoints ------------------------------------------------------------------------------------------
 
 
+def _load_checkpoint(accelerator: Accelerator, ema: EMA, state_dir: Path, trajectory_hash: str) -> dict[str, Any]:
+    """Restore ``state_dir`` (written by ``_save_checkpoint``) into the accelerator and EMA; its trainer state.
+
+    A damaged checkpoint (truncated safetensors, corrupt JSON, a pickle that weights-only loading refuses)
+    raises ``TrainError`` naming the file and how to start over, instead of the library's bare message."""
+    try:
+        saved = json.loads((state_dir / STATE_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TrainError(f"checkpoint file {state_dir / STATE_FILE} is corrupt ({e}); delete {state_dir} to "
+                         f"restart this training from step 0, or rerun with --force") from None
+    if saved.get("trajectory_hash") != trajectory_hash:
+        raise TrainError(
+            f"{state_dir} was written with a different config or dataset (only {sorted(_RESUME_MUTABLE)} may "
+            f"change on resume); saved config: {saved.get('config')}"
+        )
+    try:
+        accelerator.load_state(str(state_dir))
+        ema.load_state_dict(load_file(state_dir / EMA_FILE, device="cpu"), saved["ema_updates"])  # copied to device
+    except Exception as e:  # safetensors, pickle refusal, torch's RuntimeError on a short file, KeyError
+        first = " ".join(str(e).split())[:200] or type(e).__name__
+        raise TrainError(f"checkpoint {state_dir} cannot be loaded ({type(e).__name__}: {first}); delete "
+                         f"{state_dir} to restart this training from step 0, or rerun with --force") from None
+    return saved
+
+
 def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset,
-                     out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler) -> None:
+                     out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler,
+                     log_window: tuple[int, float] = (0, 0.0)) -> None:
     """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
-    and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state)."""
+    and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state).
+
+    ``log_window``: first step and loss sum of the metrics line in progress, restored on resume. A failed
+    save (a full disk) removes ``.state.tmp`` and says how much space is free."""
     state_dir, tmp = out_dir / "state", out_dir / ".state.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / EMA_FILE)
-        atomic_write_json(tmp / STATE_FILE, {
-            "step": step, "ema_updates": ema.updates, "images_seen": step * cfg.batch_size,
-            "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
-            "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
-        })
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / EMA_FILE)
+            atomic_write_json(tmp / STATE_FILE, {
+                "step": step, "ema_updates": ema.updates, "images_seen": step * cfg.batch_size,
+                "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
+                "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
+                "log_window_start": int(log_window[0]), "log_window_loss": float(log_window[1]),
+            })
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(out_dir).free
+        if isinstance(e, OSError) or free < (64 << 20):  # torch reports a full disk as "unexpected pos N vs M"
+            raise DiskSpaceError(errno.ENOSPC, f"cannot save the checkpoint of step {step} in {out_dir} "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:120]}; {free / 1e6:.1f} MB "
+                                 f"free); free some space or move runs_dir (--set runs_dir=...), then rerun "
+                                 f"to resume from the last checkpoint", str(tmp)) from e
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         old = out_dir / ".state.old"

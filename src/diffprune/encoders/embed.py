@@ -24,7 +24,7 @@ from pydantic import field_validator
 from diffprune.config import StrictModel
 from diffprune.encoders.base import Encoder, EncoderError, resolve_device
 from diffprune.encoders.registry import available_encoders, get_encoder
-from diffprune.io import atomic_write_json, read_json
+from diffprune.io import atomic_write_json, ensure_free_space, read_json
 
 FEATURES = "features.npy"
 PARTIAL = "features.partial.npy"
@@ -148,6 +148,8 @@ def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, progress: b
         if fresh:
             shutil.rmtree(marks, ignore_errors=True)
             partial.unlink(missing_ok=True)
+            # the map is sparse until written: on a full disk the writes would die with SIGBUS, so check first
+            ensure_free_space(partial, n * int(enc.dim) * 4 + 4096)
             np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, int(enc.dim))).flush()
             atomic_write_json(out / PARTIAL_META, meta)
         marks.mkdir(exist_ok=True)

@@ -59,6 +59,17 @@ def get_encoder(name: str, weights: str | Path | None = None, device: str | torc
     <arch> with seeded random weights. ``options`` go to the encoder (pixels: ``size``, ``pca_dim``;
     fid-inception: ``convention``).
     """
+    try:
+        return _build(name, weights, device, seed, options)
+    except TypeError as e:
+        if "argument" not in str(e):
+            raise
+        raise EncoderError(f"embed.options {sorted(options)} do not fit encoder {name!r} ({e}); "
+                           f"remove or rename it (--set 'embed.options={{}}' clears them)") from None
+
+
+def _build(name: str, weights: str | Path | None, device: str | torch.device | None, seed: int,
+           options: dict[str, Any]) -> Encoder:
     if name == "pixels":
         from diffprune.encoders.pixels import PixelsEncoder
 

@@ -16,27 +16,42 @@ import numpy as np
 import yaml
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temp_prefix(name: str) -> str:
+    """``.<name>.<pid>.``: temporaries carry their writer's pid, so a later run can tell a dead writer's."""
+    return f".{name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     Works for files and (``is_dir=True``) whole directories, e.g. a diffusers ``save_pretrained`` folder.
-    On an exception the temporary is removed and ``path`` is left untouched.
+    On an exception (a full disk included) the temporary is removed and ``path`` is left untouched.
+    The result has the permissions the umask gives a new file or folder (mkstemp alone would give 0600/0700),
+    and the temporary's name is unique to this process.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = temp_prefix(target.name)
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
         if is_dir:
             if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+                old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=target.parent))
                 os.replace(target, old)
                 os.replace(tmp, target)
                 shutil.rmtree(old, ignore_errors=True)
@@ -51,6 +66,40 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, all_writers: bool = False) -> list[Path]:
+    """Remove the ``.X.<pid>.*.tmp`` / ``.old`` leftovers of writers that died (kill -9) under ``folder``.
+
+    ``all_writers=True`` removes every ``.*.tmp`` / ``.*.old`` entry whatever its pid: for a folder whose lock
+    the caller holds, where no other process can be writing. Returns what was removed.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for entry in sorted(root.rglob(".*"), key=lambda p: len(p.parts)):
+        if not entry.name.endswith((".tmp", ".old")) or not os.path.lexists(entry):
+            continue
+        pid = entry.name.split(".")[-3] if entry.name.count(".") >= 4 else ""
+        if not all_writers and (not pid.isdigit() or _pid_alive(int(pid))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -117,7 +117,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=200")
-    return key.split("."), yaml.safe_load(raw)
+    try:
+        return key.split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it or fix "
+                          f"the brackets, e.g. --set \"train.steps=200\"") from None
+
+
+def _yaml_problem(err: Exception) -> str:
+    """``problem at line L, column C`` of a YAML error (1-based), without PyYAML's multi-line layout."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -140,7 +151,16 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file '{p}' not found")
-        loaded = read_yaml(p)
+        if p.is_dir():
+            raise ConfigError(f"config file '{p}' is a folder; pass a YAML file, e.g. -c {p / 'run.yaml'}")
+        import yaml
+
+        try:
+            loaded = read_yaml(p)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {_yaml_problem(e)}; fix the syntax") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file '{p}' is not a text (UTF-8) file; pass a YAML run config") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}

@@ -19,7 +19,9 @@ import numpy as np
 from rich.console import Console
 
 from diffprune.data import ImageDataset
-from diffprune.io import atomic_write_json, atomic_write_yaml, hash_arrays, hash_file, read_json
+from diffprune.io import (
+    atomic_write_json, atomic_write_yaml, folder_lock, hash_arrays, hash_file, read_json, remove_stale_temps,
+)
 from diffprune.pipeline.config import FULL, ArmConfig, RunConfig
 from diffprune.pipeline.manifest import StageDir
 
@@ -49,6 +51,8 @@ class Pipeline:
         force: stage names to recompute even when cached (``True`` = all).
         progress: show progress bars.
         console: where status lines go.
+        wait: when another process is computing a stage of this run directory, wait for it (then reuse its
+            result) instead of stopping with a one-line error (default: the ``DIFFPRUNE_WAIT`` variable).
     """
 
     def __init__(
@@ -57,8 +61,10 @@ class Pipeline:
         force: bool | Iterable[str] = (),
         progress: bool = True,
         console: Console | None = None,
+        wait: bool | None = None,
     ) -> None:
         self.cfg = cfg
+        self.wait = bool(os.environ.get("DIFFPRUNE_WAIT")) if wait is None else wait
         self.root = cfg.run_dir
         self.force = set(STAGES) if force is True else set(force or ())
         self.progress = progress
@@ -72,11 +78,18 @@ class Pipeline:
         stage: StageDir,
         compute: Callable[[bool], tuple[T, str, dict[str, Any]]],
         load: Callable[[], T],
+        outputs: tuple[str, ...] = (),
     ) -> T:
         """Cache hit -> ``load()``; else ``compute(resume)`` -> (result, output fingerprint, manifest extras).
 
         ``resume`` is True only when an attempt with the same config and inputs was interrupted here (and the
         stage is not forced): a changed config starts afresh instead of resuming foreign checkpoints.
+        ``outputs`` (files relative to the stage folder) are checksummed into the manifest and verified before
+        every reuse; a damaged one is deleted and the stage recomputed.
+
+        The main process computes under the stage folder's lock (``diffprune.io.folder_lock``): a second run of
+        the same run directory stops with a line naming the holder, or with ``wait`` queues and then reuses
+        the holder's result. Under the lock, temporaries that a killed writer left are removed first.
 
         Under ``accelerate launch`` every process runs the stages that shard their work across processes
         (train, sample, embed, evaluate) and only the main process writes the stage's config and manifest;
@@ -84,15 +97,38 @@ class Pipeline:
         """
         rel = stage.path.relative_to(self.root) if stage.path.is_relative_to(self.root) else stage.path
         if stage.stage not in self.force and stage.is_complete():
-            self.console.print(f"[dim]cached[/]  {stage.stage:<9} {rel}")
-            self._fingerprints[str(stage.path)] = stage.manifest()["fingerprint"]
-            return load()
+            return self._cached(stage, rel, load)
         world, main = _distributed()
         if world > 1 and stage.stage not in DISTRIBUTED_STAGES:
             raise RuntimeError(
                 f"stage '{stage.stage}' ({rel}) is not cached and does not run under several processes; "
                 f"run it first without accelerate launch (e.g. `diffprune {stage.stage} ...`), then launch again"
             )
+        if not main:
+            return self._compute(stage, rel, compute, outputs, main=False)
+
+        def waiting(holder: str) -> None:
+            self.console.print(f"[yellow]wait[/]    {stage.stage:<9} {rel}: being computed by {holder}")
+
+        with folder_lock(stage.path, wait=self.wait, what=f"stage {stage.stage} ({stage.path})", on_wait=waiting):
+            if stage.stage not in self.force and stage.is_complete():  # finished by the process we waited for
+                return self._cached(stage, rel, load)
+            remove_stale_temps(stage.path, all_writers=_distributed()[0] == 1)  # other ranks may be writing
+            damaged = stage.damaged_outputs() if stage.stage not in self.force else []
+            for name in damaged:  # e.g. a NaN written into features.npy: never resumed from, recomputed
+                self.console.print(f"[yellow]damaged[/] {stage.stage:<9} {rel / name}: checksum differs from the "
+                                   f"manifest; recomputing")
+                (stage.path / name).unlink(missing_ok=True)
+            return self._compute(stage, rel, compute, outputs, main=True)
+
+    def _cached(self, stage: StageDir, rel: Path, load: Callable[[], T]) -> T:
+        self.console.print(f"[dim]cached[/]  {stage.stage:<9} {rel}")
+        self._fingerprints[str(stage.path)] = stage.manifest()["fingerprint"]
+        return load()
+
+    def _compute(self, stage: StageDir, rel: Path, compute: Callable[[bool], tuple[T, str, dict[str, Any]]],
+                 outputs: tuple[str, ...], main: bool) -> T:
+        world = _distributed()[0]
         resume = stage.stage not in self.force and stage.was_interrupted()
         if main:
             self.console.print(f"[bold cyan]{'resume' if resume else 'run':<7}[/] {stage.stage:<9} {rel}")
@@ -100,7 +136,9 @@ class Pipeline:
         result, fingerprint, extra = compute(resume)
         self._fingerprints[str(stage.path)] = fingerprint
         if main:
-            manifest = stage.finish(fingerprint, world_size=world, **extra)
+            files = tuple(o for pattern in outputs for o in sorted(str(p.relative_to(stage.path))
+                                                                  for p in stage.path.glob(pattern)))
+            manifest = stage.finish(fingerprint, outputs=files, world_size=world, **extra)
             self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
         return result
 
@@ -155,7 +193,7 @@ class Pipeline:
             feats = embed_dataset(self.dataset, self.cfg.embed, out, progress=self.progress)
             return feats, hash_file(out / "features.npy"), {"images_processed": len(self.dataset)}
 
-        return self._stage(stage, compute, lambda: np.load(out / "features.npy", mmap_mode="r"))
+        return self._stage(stage, compute, lambda: np.load(out / "features.npy", mmap_mode="r"), ("features.npy",))
 
     def selection_name(self, arm: ArmConfig) -> str:
         sc = self.cfg.arm_select_config(arm)
@@ -187,7 +225,7 @@ class Pipeline:
             sel.save(out)
             return sel, hash_arrays(sel.indices, sel.groups), {"kept": int(len(sel.indices)), "images_processed": 0}
 
-        return self._stage(stage, compute, lambda: Selection.load(out))
+        return self._stage(stage, compute, lambda: Selection.load(out), ("selection.npz",))
 
     def training_set(self, arm: ArmConfig) -> tuple[ImageDataset, str]:
         """What an arm trains on (the coreset, labelled by its groups; latents in a latent run) and its
@@ -247,7 +285,9 @@ class Pipeline:
                     f"(e.g. `diffprune reweight ...` or `diffprune run ...`), then launch again"
                 )
             self.console.print(f"[bold cyan]{'encode':<7}[/] latents   {missing} images with {self.cfg.latent.vae}")
-            cache.ensure(self.dataset, indices, vae, batch_size=self.cfg.latent.batch_size, progress=self.progress)
+            with folder_lock(cache.path, wait=True, what=f"latent cache {cache.path}"):
+                cache.ensure(self.dataset, indices, vae, batch_size=self.cfg.latent.batch_size,
+                             progress=self.progress)
         meta = cache.meta
         key = hash_arrays(np.frombuffer(f"{fp}|{meta['vae_weights_hash']}|{meta['dtype']}".encode(), np.uint8))
         ds = cache.dataset(indices, labels=labels, class_names=names, fingerprint=key)
@@ -277,7 +317,7 @@ class Pipeline:
             images = 0 if rc.reference else int(rc.reference_steps) * int(rc.batch_size)
             return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path)}
 
-        path = self._stage(stage, compute, lambda: Path(stage.manifest()["path"]))
+        path = self._stage(stage, compute, lambda: Path(stage.manifest()["path"]), ("model/*.safetensors",))
         return path, self.fingerprint(out)
 
     def reweight(self, arm: ArmConfig) -> dict[str, float] | None:
@@ -298,7 +338,8 @@ class Pipeline:
             weights = load_class_weights(out / "class_weights.json")
             return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary}
 
-        return self._stage(stage, compute, lambda: load_class_weights(out / "class_weights.json"))
+        return self._stage(stage, compute, lambda: load_class_weights(out / "class_weights.json"),
+                           ("class_weights.json", "trajectory.npz"))
 
     def train(self, arm: ArmConfig) -> Path:
         from diffprune.diffusion import train
@@ -318,7 +359,7 @@ class Pipeline:
                 "images_processed": int(summary.get("images_seen", 0)), "summary": summary,
             }
 
-        return self._stage(stage, compute, lambda: out / "model")
+        return self._stage(stage, compute, lambda: out / "model", ("model/*.safetensors", "metrics.jsonl"))
 
     def sample(self, arm: ArmConfig) -> np.ndarray:
         from diffprune.diffusion import generate
@@ -337,7 +378,7 @@ class Pipeline:
             images = load()
             return images, hash_arrays(images), {"images_processed": int(len(images))}
 
-        return self._stage(stage, compute, load)
+        return self._stage(stage, compute, load, ("samples.npz",))
 
     def evaluate(self, arm: ArmConfig) -> dict[str, Any]:
         from diffprune.evaluation import evaluate
@@ -363,7 +404,7 @@ class Pipeline:
             )
             return metrics, hash_file(out / "metrics.json"), {"images_processed": int(len(samples))}
 
-        return self._stage(stage, compute, lambda: read_json(out / "metrics.json"))
+        return self._stage(stage, compute, lambda: read_json(out / "metrics.json"), ("metrics.json",))
 
     def report(self) -> Path:
         from diffprune.report import build_report
@@ -377,6 +418,7 @@ class Pipeline:
 
     def run_all(self, arms: Iterable[str] | None = None) -> Path:
         """Every stage for every arm (or the named arms), then the report."""
+        remove_stale_temps(self.root)  # what writers killed mid-write left (their pid is dead)
         self.write_run_files()
         chosen = [self.arm(a) for a in arms] if arms else list(self.cfg.arms)
         for arm in chosen:
