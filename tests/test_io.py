@@ -68,3 +68,99 @@ def test_hash_file_matches_sha256(tmp_path):
     p.write_bytes(data)
     assert hash_file(p, length=64) == hashlib.sha256(data).hexdigest()
     json.dumps(hash_file(p))
+
+
+# ---- reliability: locks, stale temporaries, permissions, free space (issue 16) --------------------------------
+
+def _holder(folder, *, release_after: float = 60.0):
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from diffprune.io import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(float(sys.argv[2]))\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(folder), str(release_after)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_folder_lock_refuses_a_second_writer_and_is_released_when_its_holder_is_killed(tmp_path):
+    import signal
+
+    from diffprune.io import LockBusy, folder_lock
+
+    p = _holder(tmp_path / "stage")
+    try:
+        with pytest.raises(LockBusy, match=f"pid {p.pid}"):
+            with folder_lock(tmp_path / "stage"):
+                pass
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    with folder_lock(tmp_path / "stage") as lock:  # the kernel dropped the dead holder's lock
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_folder_lock_with_wait_queues_behind_the_holder(tmp_path):
+    import time
+
+    from diffprune.io import folder_lock
+
+    p = _holder(tmp_path / "stage", release_after=1.5)
+    seen = []
+    t0 = time.monotonic()
+    with folder_lock(tmp_path / "stage", wait=True, on_wait=seen.append):
+        waited = time.monotonic() - t0
+    p.wait()
+    assert len(seen) == 1 and f"pid {p.pid}" in seen[0] and waited > 0.5
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from diffprune.io import remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / "sub").mkdir()
+    stale_file = tmp_path / "sub" / f".features.npy.{dead_pid}.abc123.tmp"
+    stale_dir = tmp_path / f".model.{dead_pid}.x1y2.tmp"
+    live = tmp_path / f".model.{os.getpid()}.zz.tmp"
+    fixed = tmp_path / ".state.tmp"  # no pid: only a lock holder may remove it
+    stale_file.write_bytes(b"x")
+    for d in (stale_dir, live, fixed):
+        d.mkdir()
+    (stale_dir / "w.safetensors").write_bytes(b"x")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([stale_file, stale_dir])
+    assert live.exists() and fixed.exists()
+    assert sorted(remove_stale_temps(tmp_path, all_writers=True)) == sorted([live, fixed])
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        from diffprune.io import atomic_write_text
+
+        f = atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "d", is_dir=True) as tmp:
+            (tmp / "w").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o664
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o775
+
+
+def test_free_space_check_names_path_and_sizes(tmp_path):
+    import errno
+    import shutil
+
+    from diffprune.io import DiskSpaceError, ensure_free_space
+
+    free = shutil.disk_usage(tmp_path).free
+    ensure_free_space(tmp_path / "new" / "f.npy", 1000)
+    with pytest.raises(DiskSpaceError) as e:
+        ensure_free_space(tmp_path / "new" / "f.npy", free * 2)
+    assert e.value.errno == errno.ENOSPC and "f.npy" in e.value.strerror and "MB free" in e.value.strerror

@@ -275,3 +275,29 @@ def test_ema_warmup_matches_diffusers_ema_model():
         torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
     assert ours.current_decay() == 0.95  # past the warm-up the configured decay applies
     assert EMA(model, decay=0.95, warmup=True).current_decay() == 0.0  # the first update copies
+
+
+def test_metrics_after_a_resume_between_log_lines_equal_the_uninterrupted_ones(dataset, tmp_path, monkeypatch):
+    """A checkpoint at step 5 with log_every=3: the resumed line of step 6 still averages steps 4..6."""
+    cfg = _cfg(steps=7, log_every=3, checkpoint_every=5)
+    train(cfg, dataset, tmp_path / "straight", progress=False)
+    real = train_mod.global_batch_indices
+
+    def signal_during_step_4(step, *args, **kwargs):  # 0-based step 4 is the 5th: stop after it, at step 5
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(step, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "global_batch_indices", signal_during_step_4)
+    with pytest.raises(TrainingInterrupted, match="step 5/7"):
+        train(cfg, dataset, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_mod, "global_batch_indices", real)
+    train(cfg, dataset, tmp_path / "resumed", resume=True, progress=False)
+
+    def rows(run):
+        return [{k: r[k] for k in ("step", "loss", "lr", "images_seen")}
+                for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())]
+
+    straight, resumed = rows("straight"), rows("resumed")
+    assert [r["step"] for r in straight] == [3, 6, 7]
+    assert resumed == straight

@@ -177,6 +177,10 @@ def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if subdirs:
         class_names = [p.name for p in subdirs]
         files = [(f, k) for k, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        empty = sorted(set(class_names) - {class_names[k] for _, k in files})
+        if empty and files:
+            raise DatasetError(f"imagefolder: class folder(s) {', '.join(repr(e) for e in empty[:10])} under '{root}' "
+                               f"hold no images; remove them (an empty class would still get a DRO weight)")
     else:
         class_names = []
         files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -185,17 +189,28 @@ def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return class_names, files
 
 
-def _probe_mode(files: list[tuple[Path, int]]) -> str:
-    """``L`` if the first readable file is grey, else ``RGB`` (reads headers only)."""
+def _probe_mode(files: list[tuple[Path, int]], channels: int | None = None) -> str:
+    """``L`` if every readable file is grey, else ``RGB`` (reads headers only, of all files: a folder that
+    mixes grey, RGB and RGBA is decoded as RGB, with a warning saying how many grey files are converted).
+    ``data.channels`` overrides the result."""
+    import warnings
+
     from PIL import Image
 
+    grey = colour = 0
     for f, _ in files:
         try:
             with Image.open(f) as im:
-                return "L" if im.mode in ("L", "1", "I;16") else "RGB"
+                if im.mode in ("L", "1", "I;16", "I", "F"):
+                    grey += 1
+                else:
+                    colour += 1
         except Exception:
             continue
-    return "RGB"
+    if grey and colour and channels is None:
+        warnings.warn(f"imagefolder: {grey} grey and {colour} colour images; decoding all as RGB (grey copied to "
+                      f"3 channels, alpha dropped); set data.channels=1 to decode all as grey", stacklevel=2)
+    return "L" if grey and not colour else "RGB"
 
 
 def _imagefolder(
@@ -209,7 +224,7 @@ def _imagefolder(
             raise DatasetError("imagefolder: cache_dir needs a fixed resolution (every cached image has one size); "
                                "set resolution=")
         return _cached_imagefolder(root, class_names, files, skip_bad, size, resize, channels, Path(cache_dir))
-    dec = _Decode(_probe_mode(files), size, resize, channels)
+    dec = _Decode(_probe_mode(files, channels), size, resize, channels)
     from rich.progress import track
 
     arrays, labels, skipped = [], [], []
@@ -305,7 +320,7 @@ def _start_cache(d: Path, files: list[tuple[Path, int]], size: int, channels: in
     state_path, npy = d / "state.json", d / "images.npy"
     if state_path.exists() and npy.exists():
         return np.lib.format.open_memmap(npy, mode="r+"), read_json(state_path)
-    mode = _probe_mode(files)
+    mode = _probe_mode(files, channels)
     shape = (len(files), channels or (1 if mode == "L" else 3), size, size)
     need = int(np.prod(shape))
     if shutil.disk_usage(d).free < need:  # fail now, not with SIGBUS when the mapped pages run out of disk
@@ -358,18 +373,27 @@ def _build_cache(
 
 
 def _npz(path: str) -> ImageDataset:
+    import zipfile
+
     p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"npz: no file '{p}'; check the path in data.spec")
+    if not zipfile.is_zipfile(p):
+        raise DatasetError(f"npz: '{p}' is not an .npz archive (np.savez writes one: images uint8 N x H x W [x C], "
+                           f"optional labels int N and class_names); convert it or fix data.spec")
     try:
         data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"npz: cannot read '{p}': {e}") from None
-    with data:
-        key = "images" if "images" in data else ("arr_0" if "arr_0" in data else None)
-        if key is None:
-            raise DatasetError(f"npz: '{p}' has no 'images' array (found: {', '.join(data.files)})")
-        images = np.asarray(data[key])
-        labels = np.asarray(data["labels"], dtype=np.int64) if "labels" in data else None
-        names = [str(n) for n in data["class_names"]] if "class_names" in data else None
+        with data:
+            key = "images" if "images" in data else ("arr_0" if "arr_0" in data else None)
+            if key is None:
+                raise DatasetError(f"npz: '{p}' has no 'images' array (found: {', '.join(data.files)})")
+            images = np.asarray(data[key])
+            labels = _npz_labels(p, data["labels"]) if "labels" in data else None
+            names = [str(n) for n in data["class_names"]] if "class_names" in data else None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetError(f"npz: cannot read '{p}': {' '.join(str(e).split())}") from None
     if images.dtype != np.uint8:
         raise DatasetError(f"npz: '{p}' images must be uint8, got {images.dtype}")
     if images.ndim == 3:
@@ -378,7 +402,28 @@ def _npz(path: str) -> ImageDataset:
         images = images.transpose(0, 3, 1, 2)  # N x H x W x C -> N x C x H x W
     if labels is not None and names is None:
         names = [str(i) for i in range(int(labels.max()) + 1)]
+    if labels is not None:
+        if len(labels) != len(images):
+            raise DatasetError(f"npz: '{p}' has {len(images)} images but {len(labels)} labels")
+        if labels.min() < 0 or labels.max() >= len(names):
+            raise DatasetError(f"npz: '{p}' labels must be in 0..{len(names) - 1} (one per class name), "
+                               f"got {int(labels.min())}..{int(labels.max())}")
+        empty = [names[k] for k in np.flatnonzero(np.bincount(labels, minlength=len(names)) == 0)]
+        if empty:
+            raise DatasetError(f"npz: '{p}' has classes without images: {', '.join(empty[:10])}; "
+                               f"relabel to drop them (a class with no images would still get a DRO weight)")
     return ImageDataset(np.ascontiguousarray(images), labels, names or [], name=f"npz:{p}")
+
+
+def _npz_labels(p: Path, raw: np.ndarray) -> np.ndarray:
+    """int64 labels; floats are accepted only when every value is a whole number (0.5 is refused, not cut)."""
+    raw = np.asarray(raw)
+    if raw.dtype.kind in "iu":
+        return raw.astype(np.int64)
+    if raw.dtype.kind == "f" and np.all(np.isfinite(raw)) and np.all(raw == np.round(raw)):
+        return raw.astype(np.int64)
+    bad = raw[:3].tolist()
+    raise DatasetError(f"npz: '{p}' labels must be integer class ids, got {raw.dtype} values such as {bad}")
 
 
 BUILTIN: dict[str, Callable[[str, str | None, bool], ImageDataset]] = {

@@ -223,6 +223,10 @@ class Pipeline:
                 seed=sc.seed, clusters=sc.clusters, class_names=self.dataset.class_names or None, **sc.options,
             )
             sel.save(out)
+            few = [f"{g} ({n})" for g, n in sel.counts.items() if n < 2]
+            if few:
+                self.console.print(f"[yellow]warning:[/] ratio {sc.ratio:g} keeps fewer than 2 images of "
+                                   f"{len(few)} group(s): {', '.join(few[:8])}; their weights and FID are noise")
             return sel, hash_arrays(sel.indices, sel.groups), {"kept": int(len(sel.indices)), "images_processed": 0}
 
         return self._stage(stage, compute, lambda: Selection.load(out), ("selection.npz",))
