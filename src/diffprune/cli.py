@@ -30,6 +30,7 @@ NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Recompute this stage even when its outputs are cached.")]
 ArmOpt = Annotated[Optional[list[str]], typer.Option("--arm", "-a", help="Only this arm of the config (repeatable; default: all).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+EvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate the EMA model (FID, KID, ...) every N training steps and at the last; sets train.eval_every.")]
 
 
 def bundled_config(name: str) -> Path:
@@ -118,9 +119,10 @@ def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
 
 @app.command()
 def train(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
-          force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+          eval_every: EvalEveryOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """Stage 4: train each arm's DM on its (weighted) subset; resumes an interrupted run (train/<arm>/)."""
-    pipe = _pipeline(config, set_, name, ("train",) if force else (), no_progress)
+    extra = _flags(**{"train.eval_every": eval_every})
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("train",) if force else (), no_progress)
     for a in _arms(pipe, arm):
         console.print(f"{a.label()}: model in {pipe.train(a)}")
 
@@ -157,11 +159,12 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories,
 
 @app.command()
 def run(config: Annotated[Path, typer.Argument(help="Run config YAML (see configs/).")],
-        set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+        set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None, eval_every: EvalEveryOpt = None,
         force: Annotated[bool, typer.Option("--force", "-f", help="Recompute every stage, ignoring the cache.")] = False,
         no_progress: QuietOpt = False) -> None:
     """All stages for every arm of CONFIG, then the report. Re-running skips finished stages."""
-    pipe = _pipeline(config, set_, name, force, no_progress)
+    extra = _flags(**{"train.eval_every": eval_every})
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, force, no_progress)
     path = pipe.run_all(arm)
     console.print(f"\n[bold green]Report:[/] {path}")
 

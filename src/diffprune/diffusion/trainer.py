@@ -19,7 +19,9 @@ Files in ``out_dir``:
                   and ``diffprune.json`` (preset, classes, null label, steps); written at every checkpoint
   state/          accelerate ``save_state`` (weights, optimizer, LR schedule, RNG of every process) plus
                   ``ema.safetensors`` and ``trainer_state.json`` (step = data position); swapped in atomically
-  metrics.jsonl   one JSON line per ``log_every`` steps: step, loss, lr, img_per_s, images_seen, seconds
+  metrics.jsonl   one JSON line per ``log_every`` steps: step, loss, lr, img_per_s, images_seen, seconds; with
+                  ``eval_every``, also one per evaluation: step, images_seen, train_seconds (cumulative over
+                  resumes, evaluation time excluded), eval_seconds and the evaluator's values (fid, kid, ...)
   tensorboard/    optional
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
@@ -69,6 +71,7 @@ from diffprune.diffusion.models import (
     get_preset,
 )
 from diffprune.diffusion.objective import diffusion_loss
+from diffprune.evaluation.config import TrainEvalConfig
 from diffprune.io import atomic_write_json, config_hash
 
 log = logging.getLogger("diffprune.train")
@@ -77,7 +80,10 @@ _STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
-_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile"}
+_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval"}
+# evaluator(EMA model, noise scheduler, step) -> values for the metrics line (fid, kid, ...); see
+# ``diffprune.evaluation.during_training.TrainingEvaluator``
+Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]
 
 
 class TrainError(ValueError):
@@ -118,6 +124,8 @@ class TrainConfig(StrictModel):
     channels_last: bool = False
     compile: bool = False  # torch.compile the UNet
     tensorboard: bool = False
+    eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
+    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
 
     @field_validator("preset")
     @classmethod
@@ -133,7 +141,7 @@ class TrainConfig(StrictModel):
             raise ValueError("must be a positive integer")
         return v
 
-    @field_validator("warmup_steps", "checkpoint_every")
+    @field_validator("warmup_steps", "checkpoint_every", "eval_every")
     @classmethod
     def _non_negative_int(cls, v: int | None) -> int | None:
         if v is not None and v < 0:
@@ -203,6 +211,7 @@ def train(
     class_weights: Mapping[str, float] | None = None,
     resume: bool = False,
     progress: bool = True,
+    evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
     """Train a DDPM on ``dataset`` (uint8 N x C x H x W, mapped to [-1, 1]) and write ``out_dir``.
 
@@ -210,8 +219,11 @@ def train(
     example's loss by K * a_y under uniform sampling, "resample" draws class k with probability a_k.
     ``resume=True`` continues from ``out_dir/state`` if present (exactly: same weights as an uninterrupted run);
     ``resume=False`` starts from scratch and overwrites ``out_dir``'s training files.
+    ``evaluator`` runs at every ``eval_every`` steps and at the last one (needed when ``eval_every`` > 0), on
+    every process, with the torch RNG forked so that it never changes the training trajectory.
 
-    Returns a summary: steps, images_seen, seconds (this call), img_per_s, final_loss, params, resumed_from.
+    Returns a summary: steps, images_seen, seconds (this call), train_seconds (cumulative over resumes, without
+    evaluation), eval_seconds (this call), img_per_s, final_loss, params, resumed_from.
     Raises ``TrainingInterrupted`` after checkpointing on SIGINT/SIGTERM.
     """
     cfg = config.resolved()
@@ -220,6 +232,9 @@ def train(
     if n == 0:
         raise TrainError("the dataset is empty; nothing to train on")
     steps_total = total_steps(cfg, n)
+    if cfg.eval_every and evaluator is None:
+        raise TrainError("train.eval_every needs an evaluator (diffprune.evaluation.during_training."
+                         "TrainingEvaluator; `diffprune train/run` pass one); set eval_every: 0 to train without")
     if cfg.ema_decay and not cfg.ema_warmup and cfg.ema_decay**steps_total > 0.1:
         # constant-decay EMA starts at the initial weights: after S steps they still weigh decay**S
         log.warning(
@@ -292,7 +307,7 @@ def train(
     # ---- resume ------------------------------------------------------------------------------------------
     state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
     trajectory_hash = _trajectory_hash(cfg, dataset, class_weights)
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, seconds_before = 0, None, 0.0
     if resume and (state_dir / STATE_FILE).exists():
         saved = json.loads((state_dir / STATE_FILE).read_text())
         if saved["trajectory_hash"] != trajectory_hash:
@@ -303,6 +318,7 @@ def train(
         accelerator.load_state(str(state_dir))
         ema.load_state_dict(load_file(state_dir / EMA_FILE, device="cpu"), saved["ema_updates"])  # copied to device
         start_step = resumed_from = int(saved["step"])
+        seconds_before = float(saved.get("train_seconds", 0.0))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, keep_through_step=start_step)
@@ -321,6 +337,10 @@ def train(
     run_loss = torch.zeros((), device=device)
     last_loss = float("nan")
     t_start = t_log = time.perf_counter()
+    eval_seconds = 0.0
+
+    def train_seconds() -> float:  # training time of the whole run so far, evaluation excluded
+        return seconds_before + time.perf_counter() - t_start - eval_seconds
     step_log = step = start_step
     saved_step = start_step if resumed_from is not None else -1
     bar = _progress_bar(progress and accelerator.is_local_main_process)
@@ -366,6 +386,9 @@ def train(
                 lr_schedule.step()
                 ema.update()
                 step += 1
+                if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == steps_total):
+                    eval_seconds += _evaluate_during_training(evaluator, ema, scheduler, step, cfg, accelerator,
+                                                              metrics_path, train_seconds())
 
                 # -- logging, checkpoints, interruption ------------------------------------------------
                 if step % cfg.log_every == 0 or step == steps_total:
@@ -385,7 +408,7 @@ def train(
                 bar.update(task, completed=step)
                 interrupted = stop.requested(accelerator, sync=step % cfg.log_every == 0)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
-                    _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler)
+                    _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler, train_seconds())
                     saved_step = step
                 if interrupted:
                     raise TrainingInterrupted(
@@ -393,7 +416,7 @@ def train(
                         f"rerun with resume=True to continue"
                     )
             if saved_step != step:
-                _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler)
+                _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler, train_seconds())
     finally:
         if writer is not None:
             writer.close()
@@ -403,6 +426,8 @@ def train(
         "steps": step,
         "images_seen": step * cfg.batch_size,
         "seconds": seconds,
+        "train_seconds": train_seconds(),
+        "eval_seconds": eval_seconds,
         "img_per_s": done * cfg.batch_size / max(seconds, 1e-9),
         "final_loss": last_loss,
         "params": count_parameters(ema.module),
@@ -411,11 +436,28 @@ def train(
     }
 
 
+def _evaluate_during_training(evaluator: Evaluator, ema: EMA, scheduler: DDPMScheduler, step: int,
+                              cfg: TrainConfig, accelerator: Accelerator, metrics_path: Path,
+                              train_seconds: float) -> float:
+    """Run ``evaluator`` on the EMA model (every process, RNG forked), append its line; return its seconds."""
+    t0 = time.perf_counter()
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        values = dict(evaluator(ema.module, scheduler, step))
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        _append_jsonl(metrics_path, {"step": step, "images_seen": step * cfg.batch_size,
+                                     "train_seconds": train_seconds, "eval_seconds": seconds, **values})
+    return seconds
+
+
 # ---- checkpoints ------------------------------------------------------------------------------------------
 
 
 def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset,
-                     out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler) -> None:
+                     out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler,
+                     train_seconds: float = 0.0) -> None:
     """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
     and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state)."""
     state_dir, tmp = out_dir / "state", out_dir / ".state.tmp"
@@ -429,6 +471,7 @@ def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, datas
             "step": step, "ema_updates": ema.updates, "images_seen": step * cfg.batch_size,
             "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
             "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
+            "train_seconds": train_seconds,
         })
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

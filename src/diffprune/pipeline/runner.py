@@ -130,6 +130,27 @@ class Pipeline:
         if any(a.reweight for a in self.cfg.arms):
             stages["reference"] = "reference"
         atomic_write_json(self.root / "stages.json", stages)
+        if any(a.reweight for a in self.cfg.arms):
+            atomic_write_json(self.root / "reference_cost.json", self.reference_training_cost())
+
+    def reference_training_cost(self) -> dict[str, Any]:
+        """What training the DRO reference cost (``reference_cost.json``, read by the report):
+        trained by this run (its reference stage manifest), a diffprune train dir (its train manifest), or a
+        pre-trained model whose cost the user states in ``reweight.reference_cost`` (else unknown)."""
+        rc = self.cfg.reweight
+        if rc.reference is None:
+            return {"kind": "trained by this run", "source": "the reference stage's manifest"}
+        for candidate in (Path(rc.reference), Path(rc.reference).parent):
+            manifest = candidate / "manifest.json"
+            if manifest.is_file() and read_json(manifest).get("stage") == "train":
+                m = read_json(manifest)
+                return {"kind": "given", "images": m.get("images_processed"),
+                        "seconds": max(0.0, float(m["seconds"]) - float(m.get("eval_seconds") or 0.0)),
+                        "flops": m.get("train_flops"), "source": f"diffprune train manifest {manifest}"}
+        if rc.reference_cost is not None:
+            return {"kind": "given", **rc.reference_cost.model_dump(mode="json")}
+        return {"kind": "given", "images": None, "seconds": None, "flops": None,
+                "source": "not stated: set reweight.reference_cost (images, optionally seconds and flops)"}
 
     def arm(self, label: str) -> ArmConfig:
         for a in self.cfg.arms:
@@ -290,7 +311,8 @@ class Pipeline:
         out = self.root / "reweight" / self.selection_name(arm)
         inputs = {"coreset": coreset_fp, "reference": ref_fp}
         rc = self.cfg.arm_reweight_config(arm)
-        stage = StageDir(out, "reweight", rc.model_dump(mode="json"), inputs)
+        # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
+        stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs)
 
         def compute(resume: bool):
             summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume)
@@ -313,12 +335,23 @@ class Pipeline:
         stage = StageDir(out, "train", tc.model_dump(mode="json"), inputs)
 
         def compute(resume: bool):
-            summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress)
+            summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress,
+                            evaluator=self.training_evaluator(data) if tc.eval_every else None)
             return out / "model", model_fingerprint(out / "model"), {
                 "images_processed": int(summary.get("images_seen", 0)), "summary": summary,
+                "eval_seconds": float(summary.get("eval_seconds", 0.0)),  # not a training cost (speedup.py)
             }
 
         return self._stage(stage, compute, lambda: out / "model")
+
+    def training_evaluator(self, data: ImageDataset):
+        """What ``train.eval_every`` runs: the EMA model sampled with ``train.eval`` and scored with the run's
+        ``evaluate`` protocol against the same real images and caches as the evaluate stage."""
+        from diffprune.diffusion.batches import latent_meta
+        from diffprune.evaluation.during_training import TrainingEvaluator
+
+        return TrainingEvaluator(self.cfg.train.eval, self.cfg.evaluate, self.dataset, self.root / "eval",
+                                 guidance_scale=self.cfg.sample.guidance_scale, latent=latent_meta(data))
 
     def sample(self, arm: ArmConfig) -> np.ndarray:
         from diffprune.diffusion import generate
