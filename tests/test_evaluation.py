@@ -347,3 +347,17 @@ def test_fid_floor_is_the_fid_of_held_out_real_images(digits, tmp_path):
     noisy = np.clip(samples.astype(int) + 80, 0, 255).astype(np.uint8)
     worse = evaluate(noisy, digits, cfg, tmp_path / "w", cache_dir=tmp_path / "c", progress=False, network=TinyNet())
     assert worse["fid_floor"] == pytest.approx(res["fid_floor"]) and worse["fid"] > 5 * worse["fid_floor"]
+
+
+def test_flop_counts_of_a_conv_and_a_linear_layer_match_the_formula():
+    from diffprune.evaluation.flops import count_flops, forward_flops_per_image
+
+    linear = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16)
+    assert forward_flops_per_image(linear, x) == 2 * 16 * 8  # 2 FLOPs per multiply-add, per image
+    conv = torch.nn.Conv2d(3, 5, kernel_size=3)  # 10x10 in, 8x8 out
+    images = torch.randn(2, 3, 10, 10)
+    assert count_flops(conv, images) == 2 * 2 * 5 * 8 * 8 * 3 * 3 * 3  # 2 x B x C_out x H_out x W_out x C_in x k^2
+    xg = x.clone().requires_grad_(True)
+    # backward: the input gradient and the weight gradient are each one more product of the forward's size
+    assert count_flops(lambda: linear(xg).sum().backward()) == 3 * 2 * 4 * 16 * 8

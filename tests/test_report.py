@@ -185,3 +185,24 @@ def test_run_without_a_full_data_arm_still_reports_costs(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| gaussian+dro |"))
     assert "| 160.0 |" in row and row.rstrip().endswith("| n/a | n/a |")
     assert (run / "report" / "fid_vs_compute.png").is_file()
+
+
+def test_a_given_references_stated_cost_appears_in_the_reference_and_time_to_target_tables(tmp_path):
+    run = fabricate_run(tmp_path / "runs" / "given")
+    # a pre-trained reference: the reference stage only loaded it (1 s, 0 images); its training cost is stated
+    _write(run / "reference/manifest.json", _manifest("reference", 1.0, 0))
+    _write(run / "reference_cost.json", {"kind": "given", "images": 40_000, "seconds": None, "flops": None,
+                                         "source": "Ho et al. 2020: 800k steps x batch 128"})
+    md = build_report(run).read_text()
+    table = md.split("### Speed-up and the reference model")[1].split("##")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| gaussian+dro |"))
+    # available: embed 20 + select 2 + load 1 + DRO 8 + train 100 = 131 s; 4,000 + 0 + 0 + 2,000 + 10,000 images
+    # trained: + 40,000 images; its seconds are not stated, so no speed-up by time with it
+    assert "| given | 40,000 | n/a |" in row and "Ho et al. 2020" in row
+    assert f"| {400 / 131:.2f}x | {40000 / 16000:.2f}x | n/a | {40000 / (16000 + 40_000):.2f}x |" in row
+    ttt = md.split("### Time to target FID")[1].split("###")[0]
+    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro | 5% |"))
+    i_hit = 5000 + 2500 * 9 / 11  # as in the first test: FID 21 crossed at 9/11 of the step-2..3 interval
+    assert row.endswith(f"| n/a | {39000 / (i_hit + 6000 + 40_000):.2f}x |")
+    rnd = next(line for line in table.splitlines() if line.startswith("| random |")) if "| random |" in table else ""
+    assert rnd == ""  # arms without a reference model are not listed there

@@ -64,11 +64,14 @@ def _summarise(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         if images is None:
             missing.append(name)
         seconds = max(0.0, float(m["seconds"]) - float(m.get("eval_seconds") or 0.0))  # evaluation is not a cost
-        per_stage[name] = {"seconds": seconds, "images_processed": images, "device": m.get("device")}
+        per_stage[name] = {"seconds": seconds, "images_processed": images, "device": m.get("device"),
+                           "flops": m.get("flops"), "flops_kind": m.get("flops_kind")}
     total_images = None if missing else int(sum(int(s["images_processed"]) for s in per_stage.values()))
+    flops = [s["flops"] for s in per_stage.values()]
     return {
         "seconds": float(sum(s["seconds"] for s in per_stage.values())),
         "images_processed": total_images,
+        "flops": None if any(f is None for f in flops) else float(sum(flops)),  # None: some stage unmeasured
         "stages": per_stage,
         "stages_without_image_counts": missing,
     }
@@ -97,7 +100,8 @@ def compute_speedup(
             (shared stages included: the caller passes them, nothing is assumed free).
 
     Returns:
-        ``{"by_wall_clock": float, "by_images": float | None, "full": {...}, "pruned": {...}, "notes": [...]}``;
+        ``{"by_wall_clock": float, "by_images": float | None, "by_flops": float | None, "full": {...},
+        "pruned": {...}, "notes": [...]}`` (``by_flops`` when every stage's manifest has ``flops``);
         ``pruned`` also has ``overhead_seconds`` (all stages but ``train``) and ``overhead_fraction``.
         ``by_images`` is None when some stage's manifest lacks ``images_processed`` (listed in the notes).
     """
@@ -117,9 +121,11 @@ def compute_speedup(
     devices = {s["device"] for s in [*full_s["stages"].values(), *pruned_s["stages"].values()] if s["device"]}
     if len(devices) > 1:
         notes.append(f"stages ran on different devices ({'; '.join(sorted(devices))}): compare wall-clock with care")
+    by_flops = full_s["flops"] / pruned_s["flops"] if full_s["flops"] and pruned_s["flops"] else None
     return {
         "by_wall_clock": float(by_time),
         "by_images": None if by_images is None else float(by_images),
+        "by_flops": by_flops,
         "full": full_s,
         "pruned": pruned_s,
         "notes": notes,

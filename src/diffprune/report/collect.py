@@ -159,10 +159,18 @@ def arm_cost(arm: ArmResult, shared: dict[str, dict[str, Any]]) -> dict[str, dic
     return cost
 
 
-def _train_cost(manifest: dict[str, Any]) -> tuple[float, int | None]:
-    """(seconds, images) of a training manifest, evaluation time excluded (as ``summarise_cost`` counts it)."""
+def _train_cost(manifest: dict[str, Any]) -> tuple[float, int | None, float | None]:
+    """(seconds, images, FLOPs) of a training manifest, evaluation time excluded (as ``summarise_cost`` counts it)."""
     stage = summarise_cost({"train": manifest})["stages"]["train"]
-    return stage["seconds"], stage["images_processed"]
+    return stage["seconds"], stage["images_processed"], stage["flops"]
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _ratio(num: float | None, den: float | None) -> float | None:
@@ -176,29 +184,25 @@ def reference_variants(full_train: dict[str, Any], stages: dict[str, dict[str, A
     cost ``reference_cost.json`` states for a given model; None where that unit is unknown)."""
     ref = dict(reference_cost or {"kind": "trained by this run"})
     available = dict(stages)
-    if ref.get("kind") == "trained by this run" and "reference" in stages:
+    if "reference" not in stages:  # no reference model in this arm: both variants are the arm's cost
+        ref, training = {}, {"seconds": 0.0, "images": 0, "flops": 0.0}
+    elif ref.get("kind") == "trained by this run":
         m = available.pop("reference")
         training = {"seconds": float(m["seconds"]), "images": m.get("images_processed"), "flops": m.get("flops")}
     else:
         training = {k: ref.get(k) for k in ("seconds", "images", "flops")}
     cost = summarise_cost(available)
-    full_s, full_i = _train_cost(full_train)
-    train_s, train_i = _train_cost(stages["train"])
-    with_s = None if training["seconds"] is None else cost["seconds"] + training["seconds"]
-    with_i = None if training["images"] is None or cost["images_processed"] is None else (
-        cost["images_processed"] + int(training["images"]))
-    overhead_i = None if cost["images_processed"] is None or train_i is None else cost["images_processed"] - train_i
-    return {
-        "source": ref.get("source"), "kind": ref.get("kind"), "reference_training": training,
-        "available": {"seconds": cost["seconds"], "images": cost["images_processed"],
-                      "by_wall_clock": _ratio(full_s, cost["seconds"]), "by_images": _ratio(full_i, cost["images_processed"]),
-                      "overheads": {"seconds": cost["seconds"] - train_s, "images": overhead_i}},
-        "trained": {"seconds": with_s, "images": with_i,
-                    "by_wall_clock": _ratio(full_s, with_s), "by_images": _ratio(full_i, with_i),
-                    "overheads": {
-                        "seconds": None if with_s is None else with_s - train_s,
-                        "images": None if with_i is None or train_i is None else with_i - train_i}},
-    }
+    full = dict(zip(("seconds", "images", "flops"), _train_cost(full_train)))
+    train = dict(zip(("seconds", "images", "flops"), _train_cost(stages["train"])))
+    avail = {"seconds": cost["seconds"], "images": cost["images_processed"], "flops": cost["flops"]}
+    trained = {u: _plus(avail[u], None if training[u] is None else float(training[u])) for u in avail}
+
+    def variant(total: dict[str, float | None]) -> dict[str, Any]:
+        return {**total, **{f"by_{'wall_clock' if u == 'seconds' else u}": _ratio(full[u], total[u]) for u in total},
+                "overheads": {u: _minus(total[u], train[u]) for u in total}}
+
+    return {"source": ref.get("source"), "kind": ref.get("kind"), "reference_training": training,
+            "available": variant(avail), "trained": variant(trained)}
 
 
 def _account(arms: list[ArmResult], shared: dict[str, dict[str, Any]], notes: list[str],
@@ -238,11 +242,16 @@ def _account(arms: list[ArmResult], shared: dict[str, dict[str, Any]], notes: li
         arm.time_to_target = []
         for tol in tolerances:
             entry: dict[str, Any] = {"tolerance": float(tol)}
+            per_image = {}
+            fpi = arm.manifests["train"].get("flops_per_image")
+            if fpi and fpi == full.manifests["train"].get("flops_per_image"):  # same model: one FLOPs per image
+                per_image["flops"] = float(fpi)
             for variant in ("available", "trained"):
                 overheads = {k: v for k, v in arm.reference[variant]["overheads"].items() if v is not None}
-                t = time_to_target(full.train_log, arm.train_log, tolerance=tol, overheads=overheads)
+                t = time_to_target(full.train_log, arm.train_log, tolerance=tol, overheads=overheads,
+                                   per_image=per_image)
                 for unit, value in arm.reference[variant]["overheads"].items():
-                    if value is None:
+                    if value is None and unit in t["speedup"]:
                         t["speedup"][unit] = None  # that overhead is unknown: no honest speed-up in this unit
                 entry[variant] = t
             arm.time_to_target.append(entry)
