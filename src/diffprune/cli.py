@@ -147,14 +147,18 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
 
 
 @app.command()
-def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, e.g. runs/demo.")]) -> None:
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, e.g. runs/demo.")],
+           tolerance: Annotated[str, typer.Option(help="Comma-separated FID tolerances of the time-to-target table: target = full arm's final FID x (1 + tol).")] = "0.05,0.15") -> None:
     """Build report.md and report.html from finished run directories (reads only their files)."""
     from diffprune.report import build_report
 
+    tolerances = _csv(tolerance, float, "--tolerance")
+    if not tolerances or any(t < 0 for t in tolerances):
+        raise typer.BadParameter(f"--tolerance: give tolerances >= 0, e.g. 0.05,0.15; got '{tolerance}'")
     for run_dir in run_dirs:
         if not (run_dir / "arms.json").exists():
             raise typer.BadParameter(f"'{run_dir}' has no arms.json: is it a run directory (runs/<name>)?")
-        console.print(f"report: {build_report(run_dir)}")
+        console.print(f"report: {build_report(run_dir, tolerances=tolerances)}")
 
 
 @app.command()
