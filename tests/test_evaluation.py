@@ -22,6 +22,7 @@ from diffprune.evaluation import (
     fid_from_features,
     load_ref_stats,
     read_metrics_jsonl,
+    summarise_cost,
     time_to_target,
 )
 from diffprune.evaluation.classifier import predict, stratified_holdout, train_classifier
@@ -238,22 +239,52 @@ def test_speedup_without_image_counts_or_on_mixed_devices_says_so():
         compute_speedup({"train": {"seconds": "soon"}}, {"train": manifest(1.0)})
 
 
-def test_time_to_target_fid(tmp_path):
+def test_time_to_target_interpolates_between_evaluations(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("\n".join(json.dumps(e) for e in [
-        {"step": 100, "loss": 0.1}, {"step": 100, "fid": 80.0, "seconds": 100.0, "images_seen": 1000},
-        {"step": 200, "fid": 40.0, "seconds": 200.0, "images_seen": 2000},
-        {"step": 300, "fid": 30.0, "seconds": 300.0, "images_seen": 3000}]) + "\n{\"step\": 4")  # torn last line
+        {"step": 100, "loss": 0.1}, {"step": 100, "fid": 80.0, "train_seconds": 100.0, "images_seen": 1000},
+        {"step": 200, "fid": 40.0, "train_seconds": 200.0, "images_seen": 2000},
+        {"step": 300, "fid": 30.0, "train_seconds": 300.0, "images_seen": 3000}]) + "\n{\"step\": 4")  # torn line
     full = read_metrics_jsonl(path)
     assert len(full) == 4
-    pruned = [{"step": 50, "fid": 45.0, "seconds": 40.0, "images_seen": 400},
-              {"step": 100, "fid": 29.0, "seconds": 80.0, "images_seen": 800}]
-    t = time_to_target(full, pruned, pruned_overhead_seconds=20.0, pruned_overhead_images=200)
+    pruned = [{"step": 50, "fid": 45.0, "train_seconds": 40.0, "images_seen": 400},
+              {"step": 100, "fid": 29.0, "train_seconds": 80.0, "images_seen": 800}]
+    # tol 0: target 30. Full reaches it at its last point (300 s). Pruned crosses 30 between 45 (40 s) and 29
+    # (80 s) at (45 - 30) / (45 - 29) = 15/16 of the interval: 77.5 s, 775 images, step 96.875.
+    t = time_to_target(full, pruned, tolerance=0.0, overheads={"seconds": 20.0, "images": 200})
     assert t["target_fid"] == 30.0 and t["reached"]
-    assert t["by_wall_clock"] == pytest.approx(300 / (80 + 20))
-    assert t["by_images"] == pytest.approx(3000 / (800 + 200))
-    never = time_to_target(full, pruned[:1])
-    assert not never["reached"] and never["by_wall_clock"] is None
+    assert t["pruned"]["seconds"] == pytest.approx(77.5) and t["pruned"]["step"] == pytest.approx(96.875)
+    assert t["by_wall_clock"] == pytest.approx(300 / (77.5 + 20))
+    assert t["by_images"] == pytest.approx(3000 / (775 + 200))
+    # tol 0.5: target 45. Full crosses 45 between 80 (100 s) and 40 (200 s) at 35/40: 187.5 s. Pruned is at
+    # 45 on its first evaluation: reached there (40 s), nothing assumed before it.
+    t = time_to_target(full, pruned, tolerance=0.5)
+    assert t["target_fid"] == 45.0 and t["full"]["seconds"] == pytest.approx(187.5)
+    assert t["pruned"]["seconds"] == 40.0 and t["speedup"]["seconds"] == pytest.approx(187.5 / 40)
+    # FLOPs derived from images: the same ratio as images when the overheads' FLOPs are proportional
+    t = time_to_target(full, pruned, tolerance=0.0, per_image={"flops": 1e9}, overheads={"flops": 2e11})
+    assert t["speedup"]["flops"] == pytest.approx(3000e9 / (775e9 + 2e11))
+
+
+def test_time_to_target_never_reached_says_where_it_got(tmp_path):
+    full = [{"step": 10, "fid": 50.0, "train_seconds": 10.0, "images_seen": 100},
+            {"step": 20, "fid": 20.0, "train_seconds": 20.0, "images_seen": 200}]
+    pruned = [{"step": 5, "fid": 40.0, "train_seconds": 5.0, "images_seen": 50},
+              {"step": 10, "fid": 25.0, "train_seconds": 9.0, "images_seen": 100},
+              {"step": 15, "fid": 26.0, "train_seconds": 14.0, "images_seen": 150}]
+    never = time_to_target(full, pruned, tolerance=0.05)  # target 21
+    assert not never["reached"] and never["pruned"] is None and never["by_wall_clock"] is None
+    assert never["best"] == {"fid": 25.0, "step": 10, "seconds": 9.0, "images": 100.0}
+    assert time_to_target(full, pruned, tolerance=0.25)["reached"]  # target 25: reached at its second point
+    with pytest.raises(EvaluationError, match="eval-every"):
+        time_to_target([{"step": 1, "loss": 0.3}], pruned)
+    with pytest.raises(EvaluationError, match="tolerance"):
+        time_to_target(full, pruned, tolerance=-0.1)
+
+
+def test_evaluation_time_is_not_a_training_cost():
+    s = summarise_cost({"train": {"seconds": 100.0, "eval_seconds": 30.0, "images_processed": 10}})
+    assert s["seconds"] == pytest.approx(70.0)
 
 
 def test_classifier_training_is_deterministic(digits):
@@ -316,3 +347,17 @@ def test_fid_floor_is_the_fid_of_held_out_real_images(digits, tmp_path):
     noisy = np.clip(samples.astype(int) + 80, 0, 255).astype(np.uint8)
     worse = evaluate(noisy, digits, cfg, tmp_path / "w", cache_dir=tmp_path / "c", progress=False, network=TinyNet())
     assert worse["fid_floor"] == pytest.approx(res["fid_floor"]) and worse["fid"] > 5 * worse["fid_floor"]
+
+
+def test_flop_counts_of_a_conv_and_a_linear_layer_match_the_formula():
+    from diffprune.evaluation.flops import count_flops, forward_flops_per_image
+
+    linear = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16)
+    assert forward_flops_per_image(linear, x) == 2 * 16 * 8  # 2 FLOPs per multiply-add, per image
+    conv = torch.nn.Conv2d(3, 5, kernel_size=3)  # 10x10 in, 8x8 out
+    images = torch.randn(2, 3, 10, 10)
+    assert count_flops(conv, images) == 2 * 2 * 5 * 8 * 8 * 3 * 3 * 3  # 2 x B x C_out x H_out x W_out x C_in x k^2
+    xg = x.clone().requires_grad_(True)
+    # backward: the input gradient and the weight gradient are each one more product of the forward's size
+    assert count_flops(lambda: linear(xg).sum().backward()) == 3 * 2 * 4 * 16 * 8

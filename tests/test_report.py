@@ -110,13 +110,21 @@ def test_report_contains_the_numbers_and_the_accounted_speedups(tmp_path):
     for proto in ("fid-inception", "abc123", "tf-bilinear to 299x299", "ddim", "train"):
         assert proto in md
     assert "no logits in this network" in md  # the reason the Inception Score is missing is shown
-    # Time to the full run's final logged FID (20.0, at 400 s / 40,000 images): gaussian+dro logs 19.0 at step 3,
-    # i.e. 75 s / 7,500 images of training, plus 60 s / 14,000 images of overheads.
+    # Time to target at 5%: 20.0 x 1.05 = 21. The full run (FID 30 at 300 s / 30,000 images, 20 at 400 s / 40,000)
+    # crosses 21 at 90% of its last interval: 390 s, 39,000 images. gaussian+dro (30 at 50 s / 5,000 images, 19 at
+    # 75 s / 7,500) crosses it at 9/11 of that interval: 70.45 s, 7,045.45 images. Its overheads without the
+    # reference's training: embed 20 + select 2 + DRO 8 = 30 s, 4,000 + 0 + 2,000 images; with it: +30 s, +8,000.
     ttt = md.split("### Time to target FID")[1].split("###")[0]
-    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro |"))
-    assert f"{400 / (75 + 60):.2f}x" in row and f"{40000 / (7500 + 14000):.2f}x" in row and "| yes |" in row
-    assert "| no |" in next(line for line in ttt.splitlines() if line.startswith("| random |"))
-    for png in ("fid_vs_compute.png", "class_weights.png", "grid-gaussian_dro.png"):
+    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro | 5% |"))
+    t_hit, i_hit = 50 + 25 * 9 / 11, 5000 + 2500 * 9 / 11
+    for speedup in (390 / (t_hit + 30), 39000 / (i_hit + 6000), 390 / (t_hit + 60), 39000 / (i_hit + 14000)):
+        assert f"| {speedup:.2f}x" in row, (speedup, row)
+    assert "| 21.000 | yes | 2.8 | 70.5 | 7,045 |" in row
+    # random's curve 54, 34, 27.3, 24 (FID 14 + 40/step) never gets to 21 or 23: said so, with its best point
+    rnd = [line for line in ttt.splitlines() if line.startswith("| random |")]
+    assert len(rnd) == 2 and all("no (best FID 24.000 at step 4, 100.0 s)" in line for line in rnd)
+    assert "| full | 15% | 23.000 | yes |" in ttt and "| 1.00x |" in ttt
+    for png in ("fid_vs_compute.png", "fid_vs_training_compute.png", "class_weights.png", "grid-gaussian_dro.png"):
         assert (run / "report" / png).is_file()
         assert f"({png})" in md or png in md
 
@@ -177,3 +185,24 @@ def test_run_without_a_full_data_arm_still_reports_costs(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| gaussian+dro |"))
     assert "| 160.0 |" in row and row.rstrip().endswith("| n/a | n/a |")
     assert (run / "report" / "fid_vs_compute.png").is_file()
+
+
+def test_a_given_references_stated_cost_appears_in_the_reference_and_time_to_target_tables(tmp_path):
+    run = fabricate_run(tmp_path / "runs" / "given")
+    # a pre-trained reference: the reference stage only loaded it (1 s, 0 images); its training cost is stated
+    _write(run / "reference/manifest.json", _manifest("reference", 1.0, 0))
+    _write(run / "reference_cost.json", {"kind": "given", "images": 40_000, "seconds": None, "flops": None,
+                                         "source": "Ho et al. 2020: 800k steps x batch 128"})
+    md = build_report(run).read_text()
+    table = md.split("### Speed-up and the reference model")[1].split("##")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| gaussian+dro |"))
+    # available: embed 20 + select 2 + load 1 + DRO 8 + train 100 = 131 s; 4,000 + 0 + 0 + 2,000 + 10,000 images
+    # trained: + 40,000 images; its seconds are not stated, so no speed-up by time with it
+    assert "| given | 40,000 | n/a |" in row and "Ho et al. 2020" in row
+    assert f"| {400 / 131:.2f}x | {40000 / 16000:.2f}x | n/a | {40000 / (16000 + 40_000):.2f}x |" in row
+    ttt = md.split("### Time to target FID")[1].split("###")[0]
+    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro | 5% |"))
+    i_hit = 5000 + 2500 * 9 / 11  # as in the first test: FID 21 crossed at 9/11 of the step-2..3 interval
+    assert row.endswith(f"| n/a | {39000 / (i_hit + 6000 + 40_000):.2f}x |")
+    rnd = next(line for line in table.splitlines() if line.startswith("| random |")) if "| random |" in table else ""
+    assert rnd == ""  # arms without a reference model are not listed there

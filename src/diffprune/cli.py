@@ -31,6 +31,7 @@ NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Recompute this stage even when its outputs are cached.")]
 ArmOpt = Annotated[Optional[list[str]], typer.Option("--arm", "-a", help="Only this arm of the config (repeatable; default: all).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+EvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate the EMA model (FID, KID, ...) every N training steps and at the last; sets train.eval_every.")]
 
 
 def bundled_config(name: str) -> Path:
@@ -119,9 +120,10 @@ def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
 
 @app.command()
 def train(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
-          force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+          eval_every: EvalEveryOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """Stage 4: train each arm's DM on its (weighted) subset; resumes an interrupted run (train/<arm>/)."""
-    pipe = _pipeline(config, set_, name, ("train",) if force else (), no_progress)
+    extra = _flags(**{"train.eval_every": eval_every})
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("train",) if force else (), no_progress)
     for a in _arms(pipe, arm):
         console.print(f"{a.label()}: model in {pipe.train(a)}")
 
@@ -146,23 +148,28 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
 
 
 @app.command()
-def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, e.g. runs/demo.")]) -> None:
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, e.g. runs/demo.")],
+           tolerance: Annotated[str, typer.Option(help="Comma-separated FID tolerances of the time-to-target table: target = full arm's final FID x (1 + tol).")] = "0.05,0.15") -> None:
     """Build report.md and report.html from finished run directories (reads only their files)."""
     from diffprune.report import build_report
 
+    tolerances = _csv(tolerance, float, "--tolerance")
+    if not tolerances or any(t < 0 for t in tolerances):
+        raise typer.BadParameter(f"--tolerance: give tolerances >= 0, e.g. 0.05,0.15; got '{tolerance}'")
     for run_dir in run_dirs:
         if not (run_dir / "arms.json").exists():
             raise typer.BadParameter(f"'{run_dir}' has no arms.json: is it a run directory (runs/<name>)?")
-        console.print(f"report: {build_report(run_dir)}")
+        console.print(f"report: {build_report(run_dir, tolerances=tolerances)}")
 
 
 @app.command()
 def run(config: Annotated[Path, typer.Argument(help="Run config YAML (see configs/).")],
-        set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+        set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None, eval_every: EvalEveryOpt = None,
         force: Annotated[bool, typer.Option("--force", "-f", help="Recompute every stage, ignoring the cache.")] = False,
         no_progress: QuietOpt = False) -> None:
     """All stages for every arm of CONFIG, then the report. Re-running skips finished stages."""
-    pipe = _pipeline(config, set_, name, force, no_progress)
+    extra = _flags(**{"train.eval_every": eval_every})
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, force, no_progress)
     path = pipe.run_all(arm)
     console.print(f"\n[bold green]Report:[/] {path}")
 

@@ -19,7 +19,9 @@ Files in ``out_dir``:
                   and ``diffprune.json`` (preset, classes, null label, steps); written at every checkpoint
   state/          accelerate ``save_state`` (weights, optimizer, LR schedule, RNG of every process) plus
                   ``ema.safetensors`` and ``trainer_state.json`` (step = data position); swapped in atomically
-  metrics.jsonl   one JSON line per ``log_every`` steps: step, loss, lr, img_per_s, images_seen, seconds
+  metrics.jsonl   one JSON line per ``log_every`` steps: step, loss, lr, img_per_s, images_seen, seconds; with
+                  ``eval_every``, also one per evaluation: step, images_seen, train_seconds (cumulative over
+                  resumes, evaluation time excluded), eval_seconds and the evaluator's values (fid, kid, ...)
   tensorboard/    optional
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -44,7 +46,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
@@ -70,6 +72,7 @@ from diffprune.diffusion.models import (
     get_preset,
 )
 from diffprune.diffusion.objective import diffusion_loss
+from diffprune.evaluation.config import TrainEvalConfig
 from diffprune.io import DiskSpaceError, atomic_write_json, config_hash
 
 log = logging.getLogger("diffprune.train")
@@ -78,7 +81,10 @@ _STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
-_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile"}
+_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval"}
+# evaluator(EMA model, noise scheduler, step) -> values for the metrics line (fid, kid, ...); see
+# ``diffprune.evaluation.during_training.TrainingEvaluator``
+Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]
 
 
 class TrainError(ValueError):
@@ -119,6 +125,8 @@ class TrainConfig(StrictModel):
     channels_last: bool = False
     compile: bool = False  # torch.compile the UNet
     tensorboard: bool = False
+    eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
+    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
 
     @field_validator("preset")
     @classmethod
@@ -134,7 +142,7 @@ class TrainConfig(StrictModel):
             raise ValueError("must be a positive integer")
         return v
 
-    @field_validator("warmup_steps", "checkpoint_every")
+    @field_validator("warmup_steps", "checkpoint_every", "eval_every")
     @classmethod
     def _non_negative_int(cls, v: int | None) -> int | None:
         if v is not None and v < 0:
@@ -204,6 +212,7 @@ def train(
     class_weights: Mapping[str, float] | None = None,
     resume: bool = False,
     progress: bool = True,
+    evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
     """Train a DDPM on ``dataset`` (uint8 N x C x H x W, mapped to [-1, 1]) and write ``out_dir``.
 
@@ -211,8 +220,11 @@ def train(
     example's loss by K * a_y under uniform sampling, "resample" draws class k with probability a_k.
     ``resume=True`` continues from ``out_dir/state`` if present (exactly: same weights as an uninterrupted run);
     ``resume=False`` starts from scratch and overwrites ``out_dir``'s training files.
+    ``evaluator`` runs at every ``eval_every`` steps and at the last one (needed when ``eval_every`` > 0), on
+    every process, with the torch RNG forked so that it never changes the training trajectory.
 
-    Returns a summary: steps, images_seen, seconds (this call), img_per_s, final_loss, params, resumed_from.
+    Returns a summary: steps, images_seen, seconds (this call), train_seconds (cumulative over resumes, without
+    evaluation), eval_seconds (this call), img_per_s, final_loss, params, resumed_from.
     Raises ``TrainingInterrupted`` after checkpointing on SIGINT/SIGTERM.
     """
     cfg = config.resolved()
@@ -221,6 +233,9 @@ def train(
     if n == 0:
         raise TrainError("the dataset is empty; nothing to train on")
     steps_total = total_steps(cfg, n)
+    if cfg.eval_every and evaluator is None:
+        raise TrainError("train.eval_every needs an evaluator (diffprune.evaluation.during_training."
+                         "TrainingEvaluator; `diffprune train/run` pass one); set eval_every: 0 to train without")
     if cfg.ema_decay and not cfg.ema_warmup and cfg.ema_decay**steps_total > 0.1:
         # constant-decay EMA starts at the initial weights: after S steps they still weigh decay**S
         log.warning(
@@ -293,12 +308,13 @@ def train(
     # ---- resume ------------------------------------------------------------------------------------------
     state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
     trajectory_hash = _trajectory_hash(cfg, dataset, class_weights)
-    start_step, resumed_from = 0, None
+    start_step, resumed_from, seconds_before = 0, None, 0.0
     log_window = (0, 0.0)  # (first step, loss sum) of the metrics line in progress at the checkpoint
     if resume and (state_dir / STATE_FILE).exists():
         saved = _load_checkpoint(accelerator, ema, state_dir, trajectory_hash)
         start_step = resumed_from = int(saved["step"])
         log_window = (int(saved.get("log_window_start", start_step)), float(saved.get("log_window_loss", 0.0)))
+        seconds_before = float(saved.get("train_seconds", 0.0))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(metrics_path, keep_through_step=start_step)
@@ -317,6 +333,10 @@ def train(
     run_loss = torch.zeros((), device=device)
     last_loss = float("nan")
     t_start = t_log = time.perf_counter()
+    eval_seconds = 0.0
+
+    def train_seconds() -> float:  # training time of the whole run so far, evaluation excluded
+        return seconds_before + time.perf_counter() - t_start - eval_seconds
     step = start_step
     step_log = log_window[0] if resumed_from is not None else start_step
     run_loss.fill_(log_window[1])  # so a resumed metrics line averages the same steps as an uninterrupted one
@@ -364,6 +384,9 @@ def train(
                 lr_schedule.step()
                 ema.update()
                 step += 1
+                if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == steps_total):
+                    eval_seconds += _evaluate_during_training(evaluator, ema, scheduler, step, cfg, accelerator,
+                                                              metrics_path, train_seconds())
 
                 # -- logging, checkpoints, interruption ------------------------------------------------
                 if step % cfg.log_every == 0 or step == steps_total:
@@ -384,7 +407,8 @@ def train(
                 interrupted = stop.requested(accelerator, sync=step % cfg.log_every == 0)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
                     _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler,
-                                     log_window=(step_log, accelerator.reduce(run_loss, "mean").item()))
+                                     log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
+                                 train_seconds=train_seconds())
                     saved_step = step
                 if interrupted:
                     raise TrainingInterrupted(
@@ -393,7 +417,8 @@ def train(
                     )
             if saved_step != step:
                 _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler,
-                                 log_window=(step_log, accelerator.reduce(run_loss, "mean").item()))
+                                 log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
+                                 train_seconds=train_seconds())
     finally:
         if writer is not None:
             writer.close()
@@ -403,12 +428,30 @@ def train(
         "steps": step,
         "images_seen": step * cfg.batch_size,
         "seconds": seconds,
+        "train_seconds": train_seconds(),
+        "eval_seconds": eval_seconds,
         "img_per_s": done * cfg.batch_size / max(seconds, 1e-9),
         "final_loss": last_loss,
         "params": count_parameters(ema.module),
         "resumed_from": resumed_from,
         "processes": world,
     }
+
+
+def _evaluate_during_training(evaluator: Evaluator, ema: EMA, scheduler: DDPMScheduler, step: int,
+                              cfg: TrainConfig, accelerator: Accelerator, metrics_path: Path,
+                              train_seconds: float) -> float:
+    """Run ``evaluator`` on the EMA model (every process, RNG forked), append its line; return its seconds."""
+    t0 = time.perf_counter()
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        values = dict(evaluator(ema.module, scheduler, step))
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        _append_jsonl(metrics_path, {"step": step, "images_seen": step * cfg.batch_size,
+                                     "train_seconds": train_seconds, "eval_seconds": seconds, **values})
+    return seconds
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -441,7 +484,7 @@ def _load_checkpoint(accelerator: Accelerator, ema: EMA, state_dir: Path, trajec
 
 def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset,
                      out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler,
-                     log_window: tuple[int, float] = (0, 0.0)) -> None:
+                     log_window: tuple[int, float] = (0, 0.0), train_seconds: float = 0.0) -> None:
     """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
     and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state).
 
@@ -460,6 +503,7 @@ def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, datas
                 "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
                 "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
                 "log_window_start": int(log_window[0]), "log_window_loss": float(log_window[1]),
+                "train_seconds": train_seconds,
             })
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)

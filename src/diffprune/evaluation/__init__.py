@@ -22,7 +22,9 @@ from diffprune.evaluation.frechet import (
 from diffprune.evaluation.prdc import prdc
 from diffprune.evaluation.reference import load_ref_stats, save_ref_stats
 from diffprune.evaluation.speedup import (
+    DEFAULT_TOLERANCES,
     compute_speedup,
+    cost_to_reach,
     fid_curve,
     read_metrics_jsonl,
     summarise_cost,
@@ -30,6 +32,8 @@ from diffprune.evaluation.speedup import (
 )
 
 __all__ = [
+    "DEFAULT_TOLERANCES",
+    "cost_to_reach",
     "ClassifierConfig",
     "EvalConfig",
     "EvaluationError",

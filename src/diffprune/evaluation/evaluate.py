@@ -59,7 +59,7 @@ def evaluate(
     samples: np.ndarray,
     real: ImageDataset,
     config: EvalConfig,
-    out_dir: Path,
+    out_dir: Path | None,
     cache_dir: Path | None = None,
     sample_labels: np.ndarray | None = None,
     protocol: dict[str, Any] | None = None,
@@ -74,7 +74,7 @@ def evaluate(
         samples: uint8 N x H x W x C generated images (N x C x H x W also accepted).
         real: the reference images (e.g. the training split), uint8 N x C x H x W with labels if any.
         config: metrics, feature network, counts, classifier options, seed.
-        out_dir: where ``metrics.json`` goes (``eval/<arm>/``).
+        out_dir: where ``metrics.json`` goes (``eval/<arm>/``); None writes nothing (evaluation during training).
         cache_dir: where reference features/statistics and the classifier are cached (None: no cache).
         sample_labels: int N class labels of conditional samples (None: unconditional, the classifier assigns).
         protocol: the caller's part of the protocol, recorded verbatim (sampler, steps, seed, reference_split, ...).
@@ -97,7 +97,6 @@ def evaluate(
         sample_labels = np.asarray(sample_labels, dtype=np.int64)
         if sample_labels.shape != (len(fake),):
             raise EvaluationError(f"sample_labels must have shape ({len(fake)},), got {sample_labels.shape}")
-    out_dir = Path(out_dir)
     device = resolve_device(config.device)
     dist_state = _distributed_state()
     is_main = dist_state is None or dist_state.is_main_process
@@ -207,7 +206,8 @@ def evaluate(
         full_protocol["prdc_k"] = details["prdc"]["k"]
     timing["total"] = round(time.perf_counter() - t_start, 3)
     record = {**result, "details": details, "classwise": classwise, "protocol": full_protocol, "seconds": timing}
-    if is_main:
+    if is_main and out_dir is not None:
+        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         if ref is not None:
             save_ref_stats(out_dir / "ref_stats.npz", ref.mu, ref.sigma, ref.count, ref.protocol)

@@ -4,8 +4,12 @@
 
 Costs come from the stage manifests (``seconds``, optionally ``images_processed``), so a speed-up is always
 computed from what actually ran, overheads included. Two units are reported: wall-clock seconds and images
-processed (robust to a shared or different machine). ``time_to_target`` adds the time-to-target-FID speed-up when
-training logged FID during training (``metrics.jsonl`` entries with a ``fid`` key).
+processed (robust to a shared or different machine). Evaluation during training (a train manifest's
+``eval_seconds``) is recorded but never counted as a cost.
+
+``time_to_target`` is the speed-up at matched quality: the training cost at which each run's FID curve (the
+``metrics.jsonl`` entries that ``train.eval_every`` / ``--eval-every`` writes) first reaches the full-data
+run's final FID x (1 + tolerance), interpolated linearly between evaluations.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from diffprune.evaluation.errors import EvaluationError
 
-TIME_KEYS = ("seconds", "elapsed", "elapsed_seconds", "wall_clock", "time_s", "time")
+TIME_KEYS = ("train_seconds", "seconds", "elapsed", "elapsed_seconds", "wall_clock", "time_s", "time")
 IMAGE_KEYS = ("images_seen", "images_processed", "images", "samples_seen")
 
 
@@ -59,11 +63,15 @@ def _summarise(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         images = m.get("images_processed")
         if images is None:
             missing.append(name)
-        per_stage[name] = {"seconds": float(m["seconds"]), "images_processed": images, "device": m.get("device")}
+        seconds = max(0.0, float(m["seconds"]) - float(m.get("eval_seconds") or 0.0))  # evaluation is not a cost
+        per_stage[name] = {"seconds": seconds, "images_processed": images, "device": m.get("device"),
+                           "flops": m.get("flops"), "flops_kind": m.get("flops_kind")}
     total_images = None if missing else int(sum(int(s["images_processed"]) for s in per_stage.values()))
+    flops = [s["flops"] for s in per_stage.values()]
     return {
         "seconds": float(sum(s["seconds"] for s in per_stage.values())),
         "images_processed": total_images,
+        "flops": None if any(f is None for f in flops) else float(sum(flops)),  # None: some stage unmeasured
         "stages": per_stage,
         "stages_without_image_counts": missing,
     }
@@ -92,7 +100,8 @@ def compute_speedup(
             (shared stages included: the caller passes them, nothing is assumed free).
 
     Returns:
-        ``{"by_wall_clock": float, "by_images": float | None, "full": {...}, "pruned": {...}, "notes": [...]}``;
+        ``{"by_wall_clock": float, "by_images": float | None, "by_flops": float | None, "full": {...},
+        "pruned": {...}, "notes": [...]}`` (``by_flops`` when every stage's manifest has ``flops``);
         ``pruned`` also has ``overhead_seconds`` (all stages but ``train``) and ``overhead_fraction``.
         ``by_images`` is None when some stage's manifest lacks ``images_processed`` (listed in the notes).
     """
@@ -112,9 +121,11 @@ def compute_speedup(
     devices = {s["device"] for s in [*full_s["stages"].values(), *pruned_s["stages"].values()] if s["device"]}
     if len(devices) > 1:
         notes.append(f"stages ran on different devices ({'; '.join(sorted(devices))}): compare wall-clock with care")
+    by_flops = full_s["flops"] / pruned_s["flops"] if full_s["flops"] and pruned_s["flops"] else None
     return {
         "by_wall_clock": float(by_time),
         "by_images": None if by_images is None else float(by_images),
+        "by_flops": by_flops,
         "full": full_s,
         "pruned": pruned_s,
         "notes": notes,
@@ -137,8 +148,13 @@ def read_metrics_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+DEFAULT_TOLERANCES = (0.05, 0.15)
+UNITS = ("seconds", "images")
+
+
 def fid_curve(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, float]]:
-    """The (seconds, images, step, fid) points of a training log, in order; entries without ``fid`` are skipped."""
+    """The (step, seconds, images, fid) points of a training log, in order; entries without ``fid`` are skipped.
+    ``seconds`` is the training time (``train_seconds``: evaluation excluded, cumulative over resumes)."""
     points = []
     for e in entries:
         fid = e.get("fid")
@@ -151,42 +167,78 @@ def fid_curve(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, float]]:
     return points
 
 
-def _first_reaching(points: list[dict[str, float]], target: float) -> dict[str, float] | None:
-    return next((p for p in points if p["fid"] <= target), None)
+def cost_to_reach(points: Sequence[Mapping[str, Any]], target: float, unit: str) -> float | None:
+    """The ``unit`` cost (seconds, images, step) at which a FID curve first reaches ``target``, interpolated
+    linearly between the last evaluation above the target and the first at or below it; None if never reached.
+    A curve already at the target at its first evaluation reaches it there (nothing is assumed before it)."""
+    prev = None
+    for p in points:
+        if p.get(unit) is None:
+            continue
+        if p["fid"] <= target:
+            if prev is None:
+                return float(p[unit])
+            frac = (prev["fid"] - target) / (prev["fid"] - p["fid"])
+            return float(prev[unit] + frac * (p[unit] - prev[unit]))
+        prev = p
+    return None
 
 
 def time_to_target(
     full_log: Iterable[Mapping[str, Any]],
     pruned_log: Iterable[Mapping[str, Any]],
     *,
+    tolerance: float = DEFAULT_TOLERANCES[0],
     target_fid: float | None = None,
-    tolerance: float = 0.0,
-    pruned_overhead_seconds: float = 0.0,
-    pruned_overhead_images: float = 0.0,
+    overheads: Mapping[str, float] | None = None,
+    per_image: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Speed-up to reach a target FID during training (both runs logged FID with ``--eval-every``).
+    """Speed-up at matched quality of an arm over the full-data arm, from their FID-during-training curves.
+
+    target = ``target_fid``, or the full run's final logged FID x (1 + ``tolerance``). For each unit the arm's
+    cost to target is interpolated between evaluations (``cost_to_reach``), and
+
+        speed-up = full run's cost to target / (arm's cost to target + the arm's overheads in that unit).
 
     Args:
-        full_log, pruned_log: ``metrics.jsonl`` entries; those with ``fid`` and an elapsed-time key count.
-        target_fid: the FID to reach; default: the full run's final logged FID times ``1 + tolerance``.
-        pruned_overhead_seconds / _images: embed + select + reweight cost, added to the pruned time.
+        full_log, pruned_log: ``metrics.jsonl`` entries; those with ``fid`` count.
+        tolerance: relative slack on the full run's final FID (0.05 = within 5%).
+        overheads: {unit: cost of the arm's other stages} (embedding, selection, reference, DRO), e.g.
+            ``{"seconds": 120.0, "images": 64000, "flops": 3.1e13}``; missing units count 0.
+        per_image: {unit: cost per training image} for units derived from ``images`` (e.g. ``{"flops": 2e9}``:
+            FLOPs of one training forward+backward per image); each adds that unit.
 
     Returns:
-        ``{"target_fid", "full": point | None, "pruned": point | None, "by_wall_clock", "by_images", "reached"}``;
-        a point holds the step, seconds and images at which the run first reached the target.
+        ``{"tolerance", "target_fid", "reached", "full": {unit: cost}, "pruned": {"step", unit: cost} | None,
+        "speedup": {unit: x | None}, "best": {"fid", "step", "seconds", "images"} (the arm's best evaluation),
+        "by_wall_clock", "by_images"}``.
     """
     full_pts, pruned_pts = fid_curve(full_log), fid_curve(pruned_log)
     if not full_pts:
-        raise EvaluationError("the full-data training log has no FID entries; train with --eval-every to log them")
+        raise EvaluationError("the full-data training log has no FID entries; train it with train.eval_every "
+                              "(--eval-every N) to log them")
+    if not pruned_pts:
+        raise EvaluationError("the arm's training log has no FID entries; train it with train.eval_every "
+                              "(--eval-every N) to log them")
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+        raise EvaluationError(f"tolerance must be a number >= 0 (0.05 = within 5%), got {tolerance}")
+    for pts in (full_pts, pruned_pts):
+        for p in pts:
+            for unit, cost in (per_image or {}).items():
+                p[unit] = None if p["images"] is None else p["images"] * float(cost)
     target = float(target_fid) if target_fid is not None else full_pts[-1]["fid"] * (1.0 + tolerance)
-    f_hit, p_hit = _first_reaching(full_pts, target), _first_reaching(pruned_pts, target)
-    result: dict[str, Any] = {"target_fid": target, "full": f_hit, "pruned": p_hit, "reached": p_hit is not None,
-                              "by_wall_clock": None, "by_images": None}
-    if f_hit and p_hit:
-        if f_hit["seconds"] is not None and p_hit["seconds"] is not None:
-            cost = p_hit["seconds"] + pruned_overhead_seconds
-            result["by_wall_clock"] = f_hit["seconds"] / cost if cost > 0 else None
-        if f_hit["images"] is not None and p_hit["images"] is not None:
-            cost = p_hit["images"] + pruned_overhead_images
-            result["by_images"] = f_hit["images"] / cost if cost > 0 else None
-    return result
+    units = [*UNITS, *(per_image or {})]
+    full_cost = {u: cost_to_reach(full_pts, target, u) for u in units}
+    pruned_cost = {u: cost_to_reach(pruned_pts, target, u) for u in ("step", *units)}
+    reached = any(v is not None for v in pruned_cost.values())
+    speedup: dict[str, float | None] = {}
+    for u in units:
+        total = None if pruned_cost[u] is None else pruned_cost[u] + float((overheads or {}).get(u, 0.0))
+        speedup[u] = full_cost[u] / total if full_cost[u] is not None and total else None
+    best = min(pruned_pts, key=lambda p: p["fid"])
+    return {
+        "tolerance": float(tolerance), "target_fid": target, "reached": reached,
+        "full": full_cost, "pruned": pruned_cost if reached else None, "speedup": speedup,
+        "best": {k: best.get(k) for k in ("fid", "step", "seconds", "images")},
+        "by_wall_clock": speedup["seconds"], "by_images": speedup["images"],
+    }

@@ -142,6 +142,14 @@ class Pipeline:
             self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
         return result
 
+    def _flops(self, measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+        """A stage's FLOP fields (``pipeline.flops``); a model FlopCounterMode cannot run is recorded, not fatal."""
+        try:
+            return measure()
+        except Exception as e:  # noqa: BLE001 - accounting must not lose a finished stage; the reason is kept
+            self.console.print(f"[yellow]FLOPs of {what} not measured[/]: {type(e).__name__}: {e}")
+            return {"flops": None, "flops_error": f"{type(e).__name__}: {e}"}
+
     def fingerprint(self, path: Path) -> str:
         return self._fingerprints[str(path)]
 
@@ -168,6 +176,27 @@ class Pipeline:
         if any(a.reweight for a in self.cfg.arms):
             stages["reference"] = "reference"
         atomic_write_json(self.root / "stages.json", stages)
+        if any(a.reweight for a in self.cfg.arms):
+            atomic_write_json(self.root / "reference_cost.json", self.reference_training_cost())
+
+    def reference_training_cost(self) -> dict[str, Any]:
+        """What training the DRO reference cost (``reference_cost.json``, read by the report):
+        trained by this run (its reference stage manifest), a diffprune train dir (its train manifest), or a
+        pre-trained model whose cost the user states in ``reweight.reference_cost`` (else unknown)."""
+        rc = self.cfg.reweight
+        if rc.reference is None:
+            return {"kind": "trained by this run", "source": "the reference stage's manifest"}
+        for candidate in (Path(rc.reference), Path(rc.reference).parent):
+            manifest = candidate / "manifest.json"
+            if manifest.is_file() and read_json(manifest).get("stage") == "train":
+                m = read_json(manifest)
+                return {"kind": "given", "images": m.get("images_processed"),
+                        "seconds": max(0.0, float(m["seconds"]) - float(m.get("eval_seconds") or 0.0)),
+                        "flops": m.get("train_flops"), "source": f"diffprune train manifest {manifest}"}
+        if rc.reference_cost is not None:
+            return {"kind": "given", **rc.reference_cost.model_dump(mode="json")}
+        return {"kind": "given", "images": None, "seconds": None, "flops": None,
+                "source": "not stated: set reweight.reference_cost (images, optionally seconds and flops)"}
 
     def arm(self, label: str) -> ArmConfig:
         for a in self.cfg.arms:
@@ -190,8 +219,13 @@ class Pipeline:
         stage = StageDir(out, "embed", self.cfg.embed.model_dump(mode="json"), {"dataset": self.dataset.fingerprint})
 
         def compute(resume: bool):
+            from diffprune.encoders.embed import build_encoder
+            from diffprune.pipeline.flops import encoder_flops
+
             feats = embed_dataset(self.dataset, self.cfg.embed, out, progress=self.progress)
-            return feats, hash_file(out / "features.npy"), {"images_processed": len(self.dataset)}
+            flops = self._flops(lambda: encoder_flops(build_encoder(self.cfg.embed, self.dataset, "cpu"),
+                                                      self.dataset, len(self.dataset)), "the encoder")
+            return feats, hash_file(out / "features.npy"), {"images_processed": len(self.dataset), **flops}
 
         return self._stage(stage, compute, lambda: np.load(out / "features.npy", mmap_mode="r"), ("features.npy",))
 
@@ -317,9 +351,12 @@ class Pipeline:
         def compute(resume: bool):
             if not resume:  # the trainer resumes any checkpoint it finds; a changed config starts afresh
                 shutil.rmtree(out / "state", ignore_errors=True)
+            from diffprune.pipeline.flops import training_flops
+
             path = prepare_reference(rc, data, out, progress=self.progress)
             images = 0 if rc.reference else int(rc.reference_steps) * int(rc.batch_size)
-            return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path)}
+            flops = self._flops(lambda: training_flops(path, data, images), "the reference")
+            return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path), **flops}
 
         path = self._stage(stage, compute, lambda: Path(stage.manifest()["path"]), ("model/*.safetensors",))
         return path, self.fingerprint(out)
@@ -334,13 +371,18 @@ class Pipeline:
         out = self.root / "reweight" / self.selection_name(arm)
         inputs = {"coreset": coreset_fp, "reference": ref_fp}
         rc = self.cfg.arm_reweight_config(arm)
-        stage = StageDir(out, "reweight", rc.model_dump(mode="json"), inputs)
+        # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
+        stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs)
 
         def compute(resume: bool):
+            from diffprune.pipeline.flops import dro_flops
+
             summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume)
             images = int(rc.steps) * int(rc.batch_size)
             weights = load_class_weights(out / "class_weights.json")
-            return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary}
+            flops = self._flops(lambda: dro_flops(rc, coreset, ref, images), "DRO")
+            return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary,
+                                                                    **flops}
 
         return self._stage(stage, compute, lambda: load_class_weights(out / "class_weights.json"),
                            ("class_weights.json", "trajectory.npz"))
@@ -358,12 +400,27 @@ class Pipeline:
         stage = StageDir(out, "train", tc.model_dump(mode="json"), inputs)
 
         def compute(resume: bool):
-            summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress)
+            from diffprune.pipeline.flops import training_flops
+
+            summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress,
+                            evaluator=self.training_evaluator(data) if tc.eval_every else None)
+            images = int(summary.get("images_seen", 0))
             return out / "model", model_fingerprint(out / "model"), {
-                "images_processed": int(summary.get("images_seen", 0)), "summary": summary,
+                "images_processed": images, "summary": summary,
+                "eval_seconds": float(summary.get("eval_seconds", 0.0)),  # not a training cost (speedup.py)
+                **self._flops(lambda: training_flops(out / "model", data, images), f"training {arm.label()}"),
             }
 
         return self._stage(stage, compute, lambda: out / "model", ("model/*.safetensors", "metrics.jsonl"))
+
+    def training_evaluator(self, data: ImageDataset):
+        """What ``train.eval_every`` runs: the EMA model sampled with ``train.eval`` and scored with the run's
+        ``evaluate`` protocol against the same real images and caches as the evaluate stage."""
+        from diffprune.diffusion.batches import latent_meta
+        from diffprune.evaluation.during_training import TrainingEvaluator
+
+        return TrainingEvaluator(self.cfg.train.eval, self.cfg.evaluate, self.dataset, self.root / "eval",
+                                 guidance_scale=self.cfg.sample.guidance_scale, latent=latent_meta(data))
 
     def sample(self, arm: ArmConfig) -> np.ndarray:
         from diffprune.diffusion import generate
@@ -378,9 +435,13 @@ class Pipeline:
                 return z["arr_0"]
 
         def compute(resume: bool):
+            from diffprune.pipeline.flops import sampling_flops
+
             generate(model_dir, out, sc, progress=self.progress)  # resumable chunks, sharded across processes
             images = load()
-            return images, hash_arrays(images), {"images_processed": int(len(images))}
+            flops = self._flops(lambda: sampling_flops(model_dir, self.training_set(arm)[0], len(images), sc.num_steps,
+                                                       sc.guidance_scale), f"sampling {arm.label()}")
+            return images, hash_arrays(images), {"images_processed": int(len(images)), **flops}
 
         return self._stage(stage, compute, load, ("samples.npz",))
 

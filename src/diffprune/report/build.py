@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from diffprune.evaluation import fid_curve
+from diffprune.evaluation import DEFAULT_TOLERANCES, fid_curve
 from diffprune.io import atomic_write_text
 from diffprune.report.collect import FULL, ArmResult, RunSummary, collect_run
 from diffprune.report.document import (
@@ -27,24 +27,26 @@ from diffprune.report.document import (
     to_markdown,
 )
 from diffprune.report.errors import ReportError
-from diffprune.report.plots import class_weights_bars, classwise_bars, fid_vs_compute
+from diffprune.report.plots import class_weights_bars, classwise_bars, fid_vs_compute, fid_vs_training_compute
 
 METRIC_COLUMNS = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
                   ("density", "density"), ("coverage", "coverage"), ("classifier_fd", "classifier FD"))
 
 
-def build_report(run_dir: Path | str | Sequence[Path | str], out_dir: Path | None = None) -> Path:
+def build_report(run_dir: Path | str | Sequence[Path | str], out_dir: Path | None = None,
+                 tolerances: Sequence[float] = DEFAULT_TOLERANCES) -> Path:
     """Write ``report.md``, ``report.html`` and PNGs for one run directory or several, return the ``.md`` path.
 
     Args:
         run_dir: a run directory (holding ``arms.json``), or a list of them (e.g. seeds or ratios of a study).
         out_dir: where to write; default ``<run_dir>/report`` (several runs: ``report`` beside the first run,
             named after all of them).
+        tolerances: time to target is measured to the full-data arm's final FID x (1 + each tolerance).
     """
     dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
     if not dirs:
         raise ReportError("build_report needs at least one run directory")
-    runs = [collect_run(d) for d in dirs]
+    runs = [collect_run(d, tolerances) for d in dirs]
     if out_dir is None:
         out_dir = dirs[0] / "report" if len(dirs) == 1 else dirs[0].parent / (
             "report-" + "+".join(r.name for r in runs))[:120]
@@ -74,14 +76,31 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
     doc.add(Heading("FID versus compute"))
     if fig:
         doc.add(Paragraph("Each point is an arm's final FID at its total cost; cost includes embedding, "
-                          "selection, the reference model and DRO for pruned arms. Lines are FID logged during "
-                          "training (when trained with `--eval-every`), shifted right by those overheads."),
+                          "selection, the reference stage and DRO for pruned arms (a given pre-trained reference "
+                          "counts its load time here; its own training is in the reference table below). Lines "
+                          "are FID logged during training (`train.eval_every`, `--eval-every N`), shifted right "
+                          "by those overheads; evaluation time is not counted as cost."),
                 Image(fig, "FID versus compute"))
     else:
         doc.add(Paragraph("Not available: needs FID values and stage manifests."))
     ttt = [a for a in arms if a.time_to_target]
     if ttt:
-        doc.add(Heading("Time to target FID", 3), _ttt_table(ttt, multi))
+        fig = fid_vs_training_compute(ttt, out / "fid_vs_training_compute.png", multi,
+                                      targets=[t["available"]["target_fid"] for t in ttt[0].time_to_target])
+        doc.add(Heading("Time to target FID", 3), Paragraph(
+            "Target = the full-data arm's final logged FID x (1 + tolerance). Each arm's training cost to the "
+            "target is interpolated linearly between its evaluations; speed-up = the full-data arm's cost to "
+            "the target / (the arm's cost to the target + its overheads). \"reference available\" leaves the "
+            "reference model's training out (a given model's load time stays in); \"reference trained\" adds it "
+            "(this run's reference stage, or the cost stated for a given model)."), _ttt_table(ttt, multi))
+        if fig:
+            doc.add(Image(fig, "FID during training against training compute"))
+    elif any(a.train_log for a in arms):
+        doc.add(Heading("Time to target FID", 3), Paragraph(
+            "Not available: the arms logged no FID during training; set `train.eval_every` (`--eval-every N`)."))
+    refs = [a for a in arms if a.reference and a.reference.get("kind")]
+    if refs:
+        doc.add(Heading("Speed-up and the reference model", 3), _reference_table(refs, multi))
     doc.add(Heading("Cost of every stage", 3), _cost_table(arms, multi))
 
     doc.add(Heading("Class weights"))
@@ -185,20 +204,51 @@ def _paper_table(arms: list[ArmResult]) -> Table:
                  align_right_from=1)
 
 
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def _ttt_table(arms: list[ArmResult], multi: bool) -> Table:
     rows = []
     for a in arms:
-        t = a.time_to_target
-        hit = t.get("pruned") or {}
-        best = min((p["fid"] for p in fid_curve(a.train_log)), default=None)
-        rows.append(([a.run] if multi else []) + [a.arm, fmt(t["target_fid"]), fmt(best), "yes" if t["reached"] else "no",
-                     fmt(hit.get("step")), fmt(hit.get("seconds")),
-                     "n/a" if t["by_wall_clock"] is None else f"{t['by_wall_clock']:.2f}x",
-                     "n/a" if t["by_images"] is None else f"{t['by_images']:.2f}x"])
-    header = (["run"] if multi else []) + ["arm", "target FID", "best logged FID", "reached", "at step", "at train s",
-                                           "speed-up (time)", "speed-up (images)"]
-    return Table(header, rows, caption="Target: the full-data run's final logged FID; the pruned arm's time "
-                 "includes its overheads.", align_right_from=2 if multi else 1)
+        for entry in a.time_to_target:
+            avail, trained = entry["available"], entry["trained"]
+            if avail["reached"]:
+                hit = avail["pruned"]
+                reached = "yes"
+                at = [fmt(hit.get("step"), 1), fmt(hit.get("seconds"), 1), fmt(hit.get("images"), 0)]
+            else:
+                b = avail["best"]
+                reached = f"no (best FID {fmt(b['fid'])} at step {fmt(b['step'])}, {fmt(b['seconds'], 1)} s)"
+                at = ["n/a"] * 3
+            rows.append(([a.run] if multi else []) + [
+                a.arm, f"{100 * entry['tolerance']:g}%", fmt(avail["target_fid"]), reached, *at,
+                _x(avail["speedup"]["seconds"]), _x(avail["speedup"]["images"]),
+                _x(trained["speedup"]["seconds"]), _x(trained["speedup"]["images"])])
+    header = (["run"] if multi else []) + [
+        "arm", "tolerance", "target FID", "reached", "at step", "at train s", "at train images",
+        "speed-up (time, reference available)", "speed-up (images, reference available)",
+        "speed-up (time, reference trained)", "speed-up (images, reference trained)"]
+    return Table(header, rows, caption="Train seconds exclude evaluation; images are training images. A "
+                 "speed-up is n/a where the full-data arm itself never reached the target or a cost is unknown.",
+                 align_right_from=2 if multi else 1)
+
+
+def _reference_table(arms: list[ArmResult], multi: bool) -> Table:
+    rows = []
+    for a in arms:
+        r = a.reference
+        training = r["reference_training"]
+        rows.append(([a.run] if multi else []) + [
+            a.arm, str(r["kind"]), fmt(training.get("images")), fmt(training.get("seconds"), 1),
+            _x(r["available"]["by_wall_clock"]), _x(r["available"]["by_images"]),
+            _x(r["trained"]["by_wall_clock"]), _x(r["trained"]["by_images"]), str(r.get("source") or "")])
+    header = (["run"] if multi else []) + [
+        "arm", "reference", "its training images", "its training s", "speed-up (time, available)",
+        "speed-up (images, available)", "speed-up (time, trained)", "speed-up (images, trained)", "source"]
+    return Table(header, rows, caption="Speed-ups at fixed epochs (final models). \"available\": the reference "
+                 "model existed already (only loading it is counted); \"trained\": its training is counted too. "
+                 "n/a: that cost is unknown (state it in reweight.reference_cost).", align_right_from=99)
 
 
 def _cost_table(arms: list[ArmResult], multi: bool) -> Table:

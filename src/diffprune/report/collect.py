@@ -2,18 +2,20 @@
 
 Reads: ``arms.json``, ``stages.json``, each stage's ``manifest.json``, ``selection/*/selection.json``,
 ``reweight/*/class_weights.json``, ``train/<arm>/metrics.jsonl``, ``eval/<arm>/metrics.json`` and
-``samples/<arm>/grid.png``. A missing or unreadable file becomes a note and an empty cell, never a crash.
+``samples/<arm>/grid.png`` and ``reference_cost.json``. A missing or unreadable file becomes a note and an empty cell, never a crash.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from diffprune.evaluation import (
+    DEFAULT_TOLERANCES,
     EvaluationError,
     compute_speedup,
+    fid_curve,
     read_metrics_jsonl,
     summarise_cost,
     time_to_target,
@@ -40,7 +42,8 @@ class ArmResult:
     train_log: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, Any] | None = None  # summarise_cost of every stage the arm needed
     speedup: dict[str, Any] | None = None
-    time_to_target: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None  # reference_variants: speed-ups with and without the reference's training
+    time_to_target: list[dict[str, Any]] | None = None  # per tolerance: {"tolerance", "available", "trained"}
 
     @property
     def label(self) -> str:
@@ -85,8 +88,8 @@ def _manifest(root: Path, rel: str | None, notes: list[str], stage: str) -> dict
     return m if isinstance(m, dict) else None
 
 
-def collect_run(run_dir: Path) -> RunSummary:
-    """Everything the report needs from one run directory."""
+def collect_run(run_dir: Path, tolerances: Sequence[float] = DEFAULT_TOLERANCES) -> RunSummary:
+    """Everything the report needs from one run directory; time to target at each FID tolerance."""
     root = Path(run_dir)
     notes: list[str] = []
     arms_raw = _read(root / "arms.json", notes, "arms list")
@@ -101,7 +104,10 @@ def collect_run(run_dir: Path) -> RunSummary:
         if (root / rel / "manifest.json").is_file():
             shared[name] = _manifest(root, rel, notes, name)
     arms = [_collect_arm(root, entry, stages, notes) for entry in arms_raw]
-    _account(arms, shared, notes)
+    reference_cost = None
+    if (root / "reference_cost.json").is_file():
+        reference_cost = _read(root / "reference_cost.json", notes, "reference cost")
+    _account(arms, shared, notes, reference_cost, tolerances)
     return RunSummary(root, root.name, arms, shared, notes)
 
 
@@ -153,7 +159,55 @@ def arm_cost(arm: ArmResult, shared: dict[str, dict[str, Any]]) -> dict[str, dic
     return cost
 
 
-def _account(arms: list[ArmResult], shared: dict[str, dict[str, Any]], notes: list[str]) -> None:
+def _train_cost(manifest: dict[str, Any]) -> tuple[float, int | None, float | None]:
+    """(seconds, images, FLOPs) of a training manifest, evaluation time excluded (as ``summarise_cost`` counts it)."""
+    stage = summarise_cost({"train": manifest})["stages"]["train"]
+    return stage["seconds"], stage["images_processed"], stage["flops"]
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return float(num / den) if num is not None and den else None
+
+
+def reference_variants(full_train: dict[str, Any], stages: dict[str, dict[str, Any]],
+                       reference_cost: dict[str, Any] | None) -> dict[str, Any]:
+    """The arm's cost and speed-up with the reference "already available" (its training not counted; a given
+    model's load time is) and "trained for this run" (its training counted: this run's reference stage, or the
+    cost ``reference_cost.json`` states for a given model; None where that unit is unknown)."""
+    ref = dict(reference_cost or {"kind": "trained by this run"})
+    available = dict(stages)
+    if "reference" not in stages:  # no reference model in this arm: both variants are the arm's cost
+        ref, training = {}, {"seconds": 0.0, "images": 0, "flops": 0.0}
+    elif ref.get("kind") == "trained by this run":
+        m = available.pop("reference")
+        training = {"seconds": float(m["seconds"]), "images": m.get("images_processed"), "flops": m.get("flops")}
+    else:
+        training = {k: ref.get(k) for k in ("seconds", "images", "flops")}
+    cost = summarise_cost(available)
+    full = dict(zip(("seconds", "images", "flops"), _train_cost(full_train)))
+    train = dict(zip(("seconds", "images", "flops"), _train_cost(stages["train"])))
+    avail = {"seconds": cost["seconds"], "images": cost["images_processed"], "flops": cost["flops"]}
+    trained = {u: _plus(avail[u], None if training[u] is None else float(training[u])) for u in avail}
+
+    def variant(total: dict[str, float | None]) -> dict[str, Any]:
+        return {**total, **{f"by_{'wall_clock' if u == 'seconds' else u}": _ratio(full[u], total[u]) for u in total},
+                "overheads": {u: _minus(total[u], train[u]) for u in total}}
+
+    return {"source": ref.get("source"), "kind": ref.get("kind"), "reference_training": training,
+            "available": variant(avail), "trained": variant(trained)}
+
+
+def _account(arms: list[ArmResult], shared: dict[str, dict[str, Any]], notes: list[str],
+             reference_cost: dict[str, Any] | None = None,
+             tolerances: Sequence[float] = DEFAULT_TOLERANCES) -> None:
     for arm in arms:
         cost = arm_cost(arm, shared)
         if cost:
@@ -165,21 +219,39 @@ def _account(arms: list[ArmResult], shared: dict[str, dict[str, Any]], notes: li
     if full is None:
         notes.append("no full-data arm with a training manifest in this run: speed-ups are not computed")
         return
+    full_has_curve = bool(fid_curve(full.train_log))
+    if not full_has_curve:
+        notes.append(f"no time to target: the full-data arm {full.arm} logged no FID during training "
+                     "(train it with train.eval_every / --eval-every N)")
     for arm in arms:
         if "train" not in arm.manifests:
             continue
+        stages = arm_cost(arm, shared)
         try:
-            arm.speedup = compute_speedup({"train": full.manifests["train"]}, arm_cost(arm, shared))
+            arm.speedup = compute_speedup({"train": full.manifests["train"]}, stages)
+            arm.reference = reference_variants(full.manifests["train"], stages,
+                                               reference_cost if "reference" in stages else None)
         except EvaluationError as e:
             notes.append(f"speed-up of {arm.arm}: {e}")
             continue
-        if full.train_log and arm.train_log:
-            overhead_s = arm.speedup["pruned"]["overhead_seconds"]
-            overhead_i = sum(int(s["images_processed"] or 0) for n, s in arm.speedup["pruned"]["stages"].items()
-                             if n != "train")
-            try:
-                arm.time_to_target = time_to_target(full.train_log, arm.train_log,
-                                                    pruned_overhead_seconds=overhead_s,
-                                                    pruned_overhead_images=overhead_i)
-            except EvaluationError:
-                pass
+        if not full_has_curve:
+            continue
+        if not fid_curve(arm.train_log):
+            notes.append(f"no time to target for {arm.arm}: its training log has no FID entries")
+            continue
+        arm.time_to_target = []
+        for tol in tolerances:
+            entry: dict[str, Any] = {"tolerance": float(tol)}
+            per_image = {}
+            fpi = arm.manifests["train"].get("flops_per_image")
+            if fpi and fpi == full.manifests["train"].get("flops_per_image"):  # same model: one FLOPs per image
+                per_image["flops"] = float(fpi)
+            for variant in ("available", "trained"):
+                overheads = {k: v for k, v in arm.reference[variant]["overheads"].items() if v is not None}
+                t = time_to_target(full.train_log, arm.train_log, tolerance=tol, overheads=overheads,
+                                   per_image=per_image)
+                for unit, value in arm.reference[variant]["overheads"].items():
+                    if value is None and unit in t["speedup"]:
+                        t["speedup"][unit] = None  # that overhead is unknown: no honest speed-up in this unit
+                entry[variant] = t
+            arm.time_to_target.append(entry)

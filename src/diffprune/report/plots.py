@@ -98,3 +98,40 @@ def classwise_bars(series: Sequence[tuple[str, list[dict]]], path: Path, title: 
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def fid_vs_training_compute(arms: Sequence[ArmResult], path: Path, multi_run: bool = False,
+                            targets: Sequence[float] = ()) -> Path | None:
+    """FID during training of every arm on one axis against images processed (log x): each curve starts at
+    its overheads (embedding, selection, reference, DRO: the "reference trained" count where it is known),
+    marked by a bar, so a pruned curve's offset is what it paid before its first training image. Dotted
+    horizontal lines: the time-to-target FIDs."""
+    curves = []
+    for a in arms:
+        pts = [p for p in fid_curve(a.train_log) if p["images"] is not None]
+        if not pts:
+            continue
+        ref = a.reference or {}
+        offset = (ref.get("trained", {}).get("overheads", {}).get("images")
+                  if ref.get("trained", {}).get("overheads", {}).get("images") is not None
+                  else ref.get("available", {}).get("overheads", {}).get("images")) or 0
+        curves.append((a, pts, float(offset)))
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for i, (a, pts, offset) in enumerate(curves):
+        color = f"C{i % 10}"
+        xs = [offset + p["images"] for p in pts]
+        ax.plot(xs, [p["fid"] for p in pts], "-o", color=color, markersize=3, label=_name(a, multi_run))
+        if offset > 0:
+            ax.plot([offset, xs[0]], [pts[0]["fid"]] * 2, ":", color=color, alpha=0.7)
+            ax.plot([offset], [pts[0]["fid"]], "|", color=color, markersize=12, markeredgewidth=2)
+    for t in targets:
+        ax.axhline(t, color="k", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("images processed: overheads (bar) + training images")
+    ax.set_ylabel("FID during training (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("FID against training compute")
+    return _save(fig, path)

@@ -12,6 +12,17 @@ from diffprune.diffusion.models import PRESETS as MODEL_PRESETS
 PRESETS = tuple(name for name, preset in MODEL_PRESETS.items() if preset.kind != "sd")
 
 
+class ReferenceCost(StrictModel):
+    """What training a given (pre-trained) reference cost, as its authors state it: the report shows the
+    speed-up with it ("reference trained for this run") beside the one without ("reference already available").
+    E.g. Ho et al.'s CIFAR-10 DDPM: 800k steps x batch 128 = ``images: 102400000``."""
+
+    images: int = Field(ge=0)  # training images processed (steps x batch size)
+    seconds: float | None = Field(default=None, ge=0)  # wall-clock, if known (on the authors' hardware)
+    flops: float | None = Field(default=None, ge=0)  # training FLOPs, if known
+    source: str = "stated in the run config"  # where the numbers come from
+
+
 class ReweightConfig(StrictModel):
     """Group DRO of a small proxy DM against a frozen reference DM (METHOD.md stage 3, DoReMi with classes).
 
@@ -36,6 +47,7 @@ class ReweightConfig(StrictModel):
     reference: str | None = None  # diffusers folder, diffprune train dir or hub id; None: train one
     train_reference: bool | None = None  # None: train one exactly when no reference is given
     reference_steps: int = Field(default=1000, ge=1)  # steps of a trained reference
+    reference_cost: ReferenceCost | None = None  # a given reference's training cost (diffprune-trained: its manifest)
     reference_preset: str | None = None  # a trained reference's architecture; None: proxy_preset
     seed: int = 0  # proxy init, batches, timesteps and noise (and a trained reference's seed)
     checkpoint_every: int = Field(default=200, ge=1)  # steps between checkpoints (proxy and reference)
@@ -69,6 +81,9 @@ class ReweightConfig(StrictModel):
                 "reference and train_reference: true exclude each other; unset reference to train one, "
                 "or set train_reference: false to use the given one"
             )
+        if self.reference_cost is not None and self.reference is None:
+            raise ValueError("reference_cost states what a given reference cost to train; this run trains its "
+                             "reference (its manifest has the cost): drop reference_cost or set reference")
         if self.train_reference is False and self.reference is None:
             raise ValueError("train_reference: false needs a reference (a diffusers folder or hub id)")
         return self
