@@ -223,3 +223,40 @@ def test_unexpected_error_is_one_line_with_exit_1_and_debug_keeps_the_traceback(
     with pytest.raises(ZeroDivisionError):
         main()
     os.environ.pop("DIFFPRUNE_DEBUG", None)
+
+
+def test_pickled_bin_weights_need_an_explicit_opt_in(tmp_path, monkeypatch):
+    from diffusers import UNet2DModel
+
+    from diffprune.diffusion import load_model
+    from diffprune.diffusion.loading import ModelError
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, layers_per_block=1)
+    unet.save_pretrained(tmp_path / "m", safe_serialization=False)
+    assert list((tmp_path / "m").glob("*.bin")) and not list((tmp_path / "m").glob("*.safetensors"))
+    monkeypatch.delenv("DIFFPRUNE_ALLOW_PICKLE_WEIGHTS", raising=False)
+    with pytest.raises(ModelError, match="DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1"):
+        load_model(tmp_path / "m")
+    monkeypatch.setenv("DIFFPRUNE_ALLOW_PICKLE_WEIGHTS", "1")
+    model, _ = load_model(tmp_path / "m")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in unet.parameters())
+
+
+def test_dinov2_hub_code_needs_trust_repo(monkeypatch):
+    import builtins
+
+    from diffprune.encoders.base import EncoderError
+    from diffprune.encoders.hub_models import dinov2_vits14
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *a, **k):
+        if name == "timm":
+            raise ImportError("no timm")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(EncoderError, match="embed.options.trust_repo=true"):
+        dinov2_vits14()

@@ -11,6 +11,10 @@ The model class comes from ``config.json``'s ``_class_name``: ``UNet2DModel``; `
 ``DiTTransformer2DModel`` (or the legacy ``Transformer2DModel`` with ``norm_type="ada_norm_zero"``, as in
 ``facebook/DiT-XL-2-256``), converted to diffprune's ``DiT`` with identical outputs; ``ClassPromptUNet``
 (``diffprune.diffusion.sd``).
+
+Weights are read from safetensors only. Older hub repos that ship only pickled ``.bin`` weights load when the user
+allows it with ``DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1`` (``allow_pickle_weights()``; diffusers then reads them with
+``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
@@ -98,6 +102,15 @@ def _locate(root: Path, given: Path) -> tuple[Path, list[Path]]:
     )
 
 
+def allow_pickle_weights() -> bool:
+    """Whether the user allowed pickled ``.bin`` weights (``DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1``)."""
+    return os.environ.get("DIFFPRUNE_ALLOW_PICKLE_WEIGHTS", "") not in ("", "0")
+
+
+_PICKLE_HINT = ("diffprune loads safetensors weights only; convert the weights to safetensors, or allow pickled "
+                "weights (read with torch.load(weights_only=True)) with DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1")
+
+
 def _load_weights(model_dir: Path) -> ModelMixin:
     """The model of ``model_dir``, its class chosen by ``config.json``'s ``_class_name``."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -115,6 +128,8 @@ def _load_weights(model_dir: Path) -> ModelMixin:
     else:
         raise ModelError(f"{model_dir} holds a {name}; load_model reads UNet2DModel, DiT, DiTTransformer2DModel "
                          f"(or a DiT Transformer2DModel) and ClassPromptUNet models")
+    if not _has_safetensors(model_dir) and not allow_pickle_weights():
+        raise ModelError(f"{model_dir} has no .safetensors weights; {_PICKLE_HINT}")
     try:
         model = cls.from_pretrained(model_dir, use_safetensors=_has_safetensors(model_dir) or None)
         return dit_from_diffusers(model) if is_diffusers_dit else model
@@ -146,7 +161,7 @@ def _download(repo_id: str) -> Path:
 
     try:
         local = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"])
-        if not any(Path(local).rglob("*.safetensors")):  # older repos ship only pickled .bin weights
+        if not any(Path(local).rglob("*.safetensors")) and allow_pickle_weights():  # older repos ship .bin only
             local = snapshot_download(repo_id, allow_patterns=["*.json", "*.bin"])
     except Exception as e:  # network, offline mode, missing repo: one clear message
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")

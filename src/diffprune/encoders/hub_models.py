@@ -43,7 +43,10 @@ def clip_vit_b_32(weights: str | Path | None = None, pretrained: bool = True) ->
     return enc
 
 
-def dinov2_vits14(weights: str | Path | None = None, pretrained: bool = True) -> TorchvisionStyleEncoder:
+def dinov2_vits14(weights: str | Path | None = None, pretrained: bool = True,
+                  trust_repo: bool = False) -> TorchvisionStyleEncoder:
+    """DINOv2 ViT-S/14 through timm; without timm, through ``torch.hub``, which runs the facebookresearch/dinov2
+    repository's code and so needs ``trust_repo=True`` (``--set embed.options.trust_repo=true``)."""
     net: nn.Module | None = None
     try:
         import timm
@@ -57,6 +60,10 @@ def dinov2_vits14(weights: str | Path | None = None, pretrained: bool = True) ->
             except Exception as e:  # noqa: BLE001
                 raise download_failed("dinov2-vits14", "timm vit_small_patch14_dinov2.lvd142m (Hugging Face hub)", e) from None
     elif pretrained and weights is None:
+        if not trust_repo:
+            raise EncoderError("dinov2-vits14 without timm would run the facebookresearch/dinov2 hub code; "
+                               "pip install 'diffprune[timm]', or allow that code with "
+                               "--set embed.options.trust_repo=true")
         try:
             net = torch.hub.load("facebookresearch/dinov2", "dinov2_vits14", trust_repo=True)
         except Exception as e:  # noqa: BLE001
