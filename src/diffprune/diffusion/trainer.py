@@ -337,6 +337,11 @@ def train(
 
     def train_seconds() -> float:  # training time of the whole run so far, evaluation excluded
         return seconds_before + time.perf_counter() - t_start - eval_seconds
+    def checkpoint(at_step: int) -> None:  # the metrics line in progress and the clock travel with it
+        _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, at_step, trajectory_hash, scheduler,
+                         log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
+                         train_seconds=train_seconds())
+
     step = start_step
     step_log = log_window[0] if resumed_from is not None else start_step
     run_loss.fill_(log_window[1])  # so a resumed metrics line averages the same steps as an uninterrupted one
@@ -406,9 +411,7 @@ def train(
                 bar.update(task, completed=step)
                 interrupted = stop.requested(accelerator, sync=step % cfg.log_every == 0)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
-                    _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler,
-                                     log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
-                                 train_seconds=train_seconds())
+                    checkpoint(step)
                     saved_step = step
                 if interrupted:
                     raise TrainingInterrupted(
@@ -416,9 +419,7 @@ def train(
                         f"rerun with resume=True to continue"
                     )
             if saved_step != step:
-                _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, step, trajectory_hash, scheduler,
-                                 log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
-                                 train_seconds=train_seconds())
+                checkpoint(step)
     finally:
         if writer is not None:
             writer.close()
