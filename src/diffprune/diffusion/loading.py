@@ -129,7 +129,7 @@ def _load_weights(model_dir: Path) -> ModelMixin:
         raise ModelError(f"{model_dir} holds a {name}; load_model reads UNet2DModel, DiT, DiTTransformer2DModel "
                          f"(or a DiT Transformer2DModel) and ClassPromptUNet models")
     if not _has_safetensors(model_dir) and not allow_pickle_weights():
-        raise ModelError(f"{model_dir} has no .safetensors weights; {_PICKLE_HINT}")
+        raise ModelError(f"{model_dir} (a {name}) has no .safetensors weights; {_PICKLE_HINT}")
     try:
         model = cls.from_pretrained(model_dir, use_safetensors=_has_safetensors(model_dir) or None)
         return dit_from_diffusers(model) if is_diffusers_dit else model
