@@ -129,6 +129,8 @@ class Pipeline:
             stages["latents"] = "latents"
         if any(a.reweight for a in self.cfg.arms):
             stages["reference"] = "reference"
+            if self.cfg.reweight.null_control:  # a diagnostic: not charged to any arm's cost
+                stages["null_reference"] = "reference-null"
         atomic_write_json(self.root / "stages.json", stages)
 
     def arm(self, label: str) -> ArmConfig:
@@ -253,47 +255,61 @@ class Pipeline:
         ds = cache.dataset(indices, labels=labels, class_names=names, fingerprint=key)
         return ds, key
 
-    def reference(self, arm: ArmConfig) -> tuple[Path, str]:
+    def reference(self, arm: ArmConfig, null: bool = False) -> tuple[Path, str]:
         """The frozen reference DM of the DRO stage (given as a path / hub id, or trained once per run)
-        and its fingerprint."""
+        and its fingerprint; ``null``: the null control's second reference (``reference-null/``: the same
+        recipe with ``reweight.null_seed``, or ``reweight.null_reference``)."""
         from diffprune.reweighting import prepare_reference
         from diffprune.reweighting.reference import reference_train_config
 
         rc = self.cfg.reweight
+        folder = "reference-null" if null else "reference"
         if self.cfg.reference_data == "coreset":
             data, data_fp = self.training_set(arm)
-            out = self.root / "reference" / self.selection_name(arm)
+            out = self.root / folder / self.selection_name(arm)
         else:
             data, data_fp = self.full_training_set()
-            out = self.root / "reference"
+            out = self.root / folder
+        given = rc.null_reference if null else rc.reference
         # keyed by what determines the reference only, so changing DRO settings keeps it cached
-        ref_config = {"reference": rc.reference} if rc.reference else reference_train_config(rc, data).model_dump(mode="json")
+        seed = rc.null_reference_seed if null else None
+        ref_config = {"reference": given} if given else reference_train_config(rc, data, seed=seed).model_dump(mode="json")
         stage = StageDir(out, "reference", ref_config, {"data": data_fp})
 
         def compute(resume: bool):
             if not resume:  # the trainer resumes any checkpoint it finds; a changed config starts afresh
                 shutil.rmtree(out / "state", ignore_errors=True)
-            path = prepare_reference(rc, data, out, progress=self.progress)
-            images = 0 if rc.reference else int(rc.reference_steps) * int(rc.batch_size)
+            path = prepare_reference(rc, data, out, progress=self.progress, null=null)
+            images = 0 if given else int(rc.reference_budget) * int(rc.batch_size)
             return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path)}
 
         path = self._stage(stage, compute, lambda: Path(stage.manifest()["path"]))
         return path, self.fingerprint(out)
 
     def reweight(self, arm: ArmConfig) -> dict[str, float] | None:
-        from diffprune.reweighting import load_class_weights, run_dro
+        from diffprune.reweighting import ReweightError, load_class_weights, run_dro
 
         if not arm.reweight:
             return None
         coreset, coreset_fp = self.training_set(arm)
+        if coreset.num_classes < 2:
+            raise ReweightError(
+                f"arm {arm.label()}: DRO needs at least 2 groups but the training set has {coreset.num_classes} "
+                "(unlabelled data fall into one group); group by k-means clusters with --clusters N "
+                "(select.clusters)"
+            )
         ref, ref_fp = self.reference(arm)
         out = self.root / "reweight" / self.selection_name(arm)
         inputs = {"coreset": coreset_fp, "reference": ref_fp}
         rc = self.cfg.arm_reweight_config(arm)
+        null_ref = None
+        if rc.null_control:
+            null_ref, inputs["null_reference"] = self.reference(arm, null=True)
         stage = StageDir(out, "reweight", rc.model_dump(mode="json"), inputs)
 
         def compute(resume: bool):
-            summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume)
+            summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume,
+                              null_reference_dir=null_ref)
             images = int(rc.steps) * int(rc.batch_size)
             weights = load_class_weights(out / "class_weights.json")
             return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary}
