@@ -234,6 +234,27 @@ def test_per_class_excess_matches_brute_force(mode: str) -> None:
     np.testing.assert_allclose(counts.numpy(), bc)
 
 
+def test_timestep_estimator_matches_brute_force() -> None:
+    """Each example's clipped mean excess divided by the mean reference loss of its timestep bucket relative
+    to the batch's mean reference loss."""
+    g = torch.Generator().manual_seed(1)
+    lp, lr = torch.rand(12, 1, 2, 2, generator=g), torch.rand(12, 1, 2, 2, generator=g) + 0.1
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 1])
+    t = torch.tensor([0, 5, 99, 100, 450, 999, 0, 120, 455, 998, 7, 180])  # buckets of 100 steps (T = 1000)
+    sums, counts = per_class_excess_sums(lp, lr, y, 3, mode="timestep", timesteps=t, num_timesteps=1000)
+    p, r = lp.double().mean((1, 2, 3)).numpy(), lr.double().mean((1, 2, 3)).numpy()
+    bucket = t.numpy() // 100
+    want, n = np.zeros(3), np.zeros(3)
+    for i in range(12):
+        norm = r[bucket == bucket[i]].mean() / r.mean()
+        want[y[i]] += max(p[i] - r[i], 0.0) / norm
+        n[y[i]] += 1
+    np.testing.assert_allclose(sums.numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(counts.numpy(), n)
+    with pytest.raises(ValueError, match="timesteps"):
+        per_class_excess_sums(lp, lr, y, 3, mode="timestep")
+
+
 def test_pixel_and_example_modes_differ_when_signs_mix() -> None:
     lp = torch.tensor([[[[1.0, 0.0]]]])  # excess +1 on one pixel, -1 on the other
     lr = torch.tensor([[[[0.0, 1.0]]]])

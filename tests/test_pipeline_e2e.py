@@ -112,3 +112,45 @@ def test_changing_dro_steps_keeps_the_reference_cached(demo_run):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "cached  reference" in result.output and "run     reweight" in result.output
+
+
+def test_null_control_from_the_cli_writes_null_weights_and_the_report_shows_the_band(demo_run):
+    from diffprune.reweighting import load_class_weights
+
+    result = CliRunner().invoke(app, ["reweight", "--null-control", "--no-progress", *_args(demo_run.parent)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "cached  reference" in result.output and "null band" in result.output
+    out = demo_run / "reweight/gaussian-r0.5"
+    real = load_class_weights(out / "class_weights.json")  # the plain {class: weight} contract is unchanged
+    null = load_class_weights(out / "null_weights.json", list(real))
+    band = json.loads((out / "null_control.json").read_text())
+    assert json.loads((demo_run / "reference-null/manifest.json").read_text())["stage"] == "reference"
+    # the band recomputed from the two weight files (the oracle)
+    a, a0 = np.array(list(real.values())), np.array(list(null.values()))
+    d = np.abs(a0 - 0.1).max()
+    assert band["band_halfwidth"] == pytest.approx(d, rel=1e-9)
+    assert band["distinguishable"] == [n for n, w in real.items() if abs(w - 0.1) > d]
+    assert set(band["distinguishable"]) | set(band["indistinguishable"]) == set(real)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["null"]["band_halfwidth"] == band["band_halfwidth"]
+    assert summary["proxy_reference"]["setting"] == "doremi"  # same preset, same 6 steps
+    result = CliRunner().invoke(app, ["report", str(demo_run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = (demo_run / "report/report.md").read_text()
+    from diffprune.report.document import fmt
+
+    assert f"moved weights up to {fmt(band['band_halfwidth'])} from uniform" in report
+    inside = ", ".join(band["indistinguishable"]) or "none"
+    assert (f"inside (indistinguishable from noise): {inside}" in report if band["distinguishable"]
+            else "the weights are indistinguishable from noise" in report)
+
+
+def test_reweight_on_kmeans_clusters_from_the_cli(tmp_path):
+    # random selection: k-means of 120 tiny digits may leave a cluster too small for a per-group Gaussian
+    result = CliRunner().invoke(app, ["reweight", "--clusters", "3", "--no-progress",
+                                      *_args(tmp_path, "arms=[{method: random, reweight: true}]")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    weights = json.loads((tmp_path / "demo/reweight/random-r0.5/class_weights.json").read_text())
+    assert sorted(weights) == ["cluster0", "cluster1", "cluster2"] and abs(sum(weights.values()) - 1) < 1e-6

@@ -63,7 +63,7 @@ def test_identical_models_give_zero_excess(digits) -> None:
     """Proxy and reference start from the same weights: with the same x0, t and noise the excess is exactly 0,
     up to float rounding (inference-mode and autograd kernels differ by ~1e-7), so the first update leaves the
     weights uniform. Unpaired t or noise would give a clipped excess of order 0.1-1."""
-    cfg = _config(seed=5)
+    cfg = _config(seed=5, estimator="pixel")
     reference = build_proxy(cfg, digits)  # the proxy is built from the same seed: identical weights
     loop = DROLoop(cfg, digits, reference, create_scheduler("ddpm-tiny"), torch.device("cpu"))
     loop.step(0)
@@ -266,7 +266,9 @@ def test_load_class_weights_orders_by_class_names(tmp_path) -> None:
 @pytest.mark.parametrize(
     "data,match",
     [({"reference": "x", "train_reference": True}, "exclude each other"),
-     ({"train_reference": False}, "needs a reference"), ({"excess": "token"}, "pixel"),
+     ({"train_reference": False}, "needs a reference"), ({"excess": "token"}, "pixel"), ({"estimator": "token"}, "timestep"),
+     ({"null_control": True, "reference": "x"}, "null_reference"), ({"null_reference": "y"}, "set reference"),
+     ({"null_seed": 0}, "null_seed must differ"),
      ({"proxy_preset": "huge"}, "ddpm-tiny"), ({"steps": 0}, "steps"), ({"eta": -1}, "eta"),
      ({"smoothing": 1.0}, "smoothing"), ({"colour": 1}, "unknown field")],
 )
@@ -277,6 +279,49 @@ def test_config_errors(data, match) -> None:
 
 def test_config_defaults() -> None:
     cfg = ReweightConfig()
-    assert cfg.trains_reference and cfg.eta == 1.0 and cfg.smoothing == 1e-3 and cfg.excess == "pixel"
+    assert cfg.trains_reference and cfg.eta == 1.0 and cfg.smoothing == 1e-3 and cfg.estimator == "example"
+    assert cfg.reference_budget == cfg.steps and cfg.null_reference_seed == cfg.seed + 1  # DoReMi's setting
+    assert ReweightConfig(excess="pixel").estimator == "pixel"  # the former field name still reads
     assert cfg.proxy_lr() == 1e-3  # the ddpm-tiny recipe
     assert not ReweightConfig(reference="google/ddpm-cifar10-32").trains_reference
+
+
+# --- the null control ---------------------------------------------------------------------------------------
+
+def test_null_band_by_hand() -> None:
+    from diffprune.reweighting.null import null_band
+
+    band = null_band([0.255, 0.3, 0.245, 0.2], [0.26, 0.25, 0.24, 0.25], ["a", "b", "c", "d"])
+    assert band["band_halfwidth"] == pytest.approx(0.01) and band["band"] == pytest.approx([0.24, 0.26])
+    assert band["distinguishable"] == ["b", "d"] and band["indistinguishable"] == ["a", "c"]
+    assert band["signal_to_null"] == pytest.approx(5.0)
+
+
+def test_null_control_against_the_reference_itself_stays_uniform(digits, random_reference) -> None:
+    """A null reference identical to the reference: the excess is exactly zero, the null weights uniform."""
+    from diffprune.reweighting.null import run_null_dro
+
+    dro, log = run_null_dro(_config(steps=4), digits, random_reference, random_reference, progress=False)
+    assert dro.num_updates == 4 and log.update_steps == [0, 1, 2, 3]
+    np.testing.assert_array_equal(dro.score_history, 0.0)
+    np.testing.assert_allclose(dro.average, np.full(10, 0.1), rtol=1e-12)
+
+
+def test_null_dro_replays_the_real_runs_batches(digits, random_reference, tmp_path) -> None:
+    """The null DRO sees the very batches, timesteps and noise of the real DRO (``PairedBatches`` of the
+    config's seed): its first excess equals the excess of the two models computed here on batch 0."""
+    from diffprune.diffusion import diffusion_loss
+    from diffprune.reweighting.excess import per_class_excess_sums
+    from diffprune.reweighting.null import run_null_dro
+    from diffprune.reweighting.runner import PairedBatches
+
+    other = str(prepare_reference(_config(reference_steps=3, seed=9), digits, tmp_path / "other", progress=False))
+    cfg = _config(steps=2)
+    dro, _ = run_null_dro(cfg, digits, random_reference, other, progress=False)
+    (ref, sched), (oth, _) = load_model(random_reference), load_model(other)
+    x0, y, t, noise = PairedBatches(cfg, digits, 1000, torch.device("cpu"))(0)
+    with torch.inference_mode():
+        sums, counts = per_class_excess_sums(diffusion_loss(oth, sched, x0, t, noise),
+                                             diffusion_loss(ref, sched, x0, t, noise), y, 10, cfg.estimator,
+                                             timesteps=t, num_timesteps=1000)
+    np.testing.assert_allclose(dro.score_history[0], (sums / counts).numpy(), rtol=1e-6)

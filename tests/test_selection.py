@@ -37,13 +37,38 @@ def test_gaussian_equals_sklearn_gaussian_mixture_per_class(n_per_class, d):
 
 
 @pytest.mark.parametrize("n_per_class,d", [((60, 45, 80), 6), ((15, 25), 30)])
-def test_ppca_equals_sklearn_pca_score_samples_per_class(n_per_class, d):
+def test_ppca_sklearn_rule_equals_sklearn_pca_score_samples_per_class(n_per_class, d):
     x, y = blobs(n_per_class, d, seed=1, dtype=np.float64)
-    s = score(x, y, "ppca")
+    s = score(x, y, "ppca", components="sklearn")
     for k in np.unique(y):
         xk = x[y == k]
         ref = PCA(n_components=0.95).fit(xk).score_samples(xk)
         np.testing.assert_allclose(s[y == k], ref, rtol=1e-9, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_per_class,d", [((60, 45, 80), 6), ((15, 25), 30)])
+def test_ppca_default_keeps_instance_selection_component_count(n_per_class, d):
+    # Instance Selection's PPCA: n_components = number of cumulative explained-variance ratios < 0.95
+    x, y = blobs(n_per_class, d, seed=1, dtype=np.float64)
+    s = score(x, y, "ppca")
+    for k in np.unique(y):
+        xk = x[y == k]
+        cum = np.cumsum(PCA().fit(xk).explained_variance_ratio_)
+        n_upstream = int(np.sum(cum < 0.95))
+        assert n_upstream == PCA(n_components=0.95).fit(xk).n_components_ - 1  # one fewer than sklearn
+        ref = PCA(n_components=n_upstream).fit(xk).score_samples(xk)
+        np.testing.assert_allclose(s[y == k], ref, rtol=1e-9, atol=1e-7)
+
+
+def test_ppca_component_rules_on_hand_made_ratios():
+    from diffprune.selection.methods.ppca import component_count
+
+    cum = np.array([0.5, 0.9, 0.95, 0.99, 1.0])
+    assert component_count(cum, 0.95, "upstream") == 2  # 0.5, 0.9 are strictly below
+    assert component_count(cum, 0.95, "sklearn") == 4  # searchsorted right of the tie, plus one
+    assert component_count(np.array([0.97, 1.0]), 0.95, "upstream") == 1  # never zero components
+    with pytest.raises(SelectionError, match="components"):
+        score(*blobs(), "ppca", components="bogus")
 
 
 def test_gaussian_float32_memmap_equals_in_memory(tmp_path):

@@ -301,3 +301,54 @@ def test_metrics_after_a_resume_between_log_lines_equal_the_uninterrupted_ones(d
     straight, resumed = rows("straight"), rows("resumed")
     assert [r["step"] for r in straight] == [3, 6, 7]
     assert resumed == straight
+
+
+# ---- class mass: weights a give class k the share a_k of the signal in both modes, imbalanced groups too ----
+IMBALANCED_COUNTS = np.array([6, 18, 36])  # p = 0.1, 0.3, 0.6
+IMBALANCED_A = np.array([0.5, 0.3, 0.2])
+
+
+def _imbalanced_labels() -> np.ndarray:
+    return np.random.default_rng(5).permutation(np.repeat(np.arange(3), IMBALANCED_COUNTS))
+
+
+def test_loss_and_resample_give_each_class_its_weight_on_imbalanced_groups():
+    from diffprune.diffusion.batches import class_loss_multipliers, example_probabilities
+
+    labels = _imbalanced_labels()
+    n, batch = len(labels), 12
+    # loss weighting: one epoch of uniform batches sees every example once, so class k's loss mass is exactly
+    # n_k * m_k / N; the oracle is a_k
+    m = class_loss_multipliers(labels, IMBALANCED_A)
+    drawn = torch.cat([global_batch_indices(s, batch, n, seed=1) for s in range(n // batch)]).numpy()
+    mass_loss = np.bincount(labels[drawn], weights=m[labels[drawn]], minlength=3) / len(drawn)
+    np.testing.assert_allclose(mass_loss, IMBALANCED_A, rtol=1e-12)
+    np.testing.assert_allclose(m, IMBALANCED_A / (IMBALANCED_COUNTS / n), rtol=1e-12)  # a_k / p_k
+    assert not np.allclose(3 * IMBALANCED_A * IMBALANCED_COUNTS / n, IMBALANCED_A)  # K * a_k would be wrong here
+    # resample weighting: exact class probabilities, and the empirical share of many drawn batches
+    probs = example_probabilities(labels, IMBALANCED_A)
+    np.testing.assert_allclose(np.bincount(labels, weights=probs, minlength=3), IMBALANCED_A, rtol=1e-12)
+    t_probs = torch.from_numpy(probs)
+    draws = torch.cat([global_batch_indices(s, batch, n, seed=1, probs=t_probs) for s in range(1500)]).numpy()
+    share = np.bincount(labels[draws], minlength=3) / len(draws)
+    sigma = np.sqrt(IMBALANCED_A * (1 - IMBALANCED_A) / len(draws))
+    assert np.all(np.abs(share - IMBALANCED_A) < 4 * sigma), (share, IMBALANCED_A)
+
+
+def test_trainer_multiplies_the_loss_by_a_over_p_on_imbalanced_groups(tmp_path, monkeypatch):
+    """With a per-example loss of 1 the logged loss of a step is the batch mean of the multipliers a_y / p_y."""
+    labels = _imbalanced_labels()
+    images = np.random.default_rng(0).integers(0, 256, (len(labels), 1, 8, 8), dtype=np.uint8)
+    data = ImageDataset(images, labels, ["x", "y", "z"], name="imbalanced")
+
+    def unit_loss(model, scheduler, x0, t, noise, class_labels=None, **_):
+        return model(x0, t).sample * 0 + 1
+
+    monkeypatch.setattr(train_mod, "diffusion_loss", unit_loss)
+    cfg = _cfg(steps=5, batch_size=12, hflip=False)
+    train(cfg, data, tmp_path, class_weights=dict(zip(["x", "y", "z"], IMBALANCED_A.tolist())), progress=False)
+    logged = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    m = IMBALANCED_A * len(labels) / IMBALANCED_COUNTS
+    expected = [m[labels[global_batch_indices(s, 12, len(labels), cfg.seed).numpy()]].mean() for s in range(5)]
+    np.testing.assert_allclose(logged, expected, rtol=1e-5)
+    assert np.mean(logged) == pytest.approx(1.0, rel=1e-5)  # an epoch of multipliers averages to 1

@@ -32,6 +32,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Recompute this st
 ArmOpt = Annotated[Optional[list[str]], typer.Option("--arm", "-a", help="Only this arm of the config (repeatable; default: all).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 EvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate the EMA model (FID, KID, ...) every N training steps and at the last; sets train.eval_every.")]
+ClustersOpt = Annotated[Optional[int], typer.Option("--clusters", help="Group by N k-means clusters of the embeddings (unlabelled data); sets select.clusters.")]
 
 
 def bundled_config(name: str) -> Path:
@@ -104,11 +105,15 @@ def select(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, 
 def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
              reference: Annotated[Optional[str], typer.Option(help="Reference DM: a diffusers folder, diffprune train dir or hub id.")] = None,
              train_reference: Annotated[bool, typer.Option("--train-reference", help="Train the reference with uniform weights first.")] = False,
+             null_control: Annotated[Optional[bool], typer.Option("--null-control/--no-null-control", help="Also run the DRO against a second same-recipe reference (the null band); sets reweight.null_control.")] = None,
+             estimator: Annotated[Optional[str], typer.Option(help="Excess-loss estimator: pixel, example or timestep; sets reweight.estimator.")] = None,
+             clusters: ClustersOpt = None,
              force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """Stage 3: DRO class weights of each reweighted arm against the reference DM (reweight/<selection>/)."""
     if reference and train_reference:
         raise typer.BadParameter("--reference and --train-reference exclude each other")
-    extra = _flags(**{"reweight.reference": reference})
+    extra = _flags(**{"reweight.reference": reference, "reweight.null_control": null_control,
+                      "reweight.estimator": estimator, "select.clusters": clusters})
     if train_reference:
         extra += ["reweight.reference=null", "reweight.train_reference=true"]
     pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("reweight",) if force else (), no_progress)
@@ -116,6 +121,13 @@ def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
         if a.reweight:
             weights = pipe.reweight(a)
             console.print(f"{a.label()}: " + ", ".join(f"{k}={v:.3f}" for k, v in weights.items()))
+            null = pipe.root / "reweight" / pipe.selection_name(a) / "null_control.json"
+            if pipe.cfg.reweight.null_control and null.is_file():
+                from diffprune.io import read_json
+
+                band = read_json(null)
+                console.print(f"  null band 1/K +- {band['band_halfwidth']:.4f}; outside it: "
+                              f"{', '.join(band['distinguishable']) or 'none (indistinguishable from noise)'}")
 
 
 @app.command()
@@ -165,10 +177,11 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories,
 @app.command()
 def run(config: Annotated[Path, typer.Argument(help="Run config YAML (see configs/).")],
         set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None, eval_every: EvalEveryOpt = None,
+        clusters: ClustersOpt = None,
         force: Annotated[bool, typer.Option("--force", "-f", help="Recompute every stage, ignoring the cache.")] = False,
         no_progress: QuietOpt = False) -> None:
     """All stages for every arm of CONFIG, then the report. Re-running skips finished stages."""
-    extra = _flags(**{"train.eval_every": eval_every})
+    extra = _flags(**{"train.eval_every": eval_every, "select.clusters": clusters})
     pipe = _pipeline(config, [*extra, *(set_ or [])], name, force, no_progress)
     path = pipe.run_all(arm)
     console.print(f"\n[bold green]Report:[/] {path}")

@@ -57,6 +57,23 @@ def example_probabilities(labels: np.ndarray, class_probs: np.ndarray) -> np.nda
     return p / p.sum()
 
 
+def class_loss_multipliers(labels: np.ndarray, class_probs: np.ndarray) -> np.ndarray:
+    """float64 K: the per-class loss multiplier m_k = a_k / p_k (p_k = n_k / N, the class's share of the
+    examples) that gives class k the share a_k of the training signal under uniform example sampling.
+
+    Class k's expected share of the loss (and gradient) mass is p_k * m_k = a_k, the same as resampling class k
+    with probability a_k; with balanced classes m_k = K * a_k. As in ``example_probabilities``, the weight of a
+    class without examples is renormalised over the others (its multiplier is 0). The multipliers average to 1
+    over the examples, so the loss keeps its scale.
+    """
+    counts = np.bincount(labels, minlength=len(class_probs)).astype(np.float64)
+    a = np.where(counts > 0, class_probs, 0.0)
+    if a.sum() <= 0:
+        raise WeightsError("class_weights give zero weight to every class present in the dataset")
+    a = a / a.sum()
+    return np.divide(a * counts.sum(), counts, out=np.zeros_like(a), where=counts > 0)
+
+
 def global_batch_indices(
     step: int, batch_size: int, num_examples: int, seed: int, probs: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -9,8 +9,9 @@ OR-reduced there so that all stop together).
 One optimizer step:
   1. every process computes the same global batch (``batches.global_batch_indices``) and the same global
      timesteps / noise / flips / label dropout (one generator seeded by (seed, step)), and takes its slice;
-  2. per-example epsilon-prediction loss, multiplied by K * a_y ("loss" weighting) or not ("resample" weighting,
-     where the batch itself was drawn with class probabilities a);
+  2. per-example epsilon-prediction loss, multiplied by a_y / p_y (p_y: the class's share of the examples;
+     K * a_y for balanced classes) under uniform sampling ("loss" weighting) or not ("resample" weighting, where
+     the batch itself was drawn with class probabilities a): either way class k gets the share a_k of the signal;
   3. backward (DDP averages gradients), clip, Adam, LR warm-up, then the EMA update from the synchronised
      weights (identical on every process, so EMA is correct under DDP without extra communication).
 
@@ -53,6 +54,7 @@ from safetensors.torch import load_file, save_file
 from diffprune.config import StrictModel
 from diffprune.data import ImageDataset
 from diffprune.diffusion.batches import (
+    class_loss_multipliers,
     class_weight_vector,
     example_probabilities,
     global_batch_indices,
@@ -217,7 +219,9 @@ def train(
     """Train a DDPM on ``dataset`` (uint8 N x C x H x W, mapped to [-1, 1]) and write ``out_dir``.
 
     ``class_weights`` ({class name: a_k}, summing to 1) apply per ``config.weighting``: "loss" multiplies each
-    example's loss by K * a_y under uniform sampling, "resample" draws class k with probability a_k.
+    example's loss by a_y / p_y (p_y = n_y / N; K * a_y for balanced classes) under uniform sampling, "resample"
+    draws class k with probability a_k. Both give class k the expected share a_k of the loss mass, for
+    imbalanced groups (clusters, long-tailed classes) too.
     ``resume=True`` continues from ``out_dir/state`` if present (exactly: same weights as an uninterrupted run);
     ``resume=False`` starts from scratch and overwrites ``out_dir``'s training files.
     ``evaluator`` runs at every ``eval_every`` steps and at the last one (needed when ``eval_every`` > 0), on
@@ -264,14 +268,15 @@ def train(
     # ---- class weights -> per-example loss multipliers or sampling probabilities --------------------------
     labels = None if dataset.labels is None else torch.from_numpy(dataset.labels)
     num_classes = dataset.num_classes
-    loss_multiplier = None  # float32 K, K * a_k
+    loss_multiplier = None  # float32 K, a_k / p_k
     sample_probs = None  # float64 N
     if class_weights is not None:
         if labels is None:
             raise TrainError("class_weights need a labelled dataset (labels or cluster ids); this one has none")
         a = class_weight_vector(class_weights, dataset.class_names)
         if cfg.weighting == "loss":
-            loss_multiplier = torch.tensor(num_classes * a, dtype=torch.float32, device=device)
+            loss_multiplier = torch.tensor(class_loss_multipliers(dataset.labels, a), dtype=torch.float32,
+                                           device=device)
         else:
             sample_probs = torch.from_numpy(example_probabilities(dataset.labels, a))
     if cfg.conditional and labels is None:

@@ -175,6 +175,8 @@ class Pipeline:
             stages["latents"] = "latents"
         if any(a.reweight for a in self.cfg.arms):
             stages["reference"] = "reference"
+            if self.cfg.reweight.null_control:  # a diagnostic: not charged to any arm's cost
+                stages["null_reference"] = "reference-null"
         atomic_write_json(self.root / "stages.json", stages)
         if any(a.reweight for a in self.cfg.arms):
             atomic_write_json(self.root / "reference_cost.json", self.reference_training_cost())
@@ -331,21 +333,25 @@ class Pipeline:
         ds = cache.dataset(indices, labels=labels, class_names=names, fingerprint=key)
         return ds, key
 
-    def reference(self, arm: ArmConfig) -> tuple[Path, str]:
+    def reference(self, arm: ArmConfig, null: bool = False) -> tuple[Path, str]:
         """The frozen reference DM of the DRO stage (given as a path / hub id, or trained once per run)
-        and its fingerprint."""
+        and its fingerprint; ``null``: the null control's second reference (``reference-null/``: the same
+        recipe with ``reweight.null_seed``, or ``reweight.null_reference``)."""
         from diffprune.reweighting import prepare_reference
         from diffprune.reweighting.reference import reference_train_config
 
         rc = self.cfg.reweight
+        folder = "reference-null" if null else "reference"
         if self.cfg.reference_data == "coreset":
             data, data_fp = self.training_set(arm)
-            out = self.root / "reference" / self.selection_name(arm)
+            out = self.root / folder / self.selection_name(arm)
         else:
             data, data_fp = self.full_training_set()
-            out = self.root / "reference"
+            out = self.root / folder
+        given = rc.null_reference if null else rc.reference
         # keyed by what determines the reference only, so changing DRO settings keeps it cached
-        ref_config = {"reference": rc.reference} if rc.reference else reference_train_config(rc, data).model_dump(mode="json")
+        seed = rc.null_reference_seed if null else None
+        ref_config = {"reference": given} if given else reference_train_config(rc, data, seed=seed).model_dump(mode="json")
         stage = StageDir(out, "reference", ref_config, {"data": data_fp})
 
         def compute(resume: bool):
@@ -353,8 +359,8 @@ class Pipeline:
                 shutil.rmtree(out / "state", ignore_errors=True)
             from diffprune.pipeline.flops import training_flops
 
-            path = prepare_reference(rc, data, out, progress=self.progress)
-            images = 0 if rc.reference else int(rc.reference_steps) * int(rc.batch_size)
+            path = prepare_reference(rc, data, out, progress=self.progress, null=null)
+            images = 0 if given else int(rc.reference_budget) * int(rc.batch_size)
             flops = self._flops(lambda: training_flops(path, data, images), "the reference")
             return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path), **flops}
 
@@ -362,22 +368,32 @@ class Pipeline:
         return path, self.fingerprint(out)
 
     def reweight(self, arm: ArmConfig) -> dict[str, float] | None:
-        from diffprune.reweighting import load_class_weights, run_dro
+        from diffprune.reweighting import ReweightError, load_class_weights, run_dro
 
         if not arm.reweight:
             return None
         coreset, coreset_fp = self.training_set(arm)
+        if coreset.num_classes < 2:
+            raise ReweightError(
+                f"arm {arm.label()}: DRO needs at least 2 groups but the training set has {coreset.num_classes} "
+                "(unlabelled data fall into one group); group by k-means clusters with --clusters N "
+                "(select.clusters)"
+            )
         ref, ref_fp = self.reference(arm)
         out = self.root / "reweight" / self.selection_name(arm)
         inputs = {"coreset": coreset_fp, "reference": ref_fp}
         rc = self.cfg.arm_reweight_config(arm)
+        null_ref = None
+        if rc.null_control:
+            null_ref, inputs["null_reference"] = self.reference(arm, null=True)
         # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
         stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs)
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import dro_flops
 
-            summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume)
+            summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume,
+                              null_reference_dir=null_ref)
             images = int(rc.steps) * int(rc.batch_size)
             weights = load_class_weights(out / "class_weights.json")
             flops = self._flops(lambda: dro_flops(rc, coreset, ref, images), "DRO")

@@ -106,7 +106,9 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
     doc.add(Heading("Class weights"))
     fig = class_weights_bars(arms, out / "class_weights.png", multi)
     if fig:
-        doc.add(Image(fig, "Class weights of the reweighted arms (dashed: uniform)"), _weights_table(arms, multi))
+        doc.add(Image(fig, "Class weights of the reweighted arms (dashed: uniform; shaded: the null control's "
+                      "band, inside which a weight is indistinguishable from noise)"), _weights_table(arms, multi))
+        doc.add(*_null_and_setting_notes(arms, multi))
     else:
         doc.add(Paragraph("No reweighted arm in these runs."))
 
@@ -280,6 +282,32 @@ def _weights_table(arms: list[ArmResult], multi: bool) -> Table:
     rows.append(["**normalised entropy**"] + ent)
     return Table(header, rows, caption=f"Uniform weight is {1 / len(names):.3f}; entropy 1 = uniform, "
                  "near 0 = collapsed onto one class.")
+
+
+def _null_and_setting_notes(arms: list[ArmResult], multi: bool) -> list[Paragraph]:
+    """One line per reweighted arm: the null control's verdict, and how proxy and reference relate."""
+    out = []
+    for a in (a for a in arms if a.class_weights):
+        name = f"{a.run}/{a.arm}" if multi else a.arm
+        nc = a.null_control
+        if nc:
+            flagged = nc["indistinguishable"]
+            verdict = ("every weight lies inside it: the weights are indistinguishable from noise"
+                       if not nc["distinguishable"] else
+                       f"outside it: {', '.join(nc['distinguishable'])}; inside (indistinguishable from noise): "
+                       f"{', '.join(flagged) if flagged else 'none'}")
+            out.append(Paragraph(
+                f"**{name}, null control**: the same DRO against a second reference of the same recipe (true "
+                f"excess zero) moved weights up to {fmt(nc['band_halfwidth'])} from uniform; the real weights moved "
+                f"up to {fmt(nc['real_max_deviation'])} ({fmt(nc['signal_to_null'], 2)} x the band). {verdict}."))
+        else:
+            out.append(Paragraph(f"**{name}**: no null control (set `reweight.null_control: true`), so these "
+                                 "weights are not compared with the estimator's noise floor."))
+        setting = (a.dro_summary or {}).get("proxy_reference")
+        if setting and setting.get("setting") != "doremi":
+            out.append(Paragraph(f"**{name}, proxy and reference**: not DoReMi's setting (same preset and budget): "
+                                 f"{'; '.join(setting.get('notes', []))}."))
+    return out
 
 
 def _pairs(run: RunSummary) -> list[tuple[ArmResult | None, ArmResult]]:

@@ -36,6 +36,8 @@ class ArmResult:
     paths: dict[str, str | None]
     selection: dict[str, Any] | None = None
     class_weights: dict[str, float] | None = None
+    null_control: dict[str, Any] | None = None  # reweight/<sel>/null_control.json: the null band and flags
+    dro_summary: dict[str, Any] | None = None  # reweight/<sel>/summary.json
     metrics: dict[str, Any] | None = None
     grid: Path | None = None
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -122,6 +124,10 @@ def _collect_arm(root: Path, entry: dict[str, Any], stages: dict[str, str], note
     if paths["reweight"]:
         arm.class_weights = _read(root / paths["reweight"] / "class_weights.json", notes, f"class weights of {name}")
         arm.manifests["reweight"] = _manifest(root, paths["reweight"], notes, "reweight")
+        if (root / paths["reweight"] / "null_control.json").is_file():
+            arm.null_control = _read(root / paths["reweight"] / "null_control.json", notes, f"null control of {name}")
+        if (root / paths["reweight"] / "summary.json").is_file():
+            arm.dro_summary = _read(root / paths["reweight"] / "summary.json", notes, f"DRO summary of {name}")
         ref = stages.get("reference")
         if ref and (root / ref / "manifest.json").is_file():
             arm.manifests["reference"] = _manifest(root, ref, notes, "reference")

@@ -58,7 +58,9 @@ def fid_vs_compute(arms: Sequence[ArmResult], path: Path, multi_run: bool = Fals
 
 
 def class_weights_bars(arms: Sequence[ArmResult], path: Path, multi_run: bool = False) -> Path | None:
-    """Grouped bars of each reweighted arm's class weights, with the uniform weight 1/K as a dashed line."""
+    """Grouped bars of each reweighted arm's class weights, with the uniform weight 1/K as a dashed line and,
+    for arms with a null control, its band (shaded: weights inside it are indistinguishable from noise) and
+    its null weights (crosses)."""
     with_w = [a for a in arms if a.class_weights]
     if not with_w:
         return None
@@ -68,8 +70,15 @@ def class_weights_bars(arms: Sequence[ArmResult], path: Path, multi_run: bool = 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * k + 2), 3.8))
     x = np.arange(k)
     for i, a in enumerate(with_w):
-        ax.bar(x + i * width - 0.4 + width / 2, [a.class_weights.get(n, 0.0) for n in names], width,
-               label=_name(a, multi_run), color=f"C{i % 10}")
+        xs = x + i * width - 0.4 + width / 2
+        ax.bar(xs, [a.class_weights.get(n, 0.0) for n in names], width, label=_name(a, multi_run), color=f"C{i % 10}")
+        if a.null_control:
+            lo, hi = a.null_control["band"]
+            null = a.null_control.get("weights", {})
+            ax.fill_between([-0.5, k - 0.5], lo, hi, color=f"C{i % 10}", alpha=0.12, lw=0,
+                            label=f"null band of {_name(a, multi_run)}")
+            ax.plot(xs, [null.get(n, np.nan) for n in names], "x", color="k", ms=5,
+                    label=f"null weights of {_name(a, multi_run)}")
     ax.axhline(1.0 / k, color="k", ls="--", lw=1, label="uniform 1/K")
     ax.set_xticks(x, names, rotation=30 if max(len(n) for n in names) > 4 else 0, ha="right")
     ax.set_ylabel("class weight")

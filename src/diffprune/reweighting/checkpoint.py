@@ -38,6 +38,8 @@ class RunLog:
     acc_sums: np.ndarray
     acc_counts: np.ndarray
     acc_steps: int
+    bucket_sums: np.ndarray | None = None  # the timestep estimator's running reference loss per bucket
+    bucket_counts: np.ndarray | None = None
 
     def arrays(self, num_classes: int) -> dict[str, np.ndarray]:
         return {
@@ -47,6 +49,8 @@ class RunLog:
             "acc_sums": self.acc_sums,
             "acc_counts": self.acc_counts,
             "acc_steps": np.int64(self.acc_steps),
+            **({} if self.bucket_sums is None else {"acc_bucket_sums": self.bucket_sums,
+                                                    "acc_bucket_counts": self.bucket_counts}),
         }
 
     @classmethod
@@ -58,6 +62,8 @@ class RunLog:
             acc_sums=arrays["acc_sums"].copy(),
             acc_counts=arrays["acc_counts"].copy(),
             acc_steps=int(arrays["acc_steps"]),
+            bucket_sums=arrays["acc_bucket_sums"].copy() if "acc_bucket_sums" in arrays else None,
+            bucket_counts=arrays["acc_bucket_counts"].copy() if "acc_bucket_counts" in arrays else None,
         )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from diffprune.config import StrictModel
 from diffprune.diffusion.models import PRESETS as MODEL_PRESETS
@@ -30,7 +30,12 @@ class ReweightConfig(StrictModel):
     and ``warmup_steps`` are unset, the learning rate and linear warm-up of its preset's recipe.
     ``reference`` is a local diffusers folder, a diffprune checkpoint or a Hugging Face hub id; when it is
     unset a reference is trained on the given dataset with uniform weights first (DoReMi's step 1), which
-    is what ``train_reference`` resolves to by default.
+    is what ``train_reference`` resolves to by default. A trained reference shares the proxy's preset and
+    budget (``reference_preset`` and ``reference_steps`` unset: DoReMi's setting) and uses EMA warm-up.
+
+    ``null_control`` runs the same DRO once more with a second reference of the same recipe and seed
+    ``null_seed`` standing in for the proxy (true excess zero): its weights show how far the estimator's noise
+    alone moves the weights from uniform (the null band of the report).
     """
 
     proxy_preset: str = "ddpm-tiny"  # the proxy's architecture (sized to the data's resolution and channels)
@@ -42,13 +47,20 @@ class ReweightConfig(StrictModel):
     grad_clip: float | None = Field(default=1.0, gt=0)  # max grad norm; None disables
     eta: float = Field(default=1.0, ge=0)  # exponentiated-gradient step size (DoReMi: 1)
     smoothing: float = Field(default=1e-3, ge=0, lt=1)  # mix with uniform after each update (DoReMi: 1e-3)
-    excess: Literal["pixel", "example"] = "pixel"  # where the excess loss is clipped at 0
+    # the per-class excess-loss estimator (reweighting/excess.py); default: the best signal-to-null ratio
+    # among those whose DRO finds a handicapped class, measured by benchmarks/bench_dro_null.py
+    # (docs/benchmarks.md); `excess` is the field's former name
+    estimator: Literal["pixel", "example", "timestep"] = Field(
+        default="example", validation_alias=AliasChoices("estimator", "excess"))
     update_every: int = Field(default=1, ge=1)  # accumulate per-class statistics over N steps per update
     reference: str | None = None  # diffusers folder, diffprune train dir or hub id; None: train one
     train_reference: bool | None = None  # None: train one exactly when no reference is given
-    reference_steps: int = Field(default=1000, ge=1)  # steps of a trained reference
+    reference_steps: int | None = Field(default=None, ge=1)  # steps of a trained reference; None: steps
     reference_cost: ReferenceCost | None = None  # a given reference's training cost (diffprune-trained: its manifest)
     reference_preset: str | None = None  # a trained reference's architecture; None: proxy_preset
+    null_control: bool = False  # also run the DRO against a second same-recipe reference (the null band)
+    null_seed: int | None = None  # seed of the trained null reference; None: seed + 1
+    null_reference: str | None = None  # a given second reference (needed for null_control with `reference`)
     seed: int = 0  # proxy init, batches, timesteps and noise (and a trained reference's seed)
     checkpoint_every: int = Field(default=200, ge=1)  # steps between checkpoints (proxy and reference)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -86,7 +98,27 @@ class ReweightConfig(StrictModel):
                              "reference (its manifest has the cost): drop reference_cost or set reference")
         if self.train_reference is False and self.reference is None:
             raise ValueError("train_reference: false needs a reference (a diffusers folder or hub id)")
+        if self.null_reference is not None and self.reference is None:
+            raise ValueError("null_reference is the second of two given references: set reference too, or unset "
+                             "null_reference to train the null reference with null_seed")
+        if self.null_control and self.reference is not None and self.null_reference is None:
+            raise ValueError(
+                "null_control with a given reference needs null_reference: a second model of the same recipe and "
+                "another seed (or unset reference to train both)"
+            )
+        if self.null_seed is not None and self.null_seed == self.seed:
+            raise ValueError("null_seed must differ from seed: the null reference is another seed of the recipe")
         return self
+
+    @property
+    def reference_budget(self) -> int:
+        """Steps of a trained reference: ``reference_steps``, or the proxy's ``steps`` (DoReMi's setting)."""
+        return self.reference_steps if self.reference_steps is not None else self.steps
+
+    @property
+    def null_reference_seed(self) -> int:
+        """The seed of a trained null reference."""
+        return self.null_seed if self.null_seed is not None else self.seed + 1
 
     def proxy_lr(self) -> float:
         """``lr``, or the proxy preset's recipe learning rate."""

@@ -3,8 +3,16 @@
 Both losses are B x C x H x W squared errors computed on the same x0, timestep and noise. The excess of
 class k is
 
-    pixel   (default): sum over class-k examples and pixels of max(l_proxy - l_ref, 0) / number of class-k pixels
-    example (option) : sum over class-k examples of max(mean_pixels l_proxy - mean_pixels l_ref, 0) / n_k
+    pixel   : sum over class-k examples and pixels of max(l_proxy - l_ref, 0) / number of class-k pixels
+    example : sum over class-k examples of max(mean_pixels l_proxy - mean_pixels l_ref, 0) / n_k
+    timestep: sum over class-k examples of max(mean_pixels l_proxy - mean_pixels l_ref, 0) * R / R_b(i) / n_k,
+              where R_b is the mean reference loss in example i's timestep bucket b (TIMESTEP_BUCKETS equal
+              ranges of t) and R the mean reference loss, both over all the run's batches so far: the excess
+              relative to what the reference loses at that noise level, so the noise levels whose losses are
+              largest and noisiest do not dominate, in loss units (the scale that DoReMi's eta = 1 expects).
+
+Which one separates real class differences from the noise of two same-recipe models best is measured by
+``benchmarks/bench_dro_null.py`` (docs/benchmarks.md); the config default follows that measurement.
 
 Statistics are returned as per-class sums and counts so that several steps can be accumulated
 (``update_every``) before the excess is formed as sum / count.
@@ -16,13 +24,45 @@ from typing import Literal
 import numpy as np
 import torch
 
+ESTIMATORS = ("pixel", "example", "timestep")
+TIMESTEP_BUCKETS = 10
+
+
+class TimestepNormaliser:
+    """The reference's mean loss per timestep bucket, as a running mean over every example seen so far.
+
+    The reference is frozen, so the running mean converges to E[l_ref | bucket]; a batch alone (20 examples over
+    10 buckets) would leave most buckets with one or two examples and make the normaliser as noisy as the
+    excess. ``sums`` and ``counts`` (float64 TIMESTEP_BUCKETS) are the state a checkpoint keeps.
+    """
+
+    def __init__(self) -> None:
+        self.sums = np.zeros(TIMESTEP_BUCKETS, dtype=np.float64)
+        self.counts = np.zeros(TIMESTEP_BUCKETS, dtype=np.float64)
+
+    def __call__(self, ref_per_example: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int) -> torch.Tensor:
+        """Add the batch, then return float64 B: each example's bucket mean divided by the overall mean."""
+        bucket = (timesteps.to(ref_per_example.device).long() * TIMESTEP_BUCKETS) // int(num_timesteps)
+        bucket = bucket.clamp(0, TIMESTEP_BUCKETS - 1)
+        sums = torch.zeros(TIMESTEP_BUCKETS, dtype=torch.float64, device=ref_per_example.device)
+        sums.index_add_(0, bucket, ref_per_example)
+        self.sums += sums.cpu().numpy()
+        self.counts += torch.bincount(bucket, minlength=TIMESTEP_BUCKETS).double().cpu().numpy()
+        means = np.divide(self.sums, self.counts, out=np.zeros(TIMESTEP_BUCKETS), where=self.counts > 0)
+        overall = self.sums.sum() / self.counts.sum()
+        ratio = torch.as_tensor(means / max(overall, 1e-300), device=ref_per_example.device)
+        return ratio[bucket].clamp_min(1e-12)
+
 
 def per_class_excess_sums(
     proxy_loss: torch.Tensor,
     ref_loss: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    mode: Literal["pixel", "example"] = "pixel",
+    mode: Literal["pixel", "example", "timestep"] = "pixel",
+    timesteps: torch.Tensor | None = None,
+    num_timesteps: int | None = None,
+    normaliser: TimestepNormaliser | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped excess-loss sums and their counts per class.
 
@@ -30,10 +70,16 @@ def per_class_excess_sums(
         proxy_loss, ref_loss: B x ... unreduced losses (same shape), any float dtype.
         labels: int64 B class indices.
         num_classes: K.
-        mode: "pixel" clips every pixel's excess, "example" clips each example's mean excess.
+        mode: "pixel" clips every pixel's excess, "example" clips each example's mean excess, "timestep" clips
+            each example's mean excess and divides it by its timestep bucket's mean reference loss relative to
+            the batch's.
+        timesteps: int B, the diffusion timesteps of the examples ("timestep" mode only).
+        num_timesteps: T of the noise schedule ("timestep" mode only).
+        normaliser: the run's running per-bucket reference loss ("timestep" mode; updated with this batch);
+            None normalises by this batch alone.
 
     Returns:
-        (sums, counts): float64 K each; counts are pixels (pixel mode) or examples (example mode).
+        (sums, counts): float64 K each; counts are pixels (pixel mode) or examples (the other modes).
     """
     if proxy_loss.shape != ref_loss.shape:
         raise ValueError(f"proxy and reference losses differ in shape: {tuple(proxy_loss.shape)} vs "
@@ -46,8 +92,15 @@ def per_class_excess_sums(
     elif mode == "example":
         per_example = diff.mean(dim=1).clamp_min(0)
         unit = 1.0
+    elif mode == "timestep":
+        if timesteps is None or num_timesteps is None:
+            raise ValueError("the timestep estimator needs the examples' timesteps and the schedule's length")
+        ref_per_example = ref_loss.detach().double().reshape(b, -1).mean(dim=1)
+        normaliser = normaliser if normaliser is not None else TimestepNormaliser()
+        per_example = diff.mean(dim=1).clamp_min(0) / normaliser(ref_per_example, timesteps, num_timesteps)
+        unit = 1.0
     else:
-        raise ValueError(f"excess mode must be 'pixel' or 'example', got {mode!r}")
+        raise ValueError(f"excess estimator must be one of {', '.join(ESTIMATORS)}, got {mode!r}")
     labels = labels.to(per_example.device)
     sums = torch.zeros(num_classes, dtype=torch.float64, device=per_example.device)
     sums.index_add_(0, labels, per_example)

@@ -31,10 +31,11 @@ def write_outputs(
     config: ReweightConfig,
     seconds: float,
     progress: bool,
+    extra: dict | None = None,
 ) -> dict[str, float]:
-    """Write class_weights.json, trajectory.npz, weights.png, trajectory.png and summary.json; log the entropy
-    and warn (logging, and the rich console when ``progress``) when the weights collapse. Returns the numeric
-    summary (see ``run_dro``)."""
+    """Write class_weights.json, trajectory.npz, weights.png, trajectory.png and summary.json (with ``extra``
+    merged in: the proxy/reference setting, the null control); log the entropy and warn (logging, and the rich
+    console when ``progress``) when the weights collapse. Returns the numeric summary (see ``run_dro``)."""
     k = len(class_names)
     average = dro.average
     weights = weights_to_dict(average, class_names)
@@ -72,9 +73,10 @@ def write_outputs(
         "max_class": class_names[int(np.argmax(average))],
         "min_class": class_names[int(np.argmin(average))],
         "num_classes": k,
-        "excess_mode": config.excess,
+        "estimator": config.estimator,
         "weights": weights,
         "warning": collapse_message(weights) if collapsed else None,
+        **(extra or {}),
     }
     atomic_write_json(out_dir / "summary.json", summary)
     logger.info("DRO weights: entropy %.3f nats (uniform %.3f), max %.3f (%s)", entropy, math.log(k),

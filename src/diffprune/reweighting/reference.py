@@ -25,10 +25,11 @@ def _is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def reference_train_config(config: ReweightConfig, dataset: ImageDataset) -> "TrainConfig":
+def reference_train_config(config: ReweightConfig, dataset: ImageDataset, seed: int | None = None) -> "TrainConfig":
     """The ``diffusion.TrainConfig`` of a reference trained on ``dataset`` with uniform class weights:
-    ``reference_preset`` (default: the proxy's preset, as DoReMi's reference and proxy share a size) with its
-    recipe (lr, warm-up, EMA), ``reference_steps`` steps, the proxy's batch size and seed. The trainer sizes
+    ``reference_preset`` (default: the proxy's preset) with its recipe (lr, warm-up, EMA decay) and EMA warm-up,
+    ``reference_steps`` steps (default: the proxy's ``steps``), the proxy's batch size, and ``seed`` (default:
+    the proxy's). Unset, proxy and reference share architecture and budget, as in DoReMi. The trainer sizes
     the model for the dataset (resolution, channels)."""
     from diffprune.diffusion import TrainConfig
 
@@ -37,15 +38,34 @@ def reference_train_config(config: ReweightConfig, dataset: ImageDataset) -> "Tr
     return TrainConfig(
         preset=preset,
         model_overrides=overrides,
-        steps=config.reference_steps,
+        steps=config.reference_budget,
         batch_size=config.batch_size,
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
+        ema_warmup=True,  # a constant decay keeps decay**steps of the random initialisation in short runs
         checkpoint_every=config.checkpoint_every,
     )
 
 
+def reference_setting(config: ReweightConfig, reference_params: int | None, proxy_params: int) -> dict:
+    """How proxy and reference relate, for the summary and the report: ``doremi`` when a trained reference
+    shares the proxy's preset and budget, else what differs (a given pre-trained reference, another preset,
+    another budget), with both parameter counts."""
+    notes = []
+    if config.reference is not None:
+        notes.append(f"pre-trained reference {config.reference}")
+    else:
+        if (config.reference_preset or config.proxy_preset) != config.proxy_preset:
+            notes.append(f"reference preset {config.reference_preset} != proxy preset {config.proxy_preset}")
+        if config.reference_budget != config.steps:
+            notes.append(f"reference trained {config.reference_budget} steps, proxy {config.steps}")
+    if reference_params is not None and reference_params != proxy_params:
+        notes.append(f"reference {reference_params:,} parameters, proxy {proxy_params:,}")
+    return {"setting": "doremi" if not notes else "differs", "notes": notes,
+            "reference_params": reference_params, "proxy_params": proxy_params}
+
+
 def prepare_reference(
-    config: ReweightConfig, dataset: ImageDataset, out_dir: str | Path, progress: bool = True
+    config: ReweightConfig, dataset: ImageDataset, out_dir: str | Path, progress: bool = True, null: bool = False
 ) -> Path:
     """Resolve or train the reference model; return a diffusers model folder.
 
@@ -58,12 +78,14 @@ def prepare_reference(
         dataset: the data the reference must model (its resolution and channels are checked).
         out_dir: the stage folder (``runs/<name>/reference``).
         progress: show progress bars.
+        null: the null control's second reference instead: ``config.null_reference``, or one trained with
+            ``config.null_reference_seed`` (same recipe otherwise).
     """
     from diffprune.diffusion import load_model, save_model, train
 
     out_dir = Path(out_dir)
-    if config.reference is not None:
-        source = config.reference
+    source = config.null_reference if null else config.reference
+    if source is not None:
         model, scheduler = load_model(source)
         check_reference(model, scheduler, dataset, source)
         local = Path(source).expanduser()
@@ -74,8 +96,9 @@ def prepare_reference(
         return target
 
     check_dataset(dataset)
-    summary = train(reference_train_config(config, dataset), dataset, out_dir, class_weights=None, resume=True,
-                    progress=progress)
+    seed = config.null_reference_seed if null else None
+    summary = train(reference_train_config(config, dataset, seed=seed), dataset, out_dir, class_weights=None,
+                    resume=True, progress=progress)
     logger.info("reference trained: %s", summary)
     target = out_dir / MODEL_DIR
     if not _is_diffusers_folder(target):

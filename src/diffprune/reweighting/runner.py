@@ -33,7 +33,12 @@ from diffprune.reweighting.checkpoint import (
 )
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.dro import ClassDRO
-from diffprune.reweighting.excess import ExcessAccumulator, per_class_excess_sums, weighted_class_loss
+from diffprune.reweighting.excess import (
+    ExcessAccumulator,
+    TimestepNormaliser,
+    per_class_excess_sums,
+    weighted_class_loss,
+)
 from diffprune.reweighting.outputs import write_outputs
 from diffprune.reweighting.sampling import ClassBalancedBatches, step_seed
 from diffprune.reweighting.weights import weights_entropy
@@ -150,6 +155,37 @@ def _progress(enabled: bool):
     )
 
 
+class PairedBatches:
+    """``batches(step)`` = (x0, labels, timesteps, noise) of a DRO step: class-balanced, a pure function of
+    (seed, step), so the proxy, the reference and the null control's second reference see the same ones."""
+
+    def __init__(self, config: ReweightConfig, dataset: ImageDataset, num_timesteps: int,
+                 device: torch.device) -> None:
+        self.seed, self.device, self.num_timesteps = config.seed, device, num_timesteps
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)  # uint8 images or latents
+        self.labels = torch.from_numpy(dataset.labels).to(device)
+        self.sampler = ClassBalancedBatches(dataset.labels, dataset.num_classes, config.batch_size, config.seed)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.sampler.indices_at(step)).to(self.device)
+        x0, y = to_model_input(self.images[idx]), self.labels[idx]
+        gen = torch.Generator(device=self.device).manual_seed(step_seed(self.seed, step))
+        t = torch.randint(0, self.num_timesteps, (len(idx),), generator=gen, device=self.device)
+        noise = torch.randn(x0.shape, generator=gen, device=self.device)
+        return x0, y, t, noise
+
+
+def update_weights(acc: ExcessAccumulator, dro: ClassDRO, log: RunLog, update_every: int, step: int) -> bool:
+    """After ``update_every`` accumulated steps: one ``ClassDRO.update`` from the accumulated excess, logged."""
+    if acc.steps != update_every:
+        return False
+    excess, present = acc.pop()
+    dro.update(excess, present)
+    log.update_steps.append(step)
+    log.present.append(present)
+    return True
+
+
 class DROLoop:
     """The state of one DRO run and its step; ``run_dro`` drives it, the benchmark times it.
 
@@ -172,19 +208,16 @@ class DROLoop:
         self.optimizer = torch.optim.Adam(self.proxy.parameters(), lr=self.lr)
         self.dro = ClassDRO(self.num_classes, eta=config.eta, smoothing=config.smoothing)
         self.acc = ExcessAccumulator(self.num_classes)
+        self.normaliser = TimestepNormaliser()
         self.log = RunLog([], [], [], self.acc.sums, self.acc.counts, 0)
-        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)  # uint8 images or latents
-        self.labels = torch.from_numpy(dataset.labels).to(device)
-        self.batches = ClassBalancedBatches(dataset.labels, self.num_classes, config.batch_size, config.seed)
+        self.batch = PairedBatches(config, dataset, self.num_timesteps, device)
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x0, labels, timesteps, noise) of ``step``: a pure function of (seed, step)."""
-        idx = torch.from_numpy(self.batches.indices_at(step)).to(self.device)
-        x0, y = to_model_input(self.images[idx]), self.labels[idx]
-        gen = torch.Generator(device=self.device).manual_seed(step_seed(self.config.seed, step))
-        t = torch.randint(0, self.num_timesteps, (len(idx),), generator=gen, device=self.device)
-        noise = torch.randn(x0.shape, generator=gen, device=self.device)
-        return x0, y, t, noise
+    def excess(self, proxy_loss: torch.Tensor, ref_loss: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
+        """Add one step's per-class excess statistics (the configured estimator); update the weights every
+        ``update_every`` steps."""
+        self.acc.add(*per_class_excess_sums(proxy_loss, ref_loss, y, self.num_classes, mode=self.config.estimator,
+                                            timesteps=t, num_timesteps=self.num_timesteps,
+                                            normaliser=self.normaliser))
 
     def _optimize(self, loss: torch.Tensor, step: int) -> float:
         if not torch.isfinite(loss):
@@ -208,12 +241,8 @@ class DROLoop:
             ref_loss = diffusion_loss(self.reference, self.scheduler, x0, t, noise,
                                       _class_labels_for(self.reference, y, k))
         proxy_loss = diffusion_loss(self.proxy, self.scheduler, x0, t, noise, _class_labels_for(self.proxy, y, k))
-        self.acc.add(*per_class_excess_sums(proxy_loss, ref_loss, y, k, mode=self.config.excess))
-        if self.acc.steps == self.config.update_every:
-            excess, present = self.acc.pop()
-            self.dro.update(excess, present)
-            self.log.update_steps.append(step)
-            self.log.present.append(present)
+        self.excess(proxy_loss, ref_loss, y, t)
+        update_weights(self.acc, self.dro, self.log, self.config.update_every, step)
         weights = torch.as_tensor(self.dro.weights, dtype=torch.float32, device=self.device)
         value = self._optimize(weighted_class_loss(proxy_loss, y, weights), step)
         self.log.losses.append(value)
@@ -230,12 +259,15 @@ class DROLoop:
 
     def save(self, out_dir: Path, step: int, identity: dict[str, Any]) -> None:
         self.log.acc_sums, self.log.acc_counts, self.log.acc_steps = self.acc.sums, self.acc.counts, self.acc.steps
+        self.log.bucket_sums, self.log.bucket_counts = self.normaliser.sums, self.normaliser.counts
         save_checkpoint(out_dir, step, identity, self.proxy, self.optimizer, self.dro.state_dict(), self.log)
 
     def restore(self, out_dir: Path, identity: dict[str, Any]) -> int:
         start, dro_state, self.log = load_checkpoint(out_dir, identity, self.proxy, self.optimizer)
         self.dro.load_state_dict(dro_state)
         self.acc.sums, self.acc.counts, self.acc.steps = self.log.acc_sums, self.log.acc_counts, self.log.acc_steps
+        if self.log.bucket_sums is not None:
+            self.normaliser.sums, self.normaliser.counts = self.log.bucket_sums, self.log.bucket_counts
         return start
 
 
@@ -246,6 +278,7 @@ def run_dro(
     out_dir: str | Path,
     progress: bool = True,
     resume: bool = True,
+    null_reference_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """Group DRO of a proxy DM against the reference in ``reference_dir``; write the stage's files.
 
@@ -262,10 +295,14 @@ def run_dro(
             SIGINT/SIGTERM checkpoint at the end of the current step and raise ``DROInterrupted``.
         resume: continue from ``out_dir/checkpoint`` when it belongs to the same run (raising when it does not);
             False starts afresh.
+        null_reference_dir: the null control's second reference (``prepare_reference(..., null=True)``); when
+            given, the same DRO also runs on it (``reweighting.null``) and writes ``null_weights.json``,
+            ``null_trajectory.npz`` and ``null_control.json``; ``summary.json`` gets its band under ``null``.
 
     Returns:
         The numeric summary: entropy (nats), normalized_entropy, max_weight, min_weight, collapsed (0/1),
-        last_weights_collapsed (0/1), steps, updates, seconds, final_loss.
+        last_weights_collapsed (0/1), steps, updates, seconds, final_loss; with a null control also
+        null_band_halfwidth, signal_to_null and distinguishable_classes.
     """
     from diffprune.diffusion import load_model
 
@@ -309,4 +346,26 @@ def run_dro(
             f"no DRO update happened: steps ({config.steps}) < update_every ({config.update_every}); "
             "raise steps or lower update_every"
         )
-    return write_outputs(out_dir, loop.dro, loop.log, dataset.class_names, config, time.perf_counter() - t0, progress)
+    from diffprune.diffusion import count_parameters
+    from diffprune.reweighting.reference import reference_setting
+
+    extra: dict[str, Any] = {"proxy_reference": reference_setting(
+        config, count_parameters(reference), count_parameters(loop.proxy))}
+    if extra["proxy_reference"]["setting"] != "doremi":
+        logger.info("proxy and reference differ from DoReMi's setting: %s",
+                    "; ".join(extra["proxy_reference"]["notes"]))
+    null_numbers = {}
+    if null_reference_dir is not None:
+        from diffprune.reweighting.null import run_null_dro, write_null_outputs
+
+        null_dro, null_log = run_null_dro(config, dataset, reference_dir, null_reference_dir, progress)
+        source = {"null_reference": str(null_reference_dir), "null_seed": None if config.null_reference
+                  else config.null_reference_seed}
+        extra["null"] = write_null_outputs(out_dir, null_dro, null_log, loop.dro.average, dataset.class_names,
+                                           source)
+        null_numbers = {"null_band_halfwidth": extra["null"]["band_halfwidth"],
+                        "signal_to_null": extra["null"]["signal_to_null"],
+                        "distinguishable_classes": float(len(extra["null"]["distinguishable"]))}
+    numbers = write_outputs(out_dir, loop.dro, loop.log, dataset.class_names, config, time.perf_counter() - t0,
+                            progress, extra)
+    return {**numbers, **null_numbers}
