@@ -57,6 +57,31 @@ def example_probabilities(labels: np.ndarray, class_probs: np.ndarray) -> np.nda
     return p / p.sum()
 
 
+def loss_multipliers(class_probs: np.ndarray) -> np.ndarray:
+    """float64 K per-class loss multipliers K * a_k of "loss" weighting (mean 1 under uniform class mass)."""
+    return len(class_probs) * np.asarray(class_probs, dtype=np.float64)
+
+
+def example_weights(
+    labels: np.ndarray, class_probs: np.ndarray | None, weighting: str = "loss"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sampling probability, loss weight) of each of the N examples, float64 N each, as the trainer uses them.
+
+    No class weights: uniform sampling, weight 1. ``weighting="loss"``: uniform sampling, weight K * a_y.
+    ``weighting="resample"``: ``example_probabilities`` (class k drawn with probability a_k), weight 1.
+    Both give each class the expected share a_k of the loss.
+    """
+    n = len(labels)
+    uniform, ones = np.full(n, 1.0 / max(n, 1)), np.ones(n)
+    if class_probs is None:
+        return uniform, ones
+    if weighting == "loss":
+        return uniform, loss_multipliers(class_probs)[labels]
+    if weighting == "resample":
+        return example_probabilities(labels, class_probs), ones
+    raise WeightsError(f"weighting must be 'loss' or 'resample', got '{weighting}'")
+
+
 def global_batch_indices(
     step: int, batch_size: int, num_examples: int, seed: int, probs: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -98,3 +98,21 @@ def classwise_bars(series: Sequence[tuple[str, list[dict]]], path: Path, title: 
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def loss_curves(arms: Sequence[ArmResult], path: Path, multi_run: bool = False) -> Path | None:
+    """Training loss (``metrics.jsonl``: the mean epsilon loss of each ``log_every`` window) against step."""
+    logged = [a for a in arms if any("loss" in r for r in a.train_log)]
+    if not logged:
+        return None
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    for i, a in enumerate(logged):
+        rows = [r for r in a.train_log if "loss" in r and "step" in r]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=f"C{i % 10}", label=_name(a, multi_run))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (weighted epsilon MSE)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("Training loss")
+    return _save(fig, path)
