@@ -154,3 +154,38 @@ def test_reweight_on_kmeans_clusters_from_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
     weights = json.loads((tmp_path / "demo/reweight/random-r0.5/class_weights.json").read_text())
     assert sorted(weights) == ["cluster0", "cluster1", "cluster2"] and abs(sum(weights.values()) - 1) < 1e-6
+
+
+def test_export_writes_the_dro_weighted_coreset_and_a_pipeline(demo_run):
+    from diffusers import DDIMPipeline
+
+    from diffprune.export import read_coreset
+
+    result = CliRunner().invoke(app, ["export", str(demo_run), "--arm", "gaussian+dro", "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    weights = json.loads((demo_run / "reweight/gaussian-r0.5/class_weights.json").read_text())
+    rows = read_coreset(demo_run / "export/gaussian+dro/coreset.csv")
+    plain = read_coreset(demo_run / "selection/gaussian-r0.5/coreset.jsonl")
+    with np.load(demo_run / "selection/gaussian-r0.5/selection.npz") as z:
+        assert [r["index"] for r in rows] == [r["index"] for r in plain] == z["indices"].tolist()
+    for r in rows:  # train.weighting "loss" (the default): uniform draws, loss x K * a_k
+        assert r["loss_weight"] == pytest.approx(10 * weights[r["group"]]) and r["sampling_probability"] == pytest.approx(1 / 60)
+    assert {r["loss_weight"] for r in plain} == {1.0}
+    pipe = DDIMPipeline.from_pretrained(demo_run / "train/gaussian+dro/pipeline")
+    assert pipe.unet.config.sample_size == 8
+    assert (demo_run / "export/gaussian+dro/pipeline/model_index.json").is_file()
+
+
+def test_library_coreset_of_a_run_arm(demo_run):
+    import diffprune
+
+    core = diffprune.coreset(demo_run, arm="gaussian+dro")
+    weights = json.loads((demo_run / "reweight/gaussian-r0.5/class_weights.json").read_text())
+    with np.load(demo_run / "selection/gaussian-r0.5/selection.npz") as z:
+        np.testing.assert_array_equal(core.indices, z["indices"])
+    a = np.array([weights[core.group_names[g]] for g in core.groups])
+    np.testing.assert_allclose(core.loss_weights, 10 * a)
+    per_group = np.bincount(core.groups, minlength=10)
+    np.testing.assert_allclose(core.probabilities, a / per_group[core.groups])  # class k drawn with probability a_k
+    assert len(core.subset(np.zeros((120, 1)))) == 60  # any indexable dataset of the run's 120 rows

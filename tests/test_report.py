@@ -206,3 +206,44 @@ def test_a_given_references_stated_cost_appears_in_the_reference_and_time_to_tar
     assert row.endswith(f"| n/a | {39000 / (i_hit + 6000 + 40_000):.2f}x |")
     rnd = next(line for line in table.splitlines() if line.startswith("| random |")) if "| random |" in table else ""
     assert rnd == ""  # arms without a reference model are not listed there
+
+
+def test_loss_curves_dro_trajectory_and_honest_headings(tmp_path):
+    from PIL import Image as PILImage
+
+    run = fabricate_run(tmp_path / "demo")
+    PILImage.new("RGB", (20, 10), (255, 0, 0)).save(run / "reweight/gaussian-r0.25/trajectory.png")
+    md = build_report(run).read_text()
+    assert "## Training loss" in md and (run / "report/loss_curves.png").is_file()
+    assert "(trajectory-gaussian_dro.png)" in md
+    assert (run / "report/trajectory-gaussian_dro.png").read_bytes() == (
+        run / "reweight/gaussian-r0.25/trajectory.png").read_bytes()
+    assert "before and after" not in md and "## Class-wise FID" in md
+    for f in run.glob("train/*/metrics.jsonl"):
+        f.unlink()
+    (run / "reweight/gaussian-r0.25/trajectory.png").unlink()
+    md = build_report(run).read_text()
+    assert "No training logs" in md and "trajectory-" not in md.split("## Class weights")[1].split("##")[0]
+
+
+def test_selection_figures_real_grid_and_command(tmp_path):
+    from PIL import Image as PILImage
+
+    from diffprune.selection import select
+    from diffprune.selection.figures import selection_figures
+
+    run = fabricate_run(tmp_path / "demo")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 1, 6, 6), dtype=np.uint8)
+    sel = select(rng.normal(size=(30, 3)).astype(np.float32), np.arange(30) % 3, "gaussian", 0.5)
+    paths = selection_figures(run / "selection/gaussian-r0.25", images, sel)
+    assert [p.name for p in paths] == ["examples.png", "scores.png"] and all(p.is_file() for p in paths)
+    PILImage.new("L", (16, 16), 128).save(run / "real_grid.png")
+    (run / "config.yaml").write_text("name: demo\n")
+    (run / "command.json").write_text(json.dumps({"argv": ["diffprune", "run", "demo", "--name", "demo"]}))
+    md = build_report(run).read_text()
+    for png in ("examples-gaussian-r0.25.png", "scores-gaussian-r0.25.png", "real-demo.png"):
+        assert f"({png})" in md and (run / "report" / png).is_file()
+    assert "`diffprune run demo --name demo`" in md and "[config-demo.yaml](config-demo.yaml)" in md
+    assert (run / "report/config-demo.yaml").read_text() == "name: demo\n"
+    assert '<a href="config-demo.yaml">' in (run / "report/report.html").read_text()

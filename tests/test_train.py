@@ -228,7 +228,7 @@ def test_tensorboard_is_optional(dataset, tmp_path):
             train(_cfg(steps=1, tensorboard=True), dataset, tmp_path, progress=False)
     else:
         train(_cfg(steps=2, tensorboard=True), dataset, tmp_path, progress=False)
-        assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+        assert any((tmp_path / "logs").rglob("events.out.tfevents.*"))
 
 
 def test_learns_real_digits(tmp_path):
@@ -352,3 +352,32 @@ def test_trainer_multiplies_the_loss_by_a_over_p_on_imbalanced_groups(tmp_path, 
     expected = [m[labels[global_batch_indices(s, 12, len(labels), cfg.seed).numpy()]].mean() for s in range(5)]
     np.testing.assert_allclose(logged, expected, rtol=1e-5)
     assert np.mean(logged) == pytest.approx(1.0, rel=1e-5)  # an epoch of multipliers averages to 1
+
+
+def test_mixed_precision_unset_lets_accelerate_decide(dataset, tmp_path, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` sets ACCELERATE_MIXED_PRECISION; an unset config follows it,
+    a set one wins."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert TrainConfig().mixed_precision is None
+    assert train(_cfg(steps=1), dataset, tmp_path / "a", progress=False)["mixed_precision"] == "bf16"
+    assert train(_cfg(steps=1, mixed_precision="no"), dataset, tmp_path / "b", progress=False)["mixed_precision"] == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert train(_cfg(steps=1), dataset, tmp_path / "c", progress=False)["mixed_precision"] == "no"
+
+
+def test_sample_every_writes_grids_to_disk_and_trackers(dataset, tmp_path):
+    pytest.importorskip("tensorboard")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_cfg(steps=4, sample_every=2, log_with=["tensorboard"]), dataset, tmp_path, progress=False)
+    grids = sorted(p.name for p in (tmp_path / "samples").glob("*.png"))
+    assert grids == ["step-2.png", "step-4.png"]
+    side = 8 * 4 + 2 * 5  # 16 samples of 8 px in a 4 x 4 grid with 2 px padding
+    assert Image.open(tmp_path / "samples" / "step-4.png").size == (side, side)
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Images("samples")] == [2, 4]
+    with pytest.raises(ValueError, match="unknown tracker"):
+        TrainConfig(log_with=["tensorbored"])

@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Run config YAML (default: the bundled demo config).")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Run config: a YAML path or a shipped config's name (see `diffprune configs`; default: demo).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config value, e.g. --set train.steps=200 (repeatable).")]
 NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: outputs go to <runs_dir>/<name>/.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Recompute this stage even when its outputs are cached.")]
@@ -39,11 +39,33 @@ def bundled_config(name: str) -> Path:
     return Path(str(resources.files("diffprune") / "configs" / f"{name}.yaml"))
 
 
-def _pipeline(config: Path | None, overrides: list[str] | None, name: str | None, force: bool | tuple, quiet: bool):
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped in the package (``diffprune run NAME``)."""
+    return sorted(p.name[:-5] for p in resources.files("diffprune").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config(config: str | Path | None) -> Path:
+    """A config path as given, else the shipped config of that name (``cifar10-ddpm``), else a clear error."""
+    if config is None:
+        return bundled_config("demo")
+    path = Path(config)
+    if path.is_file():
+        return path
+    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if name in bundled_configs() and path.parent in (Path("."), Path("configs")):
+        return bundled_config(name)
+    raise typer.BadParameter(f"config '{config}' is neither a file nor a shipped config "
+                             f"({', '.join(bundled_configs())})")
+
+
+def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str | None, force: bool | tuple, quiet: bool):
     from diffprune.pipeline import Pipeline, load_run_config
 
-    cfg = load_run_config(config or bundled_config("demo"), overrides or [], name=name)
-    return Pipeline(cfg, force=force, progress=not quiet, console=console)
+    cfg = load_run_config(resolve_config(config), overrides or [], name=name)
+    pipe = Pipeline(cfg, force=force, progress=not quiet, console=console)
+    pipe.write_run_files()  # config.yaml + arms.json first, so `export RUN` / `report RUN` find the run
+    return pipe
 
 
 def _flags(**values) -> list[str]:
@@ -160,6 +182,35 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
 
 
 @app.command()
+def fid(a: Annotated[str, typer.Argument(help="Reference side: image folder, .npz of images or of mu/sigma statistics, or dataset spec.")],
+        b: Annotated[str, typer.Argument(help="Generated side, in the same forms.")],
+        cache_dir: Annotated[Optional[Path], typer.Option(help="Feature/statistics cache (runs/<name>/eval reuses a run's).")] = Path(".diffprune-cache"),
+        resolution: Annotated[Optional[int], typer.Option(help="Resize both sides' images to this side first.")] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the results as JSON.")] = None,
+        set_: SetOpt = None, config: ConfigOpt = None, no_progress: QuietOpt = False) -> None:
+    """FID, KID and precision/recall/density/coverage between A and B (the FID Inception, as `evaluate`)."""
+    from diffprune.evaluation.compare import compare
+    from diffprune.io import atomic_write_json
+
+    ec = load_run_config_section(config, set_, "evaluate")
+    result = compare(a, b, ec, cache_dir=cache_dir, resolution=resolution, progress=not no_progress)
+    table = Table("metric", "value", title=f"{a}  vs  {b}")
+    for key, value in result.items():
+        if key != "inputs":
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    if out is not None:
+        atomic_write_json(out, result)
+
+
+def load_run_config_section(config: str | None, overrides: list[str] | None, section: str):
+    """One section of a run config (default: the demo config's), with ``--set`` overrides."""
+    from diffprune.pipeline import load_run_config
+
+    return getattr(load_run_config(resolve_config(config), overrides or []), section)
+
+
+@app.command()
 def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories, e.g. runs/demo.")],
            tolerance: Annotated[str, typer.Option(help="Comma-separated FID tolerances of the time-to-target table: target = full arm's final FID x (1 + tol).")] = "0.05,0.15") -> None:
     """Build report.md and report.html from finished run directories (reads only their files)."""
@@ -175,16 +226,76 @@ def report(run_dirs: Annotated[list[Path], typer.Argument(help="Run directories,
 
 
 @app.command()
-def run(config: Annotated[Path, typer.Argument(help="Run config YAML (see configs/).")],
-        set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None, eval_every: EvalEveryOpt = None,
-        clusters: ClustersOpt = None,
+def run(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", help="Run config: a YAML path or a shipped config's name (e.g. cifar10-ddpm).")] = None,
+        config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
+        eval_every: EvalEveryOpt = None, clusters: ClustersOpt = None,
         force: Annotated[bool, typer.Option("--force", "-f", help="Recompute every stage, ignoring the cache.")] = False,
         no_progress: QuietOpt = False) -> None:
-    """All stages for every arm of CONFIG, then the report. Re-running skips finished stages."""
+    """All stages for every arm of CONFIG (or -c), then the report. Re-running skips finished stages."""
+    if config_arg and config:
+        raise typer.BadParameter("give the config once: as the argument or as -c/--config")
     extra = _flags(**{"train.eval_every": eval_every, "select.clusters": clusters})
-    pipe = _pipeline(config, [*extra, *(set_ or [])], name, force, no_progress)
+    pipe = _pipeline(config_arg or config, [*extra, *(set_ or [])], name, force, no_progress)
+    pipe.command = sys.argv[1:]  # command.json: what made the run (run_all writes it)
     path = pipe.run_all(arm)
     console.print(f"\n[bold green]Report:[/] {path}")
+
+
+@app.command()
+def configs() -> None:
+    """List the configs shipped with diffprune (usable by name: `diffprune run cifar10-ddpm`)."""
+    for n in bundled_configs():
+        Console().print(f"{n:<18} {bundled_config(n)}")
+
+
+def _run_pipeline(run_dir: Path | None, config: str | None, set_: list[str] | None, name: str | None, quiet: bool):
+    """The pipeline of a run directory (its resolved config.yaml) or of -c CONFIG."""
+    if run_dir is not None:
+        if config:
+            raise typer.BadParameter("give a run directory or -c/--config, not both")
+        if not (run_dir / "config.yaml").is_file():
+            raise typer.BadParameter(f"'{run_dir}' has no config.yaml: is it a run directory (runs/<name>)?")
+        config = str(run_dir / "config.yaml")
+        # the run is where it lies now, whatever runs_dir (maybe relative) it was made with
+        set_ = [f"runs_dir={run_dir.resolve().parent}", *(set_ or [])]
+        name = name or run_dir.resolve().name
+    return _pipeline(config, set_, name, (), quiet)
+
+
+RunDirArg = Annotated[Optional[Path], typer.Argument(help="A run directory (runs/<name>); or use -c CONFIG.")]
+
+
+@app.command()
+def export(run_dir: RunDirArg = None, config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None,
+           arm: ArmOpt = None,
+           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <run>/export/<arm>).")] = None,
+           no_progress: QuietOpt = False) -> None:
+    """Write each pruned arm's coreset.csv / coreset.jsonl (files, labels, scores, sampling probability, loss
+    weight) and, for a trained unconditional pixel UNet, a diffusers pipeline folder."""
+    pipe = _run_pipeline(run_dir, config, set_, name, no_progress)
+    chosen = [a for a in _arms(pipe, arm) if a.method != "full"]
+    if out is not None and len(chosen) > 1:
+        raise typer.BadParameter("--out needs exactly one --arm")
+    for a in chosen:
+        console.print(f"{a.label()}: {pipe.export(a, out)}")
+
+
+@app.command()
+def push(run_dir: RunDirArg = None, config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None,
+         arm: Annotated[str, typer.Option("--arm", "-a", help="The trained arm to push.")] = "",
+         repo_id: Annotated[str, typer.Option("--repo-id", help="Hub repository, e.g. user/ddpm-coreset.")] = "",
+         public: Annotated[bool, typer.Option("--public", help="Create the repository public (default private).")] = False,
+         no_progress: QuietOpt = False) -> None:
+    """Upload an arm's diffusers pipeline folder to the Hugging Face hub (needs HF_TOKEN or a login)."""
+    from diffprune.export.pipeline import hub_token, push as push_folder
+
+    if not arm or not repo_id:
+        raise typer.BadParameter("push needs --arm ARM and --repo-id USER/NAME")
+    if not hub_token():  # refuse before loading anything
+        raise typer.BadParameter("pushing needs a Hugging Face token: set HF_TOKEN or run `huggingface-cli login`")
+    pipe = _run_pipeline(run_dir, config, set_, name, no_progress)
+    folder = pipe.export(pipe.arm(arm)) / "pipeline"
+    console.print(f"pushed {folder} to {push_folder(folder, repo_id, private=not public)}")
 
 
 def _csv(value: str, kind: type, option: str) -> list:
@@ -195,7 +306,8 @@ def _csv(value: str, kind: type, option: str) -> list:
 
 
 @app.command()
-def sweep(config: Annotated[Path, typer.Argument(help="Base run config YAML; its arms are replaced by the grid.")],
+def sweep(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", help="Base run config (YAML path or shipped name); its arms are replaced by the grid.")] = None,
+          config: ConfigOpt = None,
           methods: Annotated[str, typer.Option(help="Comma-separated methods; '+dro' adds reweighting.")] = "random,gaussian,gaussian+dro",
           ratios: Annotated[str, typer.Option(help="Comma-separated keep ratios.")] = "0.1,0.3",
           seeds: Annotated[str, typer.Option(help="Comma-separated seeds (training, random selection, DRO).")] = "0",
@@ -205,10 +317,13 @@ def sweep(config: Annotated[Path, typer.Argument(help="Base run config YAML; its
     from diffprune.pipeline import Pipeline, load_run_config
     from diffprune.pipeline.sweep import collect_results, sweep_config, write_results
 
-    base = load_run_config(config, set_ or [], name=name)
+    if config_arg and config:
+        raise typer.BadParameter("give the config once: as the argument or as -c/--config")
+    base = load_run_config(resolve_config(config_arg or config), set_ or [], name=name)
     cfg = sweep_config(base, _csv(methods, str, "--methods"), _csv(ratios, float, "--ratios"),
                        _csv(seeds, int, "--seeds"), full=full)
     pipe = Pipeline(cfg, force=force, progress=not no_progress, console=console)
+    pipe.command = sys.argv[1:]
     report_path = pipe.run_all()
     table = write_results(pipe.root, collect_results(pipe.root))
     Console().print(table.read_text())
@@ -222,6 +337,7 @@ def demo(set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False, no_
 
     t0 = time.perf_counter()
     pipe = _pipeline(bundled_config("demo"), set_, name, force, no_progress)
+    pipe.command = sys.argv[1:]
     path = pipe.run_all()
     console.print(f"\n[bold green]Demo finished in {time.perf_counter() - t0:.0f} s. Report:[/] {path}")
     _print_results(pipe.root)

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import StrictModel
-from diffprune.data.sources import BUILTIN
+from diffprune.data.sources import BUILTIN, FILE_KINDS
 
 
 class DataConfig(StrictModel):
@@ -20,16 +20,21 @@ class DataConfig(StrictModel):
     channels: Literal[1, 3] | None = None
     limit: int | None = Field(default=None, ge=1)
     skip_bad: bool = False
-    # imagefolder only: decode once into a memmapped .npy under this folder (see ``load_dataset``)
+    # imagefolder / csv: decode once into a memmapped .npy under this folder (see ``load_dataset``)
     cache_dir: str | None = None
+    # hf / hf-disk: the image, label and id columns (default: first Image / ClassLabel column, row index)
+    image_column: str | None = None
+    label_column: str | None = None
+    id_column: str | None = None
 
     @field_validator("spec")
     @classmethod
     def _known_spec(cls, v: str) -> str:
         kind, _, arg = v.partition(":")
-        if v in BUILTIN or (kind in ("imagefolder", "npz") and arg):
+        if v in BUILTIN or (kind in FILE_KINDS and arg):
             return v
-        raise ValueError(f"choose one of {', '.join(BUILTIN)}, imagefolder:PATH or npz:PATH")
+        raise ValueError(f"choose one of {', '.join(BUILTIN)}, imagefolder:PATH, npz:PATH, csv:PATH, "
+                         "hf-disk:PATH or hf:NAME[:SPLIT]")
 
     @model_validator(mode="after")
     def _cache_needs_resolution(self) -> "DataConfig":
@@ -43,4 +48,5 @@ class DataConfig(StrictModel):
         return load_dataset(
             self.spec, self.split, root=self.root, resolution=self.resolution, resize=self.resize,
             channels=self.channels, limit=self.limit, skip_bad=self.skip_bad, cache_dir=self.cache_dir,
+            image_column=self.image_column, label_column=self.label_column, id_column=self.id_column,
         )

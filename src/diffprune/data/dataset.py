@@ -41,6 +41,8 @@ class ImageDataset(ArrayShapes):
         name: the spec the dataset was loaded from (for manifests and reports).
         fingerprint: content hash of images and labels; stable across runs and machines.
         skipped: files that could not be read and were skipped (``skip_bad=True``).
+        source_ids: N ids of where each example came from (a folder's file path relative to its root, in
+            the order documented in ``data.sources.list_image_files``), or None: the row index is the id.
     """
 
     images: np.ndarray
@@ -49,6 +51,7 @@ class ImageDataset(ArrayShapes):
     name: str = "dataset"
     fingerprint: str = ""
     skipped: list[str] = field(default_factory=list)
+    source_ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -66,8 +69,18 @@ class ImageDataset(ArrayShapes):
                     f"labels must lie in [0, {len(self.class_names)}) to match class_names, "
                     f"got range [{self.labels.min()}, {self.labels.max()}]"
                 )
+        if self.source_ids is not None and len(self.source_ids) != len(self.images):
+            raise ValueError(f"source_ids must have one id per image ({len(self.images)}), got {len(self.source_ids)}")
         if not self.fingerprint:
             self.fingerprint = hash_arrays(self.images, self.labels)
+
+    def source_id(self, index: int) -> str:
+        """Where example ``index`` came from: its file path relative to the dataset root, or the row index."""
+        return str(index) if self.source_ids is None else self.source_ids[index]
+
+    def source_ids_of(self, indices: np.ndarray) -> list[str] | None:
+        """``source_ids`` of ``indices`` (None when the dataset has none)."""
+        return None if self.source_ids is None else [self.source_ids[i] for i in np.asarray(indices).tolist()]
 
     def subset(self, indices: np.ndarray) -> "ImageDataset":
         """A new dataset holding ``indices`` (int array) in the given order; fingerprint recomputed."""
@@ -77,6 +90,7 @@ class ImageDataset(ArrayShapes):
             labels=None if self.labels is None else self.labels[indices],
             class_names=list(self.class_names),
             name=f"{self.name}[subset]",
+            source_ids=self.source_ids_of(indices),
         )
 
     def class_counts(self) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Dataset loaders, one function per spec, behind ``load_dataset(spec)``.
 
-Specs: ``digits``, ``mnist5k``, ``fashion-mnist``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``.
+Specs: ``digits``, ``mnist5k``, ``fashion-mnist``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``,
+``csv:PATH`` (path,label rows), ``hf-disk:PATH`` and ``hf:NAME[:SPLIT]`` (Hugging Face ``datasets``, an extra).
 Every loader returns uint8 N x C x H x W images; resolution changes happen in ``load_dataset``, except for
 ``imagefolder``, which resizes and converts channels per image while decoding (and can decode once into an
 on-disk memmap cache, ``cache_dir=``, for datasets such as ImageNet that do not fit in RAM).
@@ -114,12 +115,17 @@ def _read_image(path: Path, mode: str, crop: int | None = None) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
-            return center_crop_pil(im, crop) if crop else np.asarray(im)
+            return _pil_array(im, mode, crop)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # PIL raises all four on bad files
         raise DatasetError(f"cannot read image {path}: {e}") from None
     except Image.DecompressionBombError as e:  # over 2x PIL's MAX_IMAGE_PIXELS: refused, not decoded
         raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+def _pil_array(im, mode: str, crop: int | None = None) -> np.ndarray:
+    """A PIL image as uint8 H x W (``L``) or H x W x 3 (``RGB``), ADM-centre-cropped to ``crop`` if given."""
+    im = im.convert(mode)
+    return center_crop_pil(im, crop) if crop else np.asarray(im)
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,11 @@ class _Decode:
 
 def _decode(path: Path, dec: _Decode) -> np.ndarray:
     """One file -> uint8 C x H x W: geometry first, then channel conversion (as ``load_dataset`` does for arrays)."""
-    a = _read_image(path, dec.mode, dec.size if dec.resize == "center-crop" else None)
+    return _shape(_read_image(path, dec.mode, dec.size if dec.resize == "center-crop" else None), dec)
+
+
+def _shape(a: np.ndarray, dec: _Decode) -> np.ndarray:
+    """A decoded H x W (x 3) array -> uint8 C x H x W at ``dec``'s size and channels."""
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     if dec.size is not None and dec.resize == "pad":
         a = pad_to(a[None], dec.size)[0]
@@ -169,24 +179,43 @@ def _decode_stream(
             yield from zip(idx, pool.map(one, idx))
 
 
-def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(class names, sorted (file, label) pairs); label -1 and no names for a flat folder."""
+def list_image_files(root: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, (file, label) pairs) of an image folder, in the order that defines dataset indices.
+
+    The order, which a reader can reproduce: class names are the sub-folders of ``root`` not starting with
+    ``.``, sorted by name (label k = k-th name); inside each, every file at any depth whose suffix
+    (case-insensitive) is in ``IMAGE_SUFFIXES``, sorted by path components (``sorted(Path.rglob("*"))``). A folder
+    without sub-folders is unlabelled (label -1, no names): its image files sorted by name. Files that cannot
+    be decoded are skipped with ``skip_bad`` and do not take an index, so dataset index i is the i-th
+    *readable* file; ``ImageDataset.source_ids`` holds each index's path relative to ``root``.
+    torchvision's ``ImageFolder`` lists other suffixes (no ``.gif``) and keeps unreadable files, so its indices
+    can differ: use the paths, not the indices, to move a coreset between the two.
+    """
+    root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"imagefolder: '{root}' is not a directory")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
         class_names = [p.name for p in subdirs]
-        files = [(f, k) for k, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [(f, k) for k, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
+                 if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir()]
         empty = sorted(set(class_names) - {class_names[k] for _, k in files})
         if empty and files:
             raise DatasetError(f"imagefolder: class folder(s) {', '.join(repr(e) for e in empty[:10])} under '{root}' "
                                f"hold no images; remove them (an empty class would still get a DRO weight)")
     else:
         class_names = []
-        files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir()]
     if not files:
         raise DatasetError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{root}'")
     return class_names, files
+
+
+def _relative(root: Path, files: list[tuple[Path, int]], skipped: set[int] = frozenset()) -> list[str]:
+    """POSIX paths relative to ``root`` of the files that were read (``skipped``: file indices left out);
+    a file outside ``root`` keeps its path as given."""
+    return [(f.relative_to(root) if f.is_relative_to(root) else f).as_posix()
+            for i, (f, _) in enumerate(files) if i not in skipped]
 
 
 def _probe_mode(files: list[tuple[Path, int]], channels: int | None = None) -> str:
@@ -218,7 +247,15 @@ def _imagefolder(
 ) -> ImageDataset:
     """A folder of images, resized (``size``/``resize``) and channel-converted per image while decoding."""
     root = Path(path)
-    class_names, files = _list_folder(root)
+    class_names, files = list_image_files(root)
+    return _image_files(root, class_names, files, skip_bad, size, resize, channels, cache_dir, f"imagefolder:{root}")
+
+
+def _image_files(
+    root: Path, class_names: list[str], files: list[tuple[Path, int]], skip_bad: bool, size: int | None,
+    resize: str, channels: int | None, cache_dir: str | None, name: str,
+) -> ImageDataset:
+    """Decode ``files`` ((path, label) pairs; ids relative to ``root``), directly or through the memmap cache."""
     if cache_dir is not None:
         if size is None:
             raise DatasetError("imagefolder: cache_dir needs a fixed resolution (every cached image has one size); "
@@ -227,21 +264,23 @@ def _imagefolder(
     dec = _Decode(_probe_mode(files, channels), size, resize, channels)
     from rich.progress import track
 
-    arrays, labels, skipped = [], [], []
+    arrays, labels, skipped, skipped_index = [], [], [], set()
     stream = _decode_stream(files, dec, skip_bad)
     for i, a in track(stream, total=len(files), description=f"reading {root.name}", transient=True):
         if a is None:
             skipped.append(str(files[i][0]))
+            skipped_index.add(i)
             continue
         arrays.append(a)
         labels.append(files[i][1])
     if not arrays:
-        raise DatasetError(f"imagefolder: none of the {len(files)} images under '{root}' could be read")
+        raise DatasetError(f"{name}: none of the {len(files)} images could be read")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DatasetError(f"imagefolder: images under '{root}' differ in size {sorted(shapes)[:3]}...; pass resolution=")
     lab = np.asarray(labels, dtype=np.int64) if class_names else None
-    return ImageDataset(np.stack(arrays), lab, class_names, name=f"imagefolder:{root}", skipped=skipped)
+    return ImageDataset(np.stack(arrays), lab, class_names, name=name, skipped=skipped,
+                        source_ids=_relative(root, files, skipped_index))
 
 
 # ------------------------------------------------------------------------- on-disk decoded-image cache
@@ -265,7 +304,7 @@ def _cache_key(root: Path, files: list[tuple[Path, int]], size: int, resize: str
             size_b, mtime = st.st_size, st.st_mtime_ns
         except OSError:  # a dangling link: decoding reports it as unreadable
             size_b, mtime = -1, -1
-        h.update(f"{f.relative_to(root)}\0{size_b}\0{mtime}\0{k}\n".encode())
+        h.update(f"{f.relative_to(root) if f.is_relative_to(root) else f}\0{size_b}\0{mtime}\0{k}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -306,7 +345,7 @@ def _cached_imagefolder(
     # content-addressed by the key (files, sizes, mtimes, options) instead of hashing every pixel
     fingerprint = hash_arrays(np.frombuffer(f"imagefolder-cache:{key}".encode(), np.uint8), labels)
     return ImageDataset(images, labels, class_names, name=f"imagefolder:{root}", fingerprint=fingerprint,
-                        skipped=skipped)
+                        skipped=skipped, source_ids=_relative(root, files, set(meta["skipped_index"])))
 
 
 def _checkpoint(mm: np.memmap, path: Path, state: dict) -> None:
@@ -424,6 +463,95 @@ def _npz_labels(p: Path, raw: np.ndarray) -> np.ndarray:
         return raw.astype(np.int64)
     bad = raw[:3].tolist()
     raise DatasetError(f"npz: '{p}' labels must be integer class ids, got {raw.dtype} values such as {bad}")
+def list_csv_files(path: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, (file, label) pairs) of a CSV with a ``path`` column and an optional ``label`` column.
+
+    Relative paths are relative to the CSV's folder; rows keep the file's order (dataset index = row, minus
+    unreadable files with ``skip_bad``). Class names are the distinct labels sorted (as ImageFolder's folders);
+    no ``label`` column: unlabelled.
+    """
+    import csv
+
+    p = Path(path)
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"csv: cannot read '{p}': {e}") from None
+    if not rows or "path" not in rows[0]:
+        raise DatasetError(f"csv: '{p}' needs a header with a 'path' column (and optionally 'label'), "
+                           f"got {list(rows[0]) if rows else 'no rows'}")
+    labelled = "label" in rows[0]
+    class_names = sorted({r["label"] for r in rows}) if labelled else []
+    index = {n: k for k, n in enumerate(class_names)}
+    files = [(p.parent / r["path"], index[r["label"]] if labelled else -1) for r in rows]
+    return class_names, files
+
+
+def _hf(spec: str, split: str, image_column: str | None, label_column: str | None, id_column: str | None,
+        dec: _Decode, skip_bad: bool = False) -> ImageDataset:
+    """A Hugging Face dataset (``hf:NAME[:SPLIT]`` via ``datasets.load_dataset``, ``hf-disk:PATH`` via
+    ``load_from_disk``), decoded row by row; labels from a ``ClassLabel`` column (names kept) or an int column."""
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetError(f"'{spec}' needs the datasets package: pip install diffprune[hf]") from None
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "hf-disk":
+            ds = datasets.load_from_disk(arg)
+        else:
+            name, _, explicit = arg.partition(":")
+            split = explicit or split
+            ds = datasets.load_dataset(name, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
+        raise DatasetError(f"{spec}: cannot load it ({type(e).__name__}: {e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DatasetError(f"{spec}: no split '{split}' (splits: {', '.join(ds)}); set data.split")
+        ds = ds[split]
+    feats = ds.features
+    image_column = image_column or next((c for c, f in feats.items() if isinstance(f, datasets.Image)), None)
+    if image_column not in feats:
+        raise DatasetError(f"{spec}: no image column {image_column!r} (columns: {', '.join(feats)}); "
+                           "set data.image_column")
+    if label_column is None:
+        label_column = next((c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)),
+                            "label" if "label" in feats else None)
+    for what, col in (("label", label_column), ("id", id_column)):
+        if col is not None and col not in feats:
+            raise DatasetError(f"{spec}: no {what} column {col!r} (columns: {', '.join(feats)})")
+    first = ds[0][image_column]
+    dec = _Decode("L" if first.mode in ("L", "1", "I;16") else "RGB", dec.size, dec.resize, dec.channels)
+    crop = dec.size if dec.resize == "center-crop" else None
+    from rich.progress import track
+
+    arrays, keep = [], []
+    for i, row in track(enumerate(ds), total=len(ds), description=f"reading {spec}", transient=True):
+        try:
+            arrays.append(_shape(_pil_array(row[image_column], dec.mode, crop), dec))
+            keep.append(i)
+        except (OSError, ValueError, AttributeError) as e:  # AttributeError: a row without an image
+            if not skip_bad:
+                raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; pass --skip-bad") from None
+    if not arrays:
+        raise DatasetError(f"{spec}: none of the {len(ds)} images could be read")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DatasetError(f"{spec}: images differ in size {sorted(shapes)[:3]}...; pass resolution=")
+    labels, names = None, []
+    if label_column is not None:
+        labels = np.asarray(ds[label_column], dtype=np.int64)[keep]
+        feat = feats[label_column]
+        names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else [str(k) for k in range(int(labels.max()) + 1)]
+    ids = [str(v) for v in (ds[id_column] if id_column else range(len(ds)))]
+    ids = [ids[i] for i in keep]
+    return ImageDataset(np.stack(arrays), labels, names, name=spec, source_ids=ids,
+                        skipped=[f"row {i}" for i in sorted(set(range(len(ds))) - set(keep))])
+
+
+HF_KINDS = ("hf", "hf-disk")
+FILE_KINDS = ("imagefolder", "npz", "csv", *HF_KINDS)
 
 
 BUILTIN: dict[str, Callable[[str, str | None, bool], ImageDataset]] = {
@@ -444,6 +572,9 @@ def available_datasets() -> dict[str, str]:
         "cifar10": "CIFAR-10, 50,000 + 10,000 32x32 RGB images (torchvision, root= or download)",
         "imagefolder:PATH": "a folder of images; class = sub-folder, flat folder = unlabelled",
         "npz:PATH": "an .npz with uint8 'images' (N x C x H x W or N x H x W x C), optional 'labels'",
+        "csv:PATH": "a CSV with a 'path' column (relative to the CSV) and an optional 'label' column",
+        "hf-disk:PATH": "a Hugging Face dataset saved with save_to_disk (pip install diffprune[hf])",
+        "hf:NAME[:SPLIT]": "a Hugging Face hub dataset or local data folder via datasets.load_dataset",
     }
 
 
@@ -458,6 +589,9 @@ def load_dataset(
     limit: int | None = None,
     skip_bad: bool = False,
     cache_dir: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    id_column: str | None = None,
 ) -> ImageDataset:
     """Load a dataset by spec and bring it to a target resolution.
 
@@ -476,7 +610,10 @@ def load_dataset(
             uint8 N x C x H x W ``.npy`` under this folder and open it as a read-only memmap, so the images
             need not fit in RAM. Needs ``resolution``. The cache is keyed by the folder path, every file's
             path, size and mtime, and the options; the dataset's fingerprint comes from that key and the
-            labels (instant), so it differs from an uncached load's pixel hash.
+            labels (instant), so it differs from an uncached load's pixel hash. ``csv:`` takes it too.
+        image_column, label_column, id_column: ``hf``/``hf-disk`` only: the columns holding the image, the
+            class (default: the first ``Image`` and ``ClassLabel`` columns, else ``label``) and the example id
+            written to ``coreset.csv`` (default: the row index in the split).
     """
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
@@ -485,6 +622,13 @@ def load_dataset(
     kind, _, arg = spec.partition(":")
     if kind == "imagefolder" and arg:  # resized and channel-converted per image while decoding
         return _apply_limit(_imagefolder(arg, skip_bad, resolution, resize, channels, cache_dir), limit)
+    if kind == "csv" and arg:
+        names, files = list_csv_files(arg)
+        return _apply_limit(_image_files(Path(arg).parent, names, files, skip_bad, resolution, resize, channels,
+                                         cache_dir, spec), limit)
+    if kind in HF_KINDS and arg:
+        dec = _Decode("RGB", resolution, resize, channels)
+        return _apply_limit(_hf(spec, split, image_column, label_column, id_column, dec, skip_bad), limit)
     if kind == "npz" and arg:
         ds = _npz(arg)
     elif spec in BUILTIN:
@@ -501,7 +645,7 @@ def load_dataset(
         images = {"pad": pad_to, "resize": resize_to, "center-crop": center_crop_to}[resize](images, resolution)
     if images is ds.images:
         return ds
-    return ImageDataset(images, ds.labels, ds.class_names, name=ds.name, skipped=ds.skipped)
+    return ImageDataset(images, ds.labels, ds.class_names, name=ds.name, skipped=ds.skipped, source_ids=ds.source_ids)
 
 
 def _apply_limit(ds: ImageDataset, limit: int | None) -> ImageDataset:
@@ -512,7 +656,8 @@ def _apply_limit(ds: ImageDataset, limit: int | None) -> ImageDataset:
     # a cached memmap is fingerprinted by its key, not its pixels; derive the subset's the same cheap way
     fp = hash_arrays(np.frombuffer(ds.fingerprint.encode(), np.uint8), keep) if isinstance(ds.images, np.memmap) else ""
     return ImageDataset(ds.images[keep], None if ds.labels is None else ds.labels[keep], ds.class_names,
-                        name=ds.name, fingerprint=fp, skipped=ds.skipped)
+                        name=ds.name, fingerprint=fp, skipped=ds.skipped,
+                        source_ids=ds.source_ids_of(keep) or [str(i) for i in keep.tolist()])  # ids stay the original rows
 
 
 def _stratified_first(labels: np.ndarray | None, n: int, limit: int) -> np.ndarray:

@@ -74,6 +74,27 @@ def class_loss_multipliers(labels: np.ndarray, class_probs: np.ndarray) -> np.nd
     return np.divide(a * counts.sum(), counts, out=np.zeros_like(a), where=counts > 0)
 
 
+def example_weights(
+    labels: np.ndarray, class_probs: np.ndarray | None, weighting: str = "loss"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sampling probability, loss weight) of each of the N examples, float64 N each, as the trainer uses them.
+
+    No class weights: uniform sampling, weight 1. ``weighting="loss"``: uniform sampling, weight a_y / p_y
+    (``class_loss_multipliers``).
+    ``weighting="resample"``: ``example_probabilities`` (class k drawn with probability a_k), weight 1.
+    Both give each class the expected share a_k of the loss.
+    """
+    n = len(labels)
+    uniform, ones = np.full(n, 1.0 / max(n, 1)), np.ones(n)
+    if class_probs is None:
+        return uniform, ones
+    if weighting == "loss":
+        return uniform, class_loss_multipliers(labels, class_probs)[labels]
+    if weighting == "resample":
+        return example_probabilities(labels, class_probs), ones
+    raise WeightsError(f"weighting must be 'loss' or 'resample', got '{weighting}'")
+
+
 def global_batch_indices(
     step: int, batch_size: int, num_examples: int, seed: int, probs: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -247,9 +247,18 @@ def save_samples(out_dir: str | os.PathLike, images: np.ndarray, labels: np.ndar
             raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
         arrays["labels"] = labels
     atomic_save_npz(out_dir / "samples.npz", **arrays)
-    grid = image_grid(images[:grid_size])
-    with atomic_path(out_dir / "grid.png") as tmp:
+    save_grid(out_dir / "grid.png", images[:grid_size])
+
+
+def save_grid(path: str | os.PathLike, images: np.ndarray) -> Path:
+    """``image_grid`` of uint8 images (N x H x W x C, or N x C x H x W) written atomically as a PNG."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)
+    grid = image_grid(images)
+    with atomic_path(path) as tmp:
         Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+    return Path(path)
 
 
 def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:

@@ -23,7 +23,8 @@ Files in ``out_dir``:
   metrics.jsonl   one JSON line per ``log_every`` steps: step, loss, lr, img_per_s, images_seen, seconds; with
                   ``eval_every``, also one per evaluation: step, images_seen, train_seconds (cumulative over
                   resumes, evaluation time excluded), eval_seconds and the evaluator's values (fid, kid, ...)
-  tensorboard/    optional
+  logs/           with ``log_with: [tensorboard]`` (or ``tensorboard: true``): accelerate's TensorBoard tracker
+  samples/        with ``sample_every``: ``step-<N>.png`` grids of the EMA model's DDIM samples
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
 from pydantic import Field, field_validator, model_validator
@@ -83,7 +84,8 @@ _STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
-_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval"}
+_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval",
+                   "log_with", "sample_every"}
 # evaluator(EMA model, noise scheduler, step) -> values for the metrics line (fid, kid, ...); see
 # ``diffprune.evaluation.during_training.TrainingEvaluator``
 Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]
@@ -109,7 +111,9 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = 1.0  # max global grad norm; None disables
     ema_decay: float | None = None  # per optimizer step
     ema_warmup: bool = False  # decay after n steps min(ema_decay, (1 + n) / (10 + n)), as diffusers' EMAModel
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # None: accelerate decides (`accelerate launch --mixed_precision bf16`, its config file, or the
+    # ACCELERATE_MIXED_PRECISION variable; fp32 in a plain `python` process); a value here overrides them
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     grad_accum: int = 1
     weighting: Literal["loss", "resample"] = "loss"
     hflip: bool | None = None  # random horizontal flip (p = 0.5); pixel data only
@@ -126,7 +130,9 @@ class TrainConfig(StrictModel):
     # (preset "sd": the Stable Diffusion pipeline dir or hub id whose unet, text encoder and scheduler are used)
     channels_last: bool = False
     compile: bool = False  # torch.compile the UNet
-    tensorboard: bool = False
+    tensorboard: bool = False  # shorthand for log_with: [tensorboard]
+    log_with: list[str] = []  # accelerate trackers (tensorboard, wandb, comet_ml, mlflow, ...): loss, lr, img/s
+    sample_every: int = 0  # steps between sample grids in samples/ (and to the trackers); 0 = off
     eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
 
@@ -144,7 +150,18 @@ class TrainConfig(StrictModel):
             raise ValueError("must be a positive integer")
         return v
 
-    @field_validator("warmup_steps", "checkpoint_every", "eval_every")
+    @field_validator("log_with")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        from accelerate.utils import LoggerType
+
+        known = sorted(t.value for t in LoggerType)
+        bad = [t for t in v if t not in known]
+        if bad:
+            raise ValueError(f"unknown tracker(s) {bad}; accelerate knows {', '.join(known)}")
+        return v
+
+    @field_validator("warmup_steps", "checkpoint_every", "sample_every", "eval_every")
     @classmethod
     def _non_negative_int(cls, v: int | None) -> int | None:
         if v is not None and v < 0:
@@ -250,10 +267,13 @@ def train(
         )
 
     _allow_precision_change(cfg.mixed_precision)
+    trackers = _trackers(cfg)
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=cfg.mixed_precision,  # None: accelerate's launch flag / config / environment decides
         gradient_accumulation_steps=cfg.grad_accum,
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step (batch_size is global)
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
     )
     world = accelerator.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
@@ -284,6 +304,9 @@ def train(
     latent = latent_meta(dataset)
     if latent is not None and cfg.hflip:
         raise TrainError("hflip flips training tensors, and these are VAE latents, not images; set hflip: false")
+    if latent is not None and cfg.sample_every:
+        raise TrainError("sample_every draws pixel grids during training; latent runs decode in `diffprune sample` "
+                         "instead: set sample_every: 0")
 
     # ---- model, EMA, optimizer, LR schedule -------------------------------------------------------------
     overrides = {"sample_size": dataset.resolution, "in_channels": dataset.channels,
@@ -333,7 +356,8 @@ def train(
     labels_dev = labels.to(images.device) if need_labels else None
     shape = dataset.images.shape[1:]
 
-    writer = _tensorboard_writer(out_dir) if cfg.tensorboard and accelerator.is_main_process else None
+    if trackers:
+        accelerator.init_trackers("diffprune", config=_scalar_config(cfg))  # TensorBoard: logs/diffprune/
     stop = _StopRequest()
     run_loss = torch.zeros((), device=device)
     last_loss = float("nan")
@@ -407,12 +431,13 @@ def train(
                            "img_per_s": ips, "images_seen": step * cfg.batch_size, "seconds": now - t_start}
                     if accelerator.is_main_process:
                         _append_jsonl(metrics_path, row)
-                        if writer is not None:
-                            for key in ("loss", "lr", "img_per_s"):
-                                writer.add_scalar(f"train/{key}", row[key], step)
+                    if trackers:
+                        accelerator.log({f"train/{key}": row[key] for key in ("loss", "lr", "img_per_s")}, step=step)
                     run_loss.zero_()
                     t_log, step_log = now, step
                     bar.update(task, loss=last_loss, ips=ips)
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    _sample_grid(accelerator, ema.module, scheduler, cfg, out_dir, step, trackers)
                 bar.update(task, completed=step)
                 interrupted = stop.requested(accelerator, sync=step % cfg.log_every == 0)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
@@ -426,8 +451,8 @@ def train(
             if saved_step != step:
                 checkpoint(step)
     finally:
-        if writer is not None:
-            writer.close()
+        if trackers:
+            accelerator.end_training()
     seconds = time.perf_counter() - t_start
     done = step - start_step
     return {
@@ -441,6 +466,7 @@ def train(
         "params": count_parameters(ema.module),
         "resumed_from": resumed_from,
         "processes": world,
+        "mixed_precision": accelerator.mixed_precision,
     }
 
 
@@ -537,14 +563,16 @@ def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, datas
     accelerator.wait_for_everyone()
 
 
-def _allow_precision_change(mixed_precision: str) -> None:
+def _allow_precision_change(mixed_precision: str | None) -> None:
     """accelerate fixes the precision once per process. A single (non-launched) process may run several
     trainings with different precisions (e.g. a reference model then the arms), so reset its state then;
     under ``accelerate launch`` a change is an error, as accelerate would raise."""
     state = AcceleratorState._shared_state
-    if not state or state.get("_mixed_precision") in (None, mixed_precision):
+    if not state or (mixed_precision is not None and state.get("_mixed_precision") in (None, mixed_precision)):
         return
     if PartialState().num_processes > 1:
+        if mixed_precision is None:  # the launch's precision stays
+            return
         raise TrainError(
             f"this launched process already trains with mixed_precision={state.get('_mixed_precision')!r}; "
             f"use the same precision for every training in one `accelerate launch`, or launch separately"
@@ -634,12 +662,46 @@ def _truncate_metrics(path: Path, keep_through_step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in keep))
 
 
-def _tensorboard_writer(out_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:  # the tensorboard package is optional
-        raise TrainError("tensorboard=True needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+def _trackers(cfg: TrainConfig) -> list[str]:
+    """accelerate trackers to log to (``log_with`` plus ``tensorboard: true``), each checked to be installed."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    names = list(dict.fromkeys([*cfg.log_with, *(["tensorboard"] if cfg.tensorboard else [])]))
+    checks = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    for name in names:
+        if name in checks and not checks[name]():
+            raise TrainError(f"log_with {name} needs the {name} package: pip install {name} "
+                             f"(or pip install diffprune[{name}])")
+    return names
+
+
+def _scalar_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config's scalar fields (what every tracker's hyper-parameter table accepts)."""
+    return {k: v for k, v in cfg.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
+
+
+def _sample_grid(accelerator: Accelerator, model: Any, scheduler: DDPMScheduler, cfg: TrainConfig, out_dir: Path,
+                 step: int, trackers: list[str]) -> None:
+    """``samples/step-<step>.png``: 16 DDIM-50 samples of the EMA model (fixed seed, so grids compare across
+    steps), sharded over every process; logged to image-capable trackers as well."""
+    from PIL import Image
+
+    from diffprune.diffusion.sampling import SampleConfig, sample_images, save_grid
+
+    images = sample_images(model, scheduler, SampleConfig(num_samples=16, sampler="ddim", steps=50, seed=cfg.seed),
+                           progress=False, device=accelerator.device)
+    if not accelerator.is_main_process:
+        return
+    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    grid = np.asarray(Image.open(save_grid(out_dir / "samples" / f"step-{step}.png", images)))
+    for name in trackers:
+        tracker = accelerator.get_tracker(name, unwrap=True)
+        if name == "tensorboard":
+            tracker.add_image("samples", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
+        elif name == "wandb":
+            import wandb
+
+            tracker.log({"samples": wandb.Image(grid)}, step=step)
 
 
 def _progress_bar(enabled: bool) -> Progress:

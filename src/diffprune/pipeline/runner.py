@@ -71,6 +71,7 @@ class Pipeline:
         self.console = console or Console(stderr=True)
         self._fingerprints: dict[str, str] = {}
         self._coresets: dict[str, tuple[ImageDataset, str]] = {}
+        self.command: list[str] | None = None  # the CLI arguments that made this run (for command.json)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _stage(
@@ -159,6 +160,8 @@ class Pipeline:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.root / "config.yaml", self.cfg.model_dump(mode="json"))
+        if self.command is not None:  # set by the command line; the report shows it
+            atomic_write_json(self.root / "command.json", {"argv": ["diffprune", *self.command], "cwd": os.getcwd()})
         arms = []
         for arm in self.cfg.arms:
             label = arm.label()
@@ -245,7 +248,9 @@ class Pipeline:
         return name
 
     def select(self, arm: ArmConfig):
+        from diffprune.export.table import coreset_rows, write_coreset
         from diffprune.selection import Selection, select
+        from diffprune.selection.figures import selection_figures
 
         sc = self.cfg.arm_select_config(arm)
         features = self.embed()
@@ -263,6 +268,8 @@ class Pipeline:
             if few:
                 self.console.print(f"[yellow]warning:[/] ratio {sc.ratio:g} keeps fewer than 2 images of "
                                    f"{len(few)} group(s): {', '.join(few[:8])}; their weights and FID are noise")
+            write_coreset(out, coreset_rows(self.dataset, sel))  # the file list, unweighted (export adds weights)
+            selection_figures(out, self.dataset.images, sel)  # examples.png, scores.png for the report
             return sel, hash_arrays(sel.indices, sel.groups), {"kept": int(len(sel.indices)), "images_processed": 0}
 
         return self._stage(stage, compute, lambda: Selection.load(out), ("selection.npz",))
@@ -405,6 +412,7 @@ class Pipeline:
 
     def train(self, arm: ArmConfig) -> Path:
         from diffprune.diffusion import train
+        from diffprune.export.pipeline import pipeline_kind, write_pipeline
 
         data, data_fp = self.training_set(arm)
         weights = self.reweight(arm)
@@ -420,6 +428,8 @@ class Pipeline:
 
             summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress,
                             evaluator=self.training_evaluator(data) if tc.eval_every else None)
+            if _distributed()[1] and pipeline_kind(out / "model"):  # DDPMPipeline.from_pretrained(train/<arm>/pipeline)
+                write_pipeline(out / "model", out / "pipeline")
             images = int(summary.get("images_seen", 0))
             return out / "model", model_fingerprint(out / "model"), {
                 "images_processed": images, "summary": summary,
@@ -487,12 +497,32 @@ class Pipeline:
 
         return self._stage(stage, compute, lambda: read_json(out / "metrics.json"), ("metrics.json",))
 
+    def export(self, arm: ArmConfig, out_dir: Path | None = None) -> Path:
+        """``coreset.csv`` / ``coreset.jsonl`` of a pruned arm with its class weights and ``train.weighting``
+        (in ``export/<arm>/`` by default), plus a diffusers pipeline folder when the arm is trained."""
+        from diffprune.export.pipeline import write_pipeline
+        from diffprune.export.table import coreset_rows, write_coreset
+
+        if arm.method == FULL:
+            raise ValueError("arm 'full' trains on all data; it has no coreset to export (pick a pruned arm)")
+        out = out_dir or self.root / "export" / arm.label()
+        rows = coreset_rows(self.dataset, self.select(arm), self.reweight(arm), self.cfg.arm_train_config(arm).weighting)
+        write_coreset(out, rows)
+        model = self.root / "train" / arm.label() / "model"
+        if (model / "config.json").is_file():
+            write_pipeline(model, out / "pipeline")
+        return out
+
     def report(self) -> Path:
         from diffprune.report import build_report
 
         self.write_run_files()
         if not _distributed()[1]:
             return self.root / "report" / "report.md"
+        if "dataset" in self.__dict__ and not (self.root / "real_grid.png").exists():  # loaded by the stages
+            from diffprune.diffusion.sampling import save_grid
+
+            save_grid(self.root / "real_grid.png", self.dataset.images[:64])
         path = build_report(self.root)
         self.console.print(f"[green]report[/]  {path}")
         return path

@@ -27,7 +27,8 @@ from diffprune.report.document import (
     to_markdown,
 )
 from diffprune.report.errors import ReportError
-from diffprune.report.plots import class_weights_bars, classwise_bars, fid_vs_compute, fid_vs_training_compute
+from diffprune.report.plots import (class_weights_bars, classwise_bars, fid_vs_compute, fid_vs_training_compute,
+                                    loss_curves)
 
 METRIC_COLUMNS = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
                   ("density", "density"), ("coverage", "coverage"), ("classifier_fd", "classifier FD"))
@@ -103,21 +104,34 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
         doc.add(Heading("Speed-up and the reference model", 3), _reference_table(refs, multi))
     doc.add(Heading("Cost of every stage", 3), _cost_table(arms, multi))
 
+    doc.add(Heading("Training loss"))
+    fig = loss_curves(arms, out / "loss_curves.png", multi)
+    doc.add(Image(fig, "Training loss per arm (loss-weighted arms include the class weights)") if fig
+            else Paragraph("No training logs (train/<arm>/metrics.jsonl) found."))
+
     doc.add(Heading("Class weights"))
     fig = class_weights_bars(arms, out / "class_weights.png", multi)
     if fig:
         doc.add(Image(fig, "Class weights of the reweighted arms (dashed: uniform; shaded: the null control's "
                       "band, inside which a weight is indistinguishable from noise)"), _weights_table(arms, multi))
         doc.add(*_null_and_setting_notes(arms, multi))
+        doc.add(*_trajectories(runs, out, multi))
     else:
         doc.add(Paragraph("No reweighted arm in these runs."))
 
-    doc.add(Heading("Class-wise FID before and after reweighting"))
+    doc.add(Heading("Class-wise FID"))
     doc.add(*_classwise_blocks(runs, out, multi))
+
+    doc.add(Heading("Selection"), *_selection_blocks(runs, out, multi))
 
     doc.add(Heading("Samples"))
     grids = [a for a in arms if a.grid is not None]
     gallery = []
+    for run in runs:  # the real images beside the samples (written by the pipeline's report step)
+        if (run.path / "real_grid.png").is_file():
+            dest = out / f"real-{_safe(run.name)}.png"
+            shutil.copyfile(run.path / "real_grid.png", dest)
+            gallery.append(Image(dest, f"real training images{' (' + run.name + ')' if multi else ''}", width=260))
     for a in grids:
         dest = out / f"grid-{_safe(a.run + '-' + a.arm if multi else a.arm)}.png"
         shutil.copyfile(a.grid, dest)
@@ -128,6 +142,7 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
         doc.add(Paragraph("No sample grids found."))
 
     doc.add(Heading("Protocol"), *_protocol_blocks(arms, multi))
+    doc.add(Heading("Command and configuration", 3), *_config_blocks(runs, out))
     notes = [n for r in runs for n in r.notes]
     no_is: dict[str, list[str]] = defaultdict(list)
     for a in arms:
@@ -142,6 +157,55 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
     if notes:
         doc.add(Heading("Notes"), Bullets(list(dict.fromkeys(notes))))
     return doc
+
+
+def _selection_blocks(runs: list[RunSummary], out: Path, multi: bool) -> list:
+    """Kept / pruned examples and the score histogram of every selection (``selection/<sel>/*.png``)."""
+    blocks, seen = [], set()
+    for run in runs:
+        for a in run.arms:
+            sel = a.paths.get("selection")
+            if not sel or (run.path / sel) in seen:
+                continue
+            seen.add(run.path / sel)
+            for png, what in (("examples.png", "kept and pruned examples"), ("scores.png", "score histogram")):
+                if (run.path / sel / png).is_file():
+                    dest = out / f"{Path(png).stem}-{_safe((run.name + '-' if multi else '') + Path(sel).name)}.png"
+                    shutil.copyfile(run.path / sel / png, dest)
+                    blocks.append(Image(dest, f"{Path(sel).name}: {what}" + (f" ({run.name})" if multi else "")))
+    return blocks or [Paragraph("No selection figures found (written by the select stage).")]
+
+
+def _config_blocks(runs: list[RunSummary], out: Path) -> list:
+    """The command line that made each run and its resolved ``config.yaml`` (copied beside the report)."""
+    import json
+
+    items = []
+    for run in runs:
+        cmd = run.path / "command.json"
+        argv = json.loads(cmd.read_text()).get("argv", []) if cmd.is_file() else []
+        line = f"{run.name}: `{' '.join(argv)}`" if argv else f"{run.name}: command not recorded (not run by the CLI)"
+        if (run.path / "config.yaml").is_file():
+            dest = out / f"config-{_safe(run.name)}.yaml"
+            shutil.copyfile(run.path / "config.yaml", dest)
+            line += f"; resolved config: [{dest.name}]({dest.name})"
+        items.append(line)
+    return [Bullets(items)]
+
+
+def _trajectories(runs: list[RunSummary], out: Path, multi: bool) -> list:
+    """The DRO weight trajectory of every reweighted arm (``reweight/<selection>/trajectory.png``)."""
+    blocks, seen = [], set()
+    for run in runs:
+        for a in run.arms:
+            src = run.path / a.paths["reweight"] / "trajectory.png" if a.paths.get("reweight") else None
+            if src is None or not src.is_file() or src in seen:
+                continue
+            seen.add(src)
+            dest = out / f"trajectory-{_safe(a.run + '-' + a.arm if multi else a.arm)}.png"
+            shutil.copyfile(src, dest)
+            blocks.append(Image(dest, f"DRO class weights over the DRO steps: {a.arm}" + (f" ({a.run})" if multi else "")))
+    return blocks
 
 
 def _intro(runs: list[RunSummary], arms: list[ArmResult]) -> str:

@@ -144,3 +144,21 @@ def fid_vs_training_compute(arms: Sequence[ArmResult], path: Path, multi_run: bo
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("FID against training compute")
     return _save(fig, path)
+
+
+def loss_curves(arms: Sequence[ArmResult], path: Path, multi_run: bool = False) -> Path | None:
+    """Training loss (``metrics.jsonl``: the mean epsilon loss of each ``log_every`` window) against step."""
+    logged = [a for a in arms if any("loss" in r for r in a.train_log)]
+    if not logged:
+        return None
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    for i, a in enumerate(logged):
+        rows = [r for r in a.train_log if "loss" in r and "step" in r]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=f"C{i % 10}", label=_name(a, multi_run))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (weighted epsilon MSE)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("Training loss")
+    return _save(fig, path)

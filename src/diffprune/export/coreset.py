@@ -1,0 +1,244 @@
+"""``diffprune.coreset(...)``: the pruned, weighted training set as a torch ``Subset`` and samplers, for a
+trainer that is not diffprune's (a diffusers example script, a DiT/EDM fork, a hand-written loop)."""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffprune.data import ImageDataset, load_dataset
+from diffprune.diffusion.batches import class_weight_vector, example_weights
+from diffprune.export.samplers import WeightedDistributedSampler, epoch_generator
+from diffprune.export.table import coreset_rows, write_coreset
+
+
+class CoresetError(ValueError):
+    """The coreset cannot be built from these inputs; the message says what to pass instead."""
+
+
+@dataclass
+class Coreset:
+    """The kept examples of a dataset and the weights that reproduce diffprune's training on them.
+
+    Attributes:
+        indices: sorted int64 n rows of the source dataset that are kept.
+        groups: int64 n group id (class, or cluster) of each kept example; ``group_names`` names them.
+        scores: float64 n selection scores of the kept examples.
+        probabilities: float64 n, sums to 1: draw probability of each kept example that gives group k the
+            share ``class_weights[k]`` (uniform 1/n without class weights). The samplers draw with these;
+            train with an unweighted loss then.
+        loss_weights: float64 n: K * a_k, the per-example loss multiplier that gives the same expected
+            class shares under uniform sampling (all 1 without class weights). Use these *or* the samplers.
+        source_ids: n ids (file paths relative to the dataset root, or row indices).
+        dataset: the source dataset when known (``subset()`` uses it by default).
+    """
+
+    indices: np.ndarray
+    groups: np.ndarray
+    group_names: list[str]
+    scores: np.ndarray
+    probabilities: np.ndarray
+    loss_weights: np.ndarray
+    source_ids: list[str]
+    class_weights: dict[str, float] | None = None
+    dataset: Any = field(default=None, repr=False)
+    _selection: Any = field(default=None, repr=False)
+    _image_dataset: Any = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, dataset: Any = None) -> torch.utils.data.Subset:
+        """``torch.utils.data.Subset`` of ``dataset`` (default: the one the coreset was built from) holding
+        the kept rows, in index order; position j of the subset is ``indices[j]`` of the dataset. An
+        ``ImageDataset`` yields (uint8 C x H x W tensor, label) pairs (``ImageTensors``)."""
+        dataset = self.dataset if dataset is None else dataset
+        if dataset is None:
+            raise CoresetError("this coreset was loaded from a run; pass the dataset: core.subset(my_dataset)")
+        if len(dataset) <= int(self.indices.max()):
+            raise CoresetError(f"the dataset has {len(dataset)} rows but the coreset indexes row "
+                               f"{int(self.indices.max())}: is it the dataset the coreset was selected from?")
+        if isinstance(dataset, ImageDataset):
+            dataset = ImageTensors(dataset)
+        return torch.utils.data.Subset(dataset, self.indices.tolist())
+
+    def sampler(self, num_samples: int | None = None, seed: int = 0) -> torch.utils.data.WeightedRandomSampler:
+        """A single-process ``WeightedRandomSampler`` over ``subset()`` positions drawing with
+        ``probabilities`` (``num_samples`` per epoch, default n). Its first epoch equals epoch 0 of
+        ``distributed_sampler(seed=seed)`` over all ranks. Under ``accelerator.prepare(dataloader)``
+        accelerate shards its batches itself."""
+        return torch.utils.data.WeightedRandomSampler(
+            torch.from_numpy(self.probabilities), num_samples or len(self), replacement=True,
+            generator=epoch_generator(seed, 0))
+
+    def distributed_sampler(self, num_samples: int | None = None, num_replicas: int | None = None,
+                            rank: int | None = None, seed: int = 0) -> WeightedDistributedSampler:
+        """A weighted sampler over ``subset()`` positions that shards across DDP ranks (see
+        ``WeightedDistributedSampler``); call ``set_epoch`` every epoch. Do not pass its DataLoader to
+        ``accelerator.prepare`` (that would shard it twice); move batches to the device yourself."""
+        return WeightedDistributedSampler(self.probabilities, num_samples, num_replicas, rank, seed)
+
+    def save(self, out_dir: str | Path, weighting: str = "loss") -> tuple[Path, Path]:
+        """Write ``coreset.csv`` and ``coreset.jsonl`` (``export.table``) with ``weighting``'s columns."""
+        if self._selection is None or self._image_dataset is None:
+            raise CoresetError("save() needs a coreset built by diffprune.coreset(...)")
+        return write_coreset(out_dir, coreset_rows(self._image_dataset, self._selection, self.class_weights,
+                                                    weighting))
+
+
+class ImageTensors(torch.utils.data.Dataset):
+    """An ``ImageDataset`` as a torch ``Dataset`` of (uint8 C x H x W tensor, label; -1 when unlabelled)."""
+
+    def __init__(self, data: ImageDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        label = -1 if self.data.labels is None else int(self.data.labels[i])
+        return torch.from_numpy(np.array(self.data.images[i])), label
+
+
+def from_selection(dataset: ImageDataset, selection, class_weights: Mapping[str, float] | None = None,
+                   source: Any = None) -> Coreset:
+    """The ``Coreset`` of a ``Selection`` over ``dataset`` with optional class weights ({group name: a_k})."""
+    idx = np.asarray(selection.indices, dtype=np.int64)
+    groups = np.asarray(selection.groups, dtype=np.int64)[idx]
+    a = None if class_weights is None else class_weight_vector(class_weights, selection.group_names)
+    probs = example_weights(groups, a, "resample")[0]
+    weights = example_weights(groups, a, "loss")[1]
+    return Coreset(idx, groups, list(selection.group_names), np.asarray(selection.scores)[idx], probs, weights,
+                   dataset.source_ids_of(idx) or [str(i) for i in idx.tolist()],
+                   None if class_weights is None else dict(class_weights),
+                   dataset=source if source is not None else dataset, _selection=selection, _image_dataset=dataset)
+
+
+def coreset(
+    source: Any,
+    arm: str | None = None,
+    *,
+    method: str = "gaussian",
+    ratio: float = 0.5,
+    features: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    class_weights: Mapping[str, float] | None = None,
+    encoder: str = "efficientnet-lite0",
+    resolution: int | None = None,
+    seed: int = 0,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Coreset:
+    """The coreset of ``source``, ready for another trainer.
+
+    ``source`` is one of
+      - a diffprune run directory (``runs/<name>``, with ``arm``; default its first pruned arm): that arm's
+        selection and DRO class weights, read from the run (the stages must have run);
+      - a dataset spec (``"imagefolder:PATH"``, ``"npz:PATH"``, ``"cifar10"``, ...) or an ``ImageDataset``;
+      - any map-style torch ``Dataset`` whose items are ``image``, ``(image, label)`` or a dict with an
+        ``image`` (``img``, ``pixel_values``, ``input``) and an optional ``label`` key; images are PIL images, uint8 arrays/tensors (C x H x W or
+        H x W x C) or float tensors in [0, 1] (``ToTensor``) or [-1, 1] (diffusers' ``Normalize([0.5])``),
+        all one size.
+    Unless ``features`` (N x D) are given, the images are embedded with ``encoder`` (into ``work_dir``, a
+    temporary folder by default); then ``method`` keeps ``ratio`` of each class (``labels`` override the
+    dataset's). ``class_weights`` ({class name: a_k}, e.g. a run's ``class_weights.json``) weight the groups;
+    DRO itself needs a reference model and runs in ``diffprune reweight``.
+    """
+    if isinstance(source, (str, Path)) and (Path(source) / "arms.json").is_file():
+        return _from_run(Path(source), arm)
+    if isinstance(source, str):
+        data = load_dataset(source, resolution=resolution)
+    elif isinstance(source, ImageDataset):
+        data = source
+    elif isinstance(source, torch.utils.data.Dataset):
+        data = to_image_dataset(source, progress=progress)
+    else:
+        raise CoresetError(f"source must be a run directory, a dataset spec, an ImageDataset or a torch Dataset; "
+                           f"got {type(source).__name__}")
+    if labels is not None:
+        names = data.class_names or [str(k) for k in range(int(np.max(labels)) + 1)]
+        data = ImageDataset(data.images, labels, names, name=data.name, source_ids=data.source_ids)
+    if features is None:
+        from diffprune.encoders import EmbedConfig, embed_dataset
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(work_dir) if work_dir is not None else Path(tmp)
+            features = np.array(embed_dataset(data, EmbedConfig(encoder=encoder), out, progress=progress))
+    elif len(features) != len(data):
+        raise CoresetError(f"features have {len(features)} rows but the dataset has {len(data)} examples")
+    from diffprune.selection import select
+
+    sel = select(np.asarray(features, dtype=np.float32), data.labels, method, ratio, seed=seed,
+                 class_names=data.class_names or None)
+    # subset() indexes the user's own dataset (its transforms apply) when one was given
+    return from_selection(data, sel, class_weights, source=source if isinstance(source, torch.utils.data.Dataset) else None)
+
+
+def _from_run(run_dir: Path, arm: str | None) -> Coreset:
+    """An arm's coreset from a finished run (selection and class weights from their stage folders)."""
+    from diffprune.pipeline import Pipeline, load_run_config
+
+    run_dir = run_dir.resolve()
+    cfg = load_run_config(run_dir / "config.yaml", [f"runs_dir={run_dir.parent}"], name=run_dir.name)
+    pipe = Pipeline(cfg, progress=False)
+    pruned = [a for a in pipe.cfg.arms if a.method != "full"]
+    if not pruned:
+        raise CoresetError(f"run '{run_dir}' has no pruned arm (only 'full')")
+    chosen = pipe.arm(arm) if arm else pruned[0]
+    if chosen.method == "full":
+        raise CoresetError("arm 'full' trains on all data; it has no coreset")
+    return from_selection(pipe.dataset, pipe.select(chosen), pipe.reweight(chosen))
+
+
+def to_image_dataset(dataset: torch.utils.data.Dataset, progress: bool = False) -> ImageDataset:
+    """Read every item of a torch ``Dataset`` (see ``coreset``) into an ``ImageDataset`` (uint8 N x C x H x W)."""
+    from rich.progress import track
+
+    images, labels = [], []
+    for i in track(range(len(dataset)), description="reading dataset", disable=not progress, transient=True):
+        image, label = _split_item(dataset[i])
+        images.append(_to_uint8_chw(image))
+        labels.append(label)
+    shapes = {a.shape for a in images}
+    if len(shapes) > 1:
+        raise CoresetError(f"the dataset's images differ in shape ({sorted(shapes)[:3]}...); add a resize "
+                           "transform so that they share one")
+    lab = None if any(v is None for v in labels) else np.asarray(labels, dtype=np.int64)
+    names = [] if lab is None else list(getattr(dataset, "classes", None) or
+                                        [str(k) for k in range(int(lab.max()) + 1)])
+    return ImageDataset(np.stack(images), lab, names, name=type(dataset).__name__)
+
+
+def _split_item(item: Any) -> tuple[Any, int | None]:
+    if isinstance(item, Mapping):
+        key = next((k for k in ("image", "img", "pixel_values", "input") if k in item), None)
+        if key is None:
+            raise CoresetError(f"dict items need an image key (image, img, pixel_values or input); got {sorted(item)}")
+        label = item.get("label", item.get("labels"))
+        return item[key], None if label is None else int(label)
+    if isinstance(item, (tuple, list)):
+        return item[0], (int(item[1]) if len(item) > 1 and item[1] is not None else None)
+    return item, None
+
+
+def _to_uint8_chw(image: Any) -> np.ndarray:
+    """One image -> uint8 C x H x W (C = 1 or 3), per the conventions listed in ``coreset``."""
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL
+        image = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB"))
+    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if a.ndim == 2:
+        a = a[None]
+    elif a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[-1] in (1, 3):
+        a = a.transpose(2, 0, 1)
+    if a.ndim != 3 or a.shape[0] not in (1, 3):
+        raise CoresetError(f"an image must be H x W, C x H x W or H x W x C with C = 1 or 3; got shape {a.shape}")
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        a = (a + 1.0) * 127.5 if a.min() < 0 else a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
