@@ -83,9 +83,9 @@ def test_coreset_rows_carry_the_trainers_weights(tmp_path, weighting):
     kept = {"cat": 3, "dog": 5}  # round-half-up of 0.5 * (6, 10)
     for r in rows:
         assert r["label"] == r["group"] == ("cat" if r["index"] < 6 else "dog")
-        if weighting == "loss":  # uniform draws, loss x K * a_k
+        if weighting == "loss":  # uniform draws, loss x a_k / p_k (p_k: the class's share of the 8 kept)
             assert r["sampling_probability"] == pytest.approx(1 / 8)
-            assert r["loss_weight"] == pytest.approx(2 * WEIGHTS[r["group"]])
+            assert r["loss_weight"] == pytest.approx(WEIGHTS[r["group"]] / (kept[r["group"]] / 8))
         else:  # class k drawn with probability a_k, uniformly inside it
             assert r["sampling_probability"] == pytest.approx(WEIGHTS[r["group"]] / kept[r["group"]])
             assert r["loss_weight"] == 1.0

@@ -169,7 +169,7 @@ def test_export_writes_the_dro_weighted_coreset_and_a_pipeline(demo_run):
     plain = read_coreset(demo_run / "selection/gaussian-r0.5/coreset.jsonl")
     with np.load(demo_run / "selection/gaussian-r0.5/selection.npz") as z:
         assert [r["index"] for r in rows] == [r["index"] for r in plain] == z["indices"].tolist()
-    for r in rows:  # train.weighting "loss" (the default): uniform draws, loss x K * a_k
+    for r in rows:  # train.weighting "loss" (the default): uniform draws, loss x a_k / p_k = 10 a_k (6 of each class)
         assert r["loss_weight"] == pytest.approx(10 * weights[r["group"]]) and r["sampling_probability"] == pytest.approx(1 / 60)
     assert {r["loss_weight"] for r in plain} == {1.0}
     pipe = DDIMPipeline.from_pretrained(demo_run / "train/gaussian+dro/pipeline")

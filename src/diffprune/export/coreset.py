@@ -32,8 +32,9 @@ class Coreset:
         probabilities: float64 n, sums to 1: draw probability of each kept example that gives group k the
             share ``class_weights[k]`` (uniform 1/n without class weights). The samplers draw with these;
             train with an unweighted loss then.
-        loss_weights: float64 n: K * a_k, the per-example loss multiplier that gives the same expected
-            class shares under uniform sampling (all 1 without class weights). Use these *or* the samplers.
+        loss_weights: float64 n: a_k / p_k (K * a_k for balanced groups), the per-example loss multiplier that
+            gives the same expected class shares under uniform sampling (all 1 without class weights). Use these
+            *or* the samplers.
         source_ids: n ids (file paths relative to the dataset root, or row indices).
         dataset: the source dataset when known (``subset()`` uses it by default).
     """
