@@ -12,6 +12,7 @@ Public API::
     generate(model_path, out_dir, SampleConfig, class_labels=None) -> out_dir   # load + sample + save
 """
 from diffprune.diffusion.batches import WeightsError
+from diffprune.diffusion.config import SampleConfig, TrainConfig
 from diffprune.diffusion.dit import DiT
 from diffprune.diffusion.loading import load_model, read_meta, save_model
 from diffprune.diffusion.models import (
@@ -24,8 +25,8 @@ from diffprune.diffusion.models import (
     null_class_label,
 )
 from diffprune.diffusion.objective import diffusion_loss
-from diffprune.diffusion.sampling import SampleConfig, generate, image_grid, sample_images, save_samples
-from diffprune.diffusion.trainer import TrainConfig, TrainError, TrainingInterrupted, total_steps, train
+from diffprune.diffusion.sampling import generate, image_grid, sample_images, save_samples
+from diffprune.diffusion.trainer import TrainError, TrainingInterrupted, total_steps, train
 
 __all__ = [
     "DiT",

@@ -48,6 +48,7 @@ from diffprune.io import (
     hash_state_dict,
     read_json,
 )
+from diffprune.runtime import progress_bar
 
 LATENTS, DONE, META, LABELS = "latents.npy", "done.npy", "meta.json", "labels.npy"
 
@@ -334,13 +335,14 @@ class LatentCache:
         todo = self.missing(indices)
         if not len(todo):
             return
-        with _bar(progress, len(todo), self.meta["vae_spec"]) as advance:
+        with progress_bar(enabled=progress, rate="img/s", transient=True) as bar:
+            task = bar.add_task(f"encoding latents ({self.meta['vae_spec']})", total=len(todo))
             for lo in range(0, len(todo), chunk_size):
                 chunk = todo[lo: lo + chunk_size]
                 for b in range(0, len(chunk), batch_size):
                     rows = chunk[b: b + batch_size]
                     self.latents[rows] = encode_images(vae, dataset.images[rows], batch_size)
-                    advance(len(rows))
+                    bar.update(task, advance=len(rows))
                 if not np.isfinite(self.latents[chunk]).all():
                     raise LatentError(f"the VAE produced NaN/inf latents for images {chunk[:5].tolist()}...; "
                                       "check the images, or use float32 (fp16 overflow)")
@@ -414,28 +416,6 @@ def _cache_meta(dataset: Any, vae_spec: str, vae: AutoencoderKL, dtype: str) -> 
 
 def _key(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta.get(k) for k in _KEY}
-
-
-@contextlib.contextmanager
-def _bar(enabled: bool, total: int, vae_spec: str):
-    """Yield ``advance(n)``; a rich bar with images/s when ``enabled``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn(f"encoding latents ({vae_spec})"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(), transient=True)
-    task = bar.add_task("encode", total=total, rate="-")
-    t0, seen = time.time(), 0
-
-    def advance(n: int) -> None:
-        nonlocal seen
-        seen += n
-        bar.update(task, advance=n, rate=f"{seen / max(time.time() - t0, 1e-9):.1f}")
-
-    with bar:
-        yield advance
 
 
 __all__: list[str] = [

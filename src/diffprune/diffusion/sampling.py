@@ -12,68 +12,23 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
-from accelerate.utils import gather, parse_flag_from_env
+from accelerate.utils import gather
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from pydantic import field_validator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from diffprune.config import StrictModel
 from diffprune.diffusion.batches import stream_seed
+from diffprune.diffusion.config import SampleConfig
 from diffprune.diffusion.models import null_class_label
 from diffprune.diffusion.objective import epsilon_part
 from diffprune.io import atomic_path, atomic_save_npy, atomic_save_npz, config_hash, hash_arrays, hash_state_dict
+from diffprune.runtime import process_state, progress_bar
 
 _STREAM_SAMPLE = 11
-
-
-class SampleConfig(StrictModel):
-    num_samples: int = 64
-    sampler: Literal["ddpm", "ddim"] = "ddim"
-    steps: int | None = None  # denoising steps; None: 1000 for ddpm, 100 for ddim
-    batch_size: int = 256  # per process
-    seed: int = 0
-    guidance_scale: float = 1.0  # conditional models: 1 = plain conditional, 0 = unconditional, >1 = CFG
-    eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-
-    @field_validator("num_samples", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be a positive integer")
-        return v
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, v: int | None) -> int | None:
-        if v is not None and not 1 <= v <= 1000:
-            raise ValueError("must be between 1 and the model's training steps (1000)")
-        return v
-
-    @field_validator("guidance_scale")
-    @classmethod
-    def _guidance(cls, v: float) -> float:
-        if not (v >= 0 and math.isfinite(v)):
-            raise ValueError("must be a finite number >= 0")
-        return v
-
-    @field_validator("eta")
-    @classmethod
-    def _eta(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be in [0, 1]")
-        return v
-
-    @property
-    def num_steps(self) -> int:
-        return self.steps if self.steps is not None else (1000 if self.sampler == "ddpm" else 100)
 
 
 def sampling_scheduler(scheduler: DDPMScheduler, config: SampleConfig) -> DDPMScheduler | DDIMScheduler:
@@ -130,7 +85,7 @@ def sample_images(
         device: where the model runs; default the accelerate process device (GPU if any).
         decoder: decodes a latent model's samples to images (None: the model works in pixel space).
     """
-    state = _state()
+    state = process_state()
     device = torch.device(device) if device is not None else state.device
     n = config.num_samples
     labels = _resolve_labels(model, class_labels, n, config.guidance_scale)
@@ -140,7 +95,7 @@ def sample_images(
     shard = math.ceil(n / state.num_processes)
     lo, hi = min(state.process_index * shard, n), min((state.process_index + 1) * shard, n)
     out = torch.zeros((shard, h, h, c), dtype=torch.uint8, device=device)
-    bar = _bar(progress and state.is_local_main_process)
+    bar = progress_bar(enabled=progress and state.is_local_main_process)
     task = bar.add_task(f"sample {config.sampler}-{config.num_steps}", total=(hi - lo) * len(sched.timesteps))
     with bar:
         for start in range(lo, hi, config.batch_size):
@@ -190,7 +145,7 @@ def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     """
     from diffprune.diffusion.loading import load_model, read_meta
 
-    state = _state()
+    state = process_state()
     out_dir = Path(out_dir)
     chunks_dir = out_dir / ".chunks"
     model, scheduler = load_model(model_path, device=str(state.device))
@@ -204,7 +159,7 @@ def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     starts = list(range(0, n, chunk))
     mine = [s0 for j, s0 in enumerate(starts) if j % state.num_processes == state.process_index]
     todo = [s0 for s0 in mine if not (chunks_dir / f"{key}-{s0:09d}.npy").exists()]
-    bar = _bar(progress and state.is_local_main_process)
+    bar = progress_bar(enabled=progress and state.is_local_main_process)
     task = bar.add_task(f"sample {config.sampler}-{config.num_steps}",
                         total=sum(min(chunk, n - s0) for s0 in todo) * len(sched.timesteps))
     with bar:
@@ -220,11 +175,6 @@ def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
         shutil.rmtree(chunks_dir, ignore_errors=True)
     state.wait_for_everyone()
     return out_dir
-
-
-def _state() -> PartialState:
-    # ACCELERATE_USE_CPU: set by `accelerate launch --cpu`, needed for multi-process CPU (gloo) runs
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -311,10 +261,3 @@ def _autocast(device: torch.device, mixed_precision: str):
     if mixed_precision == "no":
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
-
-
-def _bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
-    )

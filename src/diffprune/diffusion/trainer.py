@@ -34,25 +34,20 @@ import logging
 import math
 import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_constant_schedule_with_warmup
-from pydantic import Field, field_validator, model_validator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 
-from diffprune.config import StrictModel
 from diffprune.data import ImageDataset
 from diffprune.diffusion.batches import (
     class_loss_multipliers,
@@ -64,19 +59,19 @@ from diffprune.diffusion.batches import (
     stream_seed,
     to_model_input,
 )
+from diffprune.diffusion.config import TrainConfig
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.loading import load_model, save_model
+from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
 from diffprune.diffusion.models import (
-    PRESETS,
     SD_PRESET,
     count_parameters,
     create_model,
     create_scheduler,
-    get_preset,
 )
 from diffprune.diffusion.objective import diffusion_loss
-from diffprune.evaluation.config import TrainEvalConfig
 from diffprune.io import DiskSpaceError, atomic_write_json, config_hash
+from diffprune.runtime import Interrupted, StopOnSignal, process_state, progress_bar
 
 log = logging.getLogger("diffprune.train")
 
@@ -95,126 +90,8 @@ class TrainError(ValueError):
     """Training cannot start (bad data/config combination, incompatible checkpoint); the message says why."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
+class TrainingInterrupted(Interrupted):
     """Raised after SIGINT/SIGTERM once the checkpoint is safely written; rerun with ``resume=True``."""
-
-
-class TrainConfig(StrictModel):
-    """Training options. Fields left at None take the preset's recipe (``PRESETS[preset].recipe``)."""
-
-    preset: str = "ddpm-small"
-    steps: int | None = None  # optimizer steps; or
-    epochs: float | None = None  # passes over the given (sub)set: steps = ceil(epochs * N / batch_size)
-    batch_size: int | None = None  # global images per optimizer step (all processes x grad_accum)
-    lr: float | None = None  # Adam learning rate after warm-up
-    warmup_steps: int | None = None  # linear LR warm-up from 0
-    grad_clip: float | None = 1.0  # max global grad norm; None disables
-    ema_decay: float | None = None  # per optimizer step
-    ema_warmup: bool = False  # decay after n steps min(ema_decay, (1 + n) / (10 + n)), as diffusers' EMAModel
-    # None: accelerate decides (`accelerate launch --mixed_precision bf16`, its config file, or the
-    # ACCELERATE_MIXED_PRECISION variable; fp32 in a plain `python` process); a value here overrides them
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
-    grad_accum: int = 1
-    weighting: Literal["loss", "resample"] = "loss"
-    hflip: bool | None = None  # random horizontal flip (p = 0.5); pixel data only
-    conditional: bool = False  # class-conditional model (needs labels); always on for preset "sd"
-    mask_ratio: float = 0.0  # MDT-style masked training of DiT presets: share of latent tokens masked; 0 = off
-    prompt_template: str = "a photo of a {}"  # preset "sd": the prompt of each class
-    prompt_names: dict[str, str] = {}  # preset "sd": text for a class name, e.g. {n01440764: tench} for ImageNet
-    cfg_dropout: float = 0.1  # probability of replacing the label by the null label (conditional only)
-    checkpoint_every: int = 1000  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
-    log_every: int = 10  # steps between metrics lines
-    seed: int = 0
-    model_overrides: dict[str, Any] = {}  # keyword overrides of the preset's model (UNet2DModel or DiT)
-    init_from: str | None = None  # initialise from a diffusers dir, a diffprune train dir or a hub id
-    # (preset "sd": the Stable Diffusion pipeline dir or hub id whose unet, text encoder and scheduler are used)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the UNet
-    tensorboard: bool = False  # shorthand for log_with: [tensorboard]
-    log_with: list[str] = []  # accelerate trackers (tensorboard, wandb, comet_ml, mlflow, ...): loss, lr, img/s
-    sample_every: int = 0  # steps between sample grids in samples/ (and to the trackers); 0 = off
-    eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
-    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"must be one of {sorted(PRESETS)}")
-        return v
-
-    @field_validator("steps", "batch_size", "grad_accum", "log_every")
-    @classmethod
-    def _positive_int(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be a positive integer")
-        return v
-
-    @field_validator("log_with")
-    @classmethod
-    def _known_trackers(cls, v: list[str]) -> list[str]:
-        from accelerate.utils import LoggerType
-
-        known = sorted(t.value for t in LoggerType)
-        bad = [t for t in v if t not in known]
-        if bad:
-            raise ValueError(f"unknown tracker(s) {bad}; accelerate knows {', '.join(known)}")
-        return v
-
-    @field_validator("warmup_steps", "checkpoint_every", "sample_every", "eval_every")
-    @classmethod
-    def _non_negative_int(cls, v: int | None) -> int | None:
-        if v is not None and v < 0:
-            raise ValueError("must be >= 0")
-        return v
-
-    @field_validator("epochs", "lr")
-    @classmethod
-    def _positive_float(cls, v: float | None) -> float | None:
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise ValueError("must be a positive number")
-        return v
-
-    @field_validator("grad_clip")
-    @classmethod
-    def _clip(cls, v: float | None) -> float | None:
-        if v is not None and not v > 0:
-            raise ValueError("must be > 0, or null to disable clipping")
-        return v
-
-    @field_validator("ema_decay", "cfg_dropout")
-    @classmethod
-    def _unit_interval(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 <= v < 1.0:
-            raise ValueError("must be in [0, 1)")
-        return v
-
-    @model_validator(mode="after")
-    def _one_budget(self) -> "TrainConfig":
-        if self.steps is not None and self.epochs is not None:
-            raise ValueError("give the budget as steps or as epochs, not both")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1) (MDT uses 0.3), got {self.mask_ratio}")
-        if self.mask_ratio > 0 and get_preset(self.preset).kind != "dit":
-            raise ValueError(f"mask_ratio (MDT masked training) needs a DiT preset (dit-*), not {self.preset!r}")
-        if self.mask_ratio == 0 and self.model_overrides.get("side_interpolater_depth"):
-            raise ValueError("model_overrides.side_interpolater_depth builds MDT's side-interpolater, which only "
-                             "mask_ratio > 0 trains (unused parameters break DDP); set mask_ratio, e.g. 0.3")
-        if self.preset == SD_PRESET and not self.init_from:
-            raise ValueError("preset 'sd' fine-tunes a Stable Diffusion UNet: set init_from to its diffusers "
-                             "pipeline dir (or hub id), e.g. init_from: /models/stable-diffusion-v1-5")
-        return self
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with every None recipe field filled from the preset."""
-        recipe = get_preset(self.preset).recipe
-        fill = {k: getattr(recipe, k) for k in ("lr", "warmup_steps", "batch_size", "ema_decay", "hflip")}
-        updates = {k: v for k, v in fill.items() if getattr(self, k) is None}
-        if self.steps is None and self.epochs is None:
-            updates["steps"] = recipe.steps
-        if self.preset == SD_PRESET:
-            updates["conditional"] = True  # the class prompts condition the UNet
-        return self.model_copy(update=updates)
 
 
 def total_steps(config: TrainConfig, num_examples: int) -> int:
@@ -345,7 +222,7 @@ def train(
         seconds_before = float(saved.get("train_seconds", 0.0))
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(metrics_path, keep_through_step=start_step)
+        truncate_metrics(metrics_path, keep_through_step=start_step)
     accelerator.wait_for_everyone()
 
     # ---- data on device (uint8 images, ~150 MB for CIFAR-10; or float latents) or pinned host memory ----------
@@ -358,7 +235,7 @@ def train(
 
     if trackers:
         accelerator.init_trackers("diffprune", config=_scalar_config(cfg))  # TensorBoard: logs/diffprune/
-    stop = _StopRequest()
+    stop = StopOnSignal()
     run_loss = torch.zeros((), device=device)
     last_loss = float("nan")
     t_start = t_log = time.perf_counter()
@@ -375,7 +252,8 @@ def train(
     step_log = log_window[0] if resumed_from is not None else start_step
     run_loss.fill_(log_window[1])  # so a resumed metrics line averages the same steps as an uninterrupted one
     saved_step = start_step if resumed_from is not None else -1
-    bar = _progress_bar(progress and accelerator.is_local_main_process)
+    bar = progress_bar("loss {task.fields[loss]:.4f}", "{task.fields[ips]:.1f} img/s",
+                       enabled=progress and accelerator.is_local_main_process)
     task = bar.add_task("train", total=steps_total, completed=start_step, loss=float("nan"), ips=0.0)
     model.train()
     try:
@@ -430,7 +308,7 @@ def train(
                     row = {"step": step, "loss": last_loss, "lr": lr_schedule.get_last_lr()[0],
                            "img_per_s": ips, "images_seen": step * cfg.batch_size, "seconds": now - t_start}
                     if accelerator.is_main_process:
-                        _append_jsonl(metrics_path, row)
+                        append_jsonl(metrics_path, row)
                     if trackers:
                         accelerator.log({f"train/{key}": row[key] for key in ("loss", "lr", "img_per_s")}, step=step)
                     run_loss.zero_()
@@ -439,7 +317,7 @@ def train(
                 if cfg.sample_every and step % cfg.sample_every == 0:
                     _sample_grid(accelerator, ema.module, scheduler, cfg, out_dir, step, trackers)
                 bar.update(task, completed=step)
-                interrupted = stop.requested(accelerator, sync=step % cfg.log_every == 0)
+                interrupted = stop.requested_by_any(accelerator, sync=step % cfg.log_every == 0)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
                     checkpoint(step)
                     saved_step = step
@@ -481,7 +359,7 @@ def _evaluate_during_training(evaluator: Evaluator, ema: EMA, scheduler: DDPMSch
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - t0
     if accelerator.is_main_process:
-        _append_jsonl(metrics_path, {"step": step, "images_seen": step * cfg.batch_size,
+        append_jsonl(metrics_path, {"step": step, "images_seen": step * cfg.batch_size,
                                      "train_seconds": train_seconds, "eval_seconds": seconds, **values})
     return seconds
 
@@ -570,7 +448,7 @@ def _allow_precision_change(mixed_precision: str | None) -> None:
     state = AcceleratorState._shared_state
     if not state or (mixed_precision is not None and state.get("_mixed_precision") in (None, mixed_precision)):
         return
-    if PartialState().num_processes > 1:
+    if process_state().num_processes > 1:
         if mixed_precision is None:  # the launch's precision stays
             return
         raise TrainError(
@@ -638,28 +516,7 @@ def _check_init_model(model: UNet2DModel, overrides: Mapping[str, Any]) -> None:
             )
 
 
-# ---- logs, progress, signals -----------------------------------------------------------------------------
-
-
-def _append_jsonl(path: Path, row: Mapping[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(path: Path, keep_through_step: int) -> None:
-    """Drop metrics lines after the checkpoint we resume from (or all of them on a fresh start)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= keep_through_step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line from a killed run
-    from diffprune.io import atomic_write_text
-
-    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+# ---- trackers and sample grids ----------------------------------------------------------------------------
 
 
 def _trackers(cfg: TrainConfig) -> list[str]:
@@ -686,7 +543,8 @@ def _sample_grid(accelerator: Accelerator, model: Any, scheduler: DDPMScheduler,
     steps), sharded over every process; logged to image-capable trackers as well."""
     from PIL import Image
 
-    from diffprune.diffusion.sampling import SampleConfig, sample_images, save_grid
+    from diffprune.diffusion.config import SampleConfig
+    from diffprune.diffusion.sampling import sample_images, save_grid
 
     images = sample_images(model, scheduler, SampleConfig(num_samples=16, sampler="ddim", steps=50, seed=cfg.seed),
                            progress=False, device=accelerator.device)
@@ -702,47 +560,3 @@ def _sample_grid(accelerator: Accelerator, model: Any, scheduler: DDPMScheduler,
             import wandb
 
             tracker.log({"samples": wandb.Image(grid)}, step=step)
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
-class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop polls, so a checkpoint is written before exiting.
-
-    A second signal restores the default handler's behaviour (raise KeyboardInterrupt / terminate at once).
-    Under several processes the flag is OR-reduced every ``log_every`` steps, so all stop at the same step.
-    """
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self._flag = True
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-
-    def requested(self, accelerator: Accelerator, sync: bool) -> bool:
-        if accelerator.num_processes == 1:
-            return self._flag
-        if not sync:
-            return False
-        flag = torch.tensor(float(self._flag), device=accelerator.device)
-        return bool(accelerator.reduce(flag, "max").item() > 0)

@@ -22,13 +22,6 @@ class EncoderError(ValueError):
     """An encoder cannot be built or used; the message names the problem and the fix."""
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or ``"auto"`` -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def to_float_rgb(x: torch.Tensor) -> torch.Tensor:
     """uint8/float N x {1,3} x H x W in [0, 255] -> float32 N x 3 x H x W in [0, 255]."""
     if x.ndim != 4 or x.shape[1] not in (1, 3):

@@ -22,7 +22,8 @@ import torch
 from pydantic import field_validator
 
 from diffprune.config import StrictModel
-from diffprune.encoders.base import Encoder, EncoderError, resolve_device
+from diffprune.runtime import distributed_state, progress_bar, resolve_device
+from diffprune.encoders.base import Encoder, EncoderError
 from diffprune.encoders.registry import available_encoders, get_encoder
 from diffprune.io import atomic_write_json, ensure_free_space, read_json
 
@@ -83,14 +84,11 @@ class _Batches(torch.utils.data.Dataset):
 
 
 def _dist_state():
-    """(rank, world size, barrier) from accelerate when launched with several processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        # without CUDA, accelerate only sets up the (gloo) process group when asked for CPU explicitly
-        state = PartialState(cpu=not torch.cuda.is_available())
-        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-    return 0, 1, (lambda: None), None
+    """(rank, world size, barrier, device) of this process: accelerate's under a multi-process launch."""
+    state = distributed_state()
+    if state is None:
+        return 0, 1, (lambda: None), None
+    return state.process_index, state.num_processes, state.wait_for_everyone, state.device
 
 
 def _meta_key(meta: dict) -> dict:
@@ -185,15 +183,9 @@ def _run_chunks(enc: Encoder, images: np.ndarray, store: np.ndarray, todo: list[
     device = enc.device
     use_autocast = config.autocast and device.type == "cuda" and getattr(enc, "autocast_ok", True)
     total = sum(min(n, (i + 1) * config.chunk_size) - i * config.chunk_size for i in todo)
-    bar = None
-    if progress:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn)
-
-        bar = Progress(TextColumn(f"embedding ({enc.name})"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(), transient=True)
-        bar.start()
-        task = bar.add_task("embed", total=total, rate="-")
-    t0, done_imgs = time.time(), 0
+    bar = progress_bar(enabled=progress, rate="img/s", transient=True)
+    bar.start()
+    task = bar.add_task(f"embedding ({enc.name})", total=total)
     try:
         for count, chunk in enumerate(todo):
             if max_chunks is not None and count >= max_chunks:
@@ -209,14 +201,11 @@ def _run_chunks(enc: Encoder, images: np.ndarray, store: np.ndarray, todo: list[
                     feats = enc(batch).float().cpu().numpy()
                 store[row : row + len(feats)] = feats
                 row += len(feats)
-                done_imgs += len(feats)
-                if bar is not None:
-                    bar.update(task, advance=len(feats), rate=f"{done_imgs / max(time.time() - t0, 1e-9):.1f}")
+                bar.update(task, advance=len(feats))
             if not np.isfinite(store[lo:hi]).all():
                 raise EncoderError(f"{enc.name} produced NaN/inf features for images {lo}..{hi - 1}; "
                                    "check the input images or disable autocast")
             store.flush()
             (marks / f"{chunk:06d}.done").touch()
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()

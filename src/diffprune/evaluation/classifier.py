@@ -128,9 +128,9 @@ def _train(train: ImageDataset, test: ImageDataset, config: ClassifierConfig, se
     images = torch.from_numpy(train.images)
     labels = torch.from_numpy(train.labels)
     t0 = time.perf_counter()
-    from diffprune.evaluation.features import _progress_bar
+    from diffprune.runtime import progress_bar
 
-    with _progress_bar(progress) as bar:
+    with progress_bar(enabled=progress, rate="img/s") as bar:
         task = bar.add_task("classifier", total=config.epochs * len(train))
         for _ in range(config.epochs):
             model.train()

@@ -20,11 +20,12 @@ from diffprune.data import ImageDataset, load_dataset
 from diffprune.evaluation.config import EvalConfig
 from diffprune.evaluation.errors import EvaluationError
 from diffprune.evaluation.evaluate import load_feature_network, network_identity
-from diffprune.evaluation.features import extract_features, resolve_device
+from diffprune.evaluation.features import extract_features
 from diffprune.evaluation.frechet import frechet_distance
 from diffprune.evaluation.metrics import torchmetrics_kid
 from diffprune.evaluation.prdc import prdc
 from diffprune.evaluation.reference import load_ref_stats, reference_features
+from diffprune.runtime import resolve_device
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from diffprune.data import ImageDataset
 from diffprune.evaluation.config import EvalConfig, TrainEvalConfig
 from diffprune.evaluation.evaluate import evaluate, load_feature_network
-from diffprune.evaluation.features import resolve_device
+from diffprune.runtime import resolve_device
 
 # flat values of ``evaluate``'s record that go into a metrics line, per requested metric
 _RECORD_KEYS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "classifier_fd": ("classifier_fd",)}
@@ -50,7 +50,7 @@ class TrainingEvaluator:
         self._decoder = None
 
     def sample_config(self):
-        from diffprune.diffusion.sampling import SampleConfig
+        from diffprune.diffusion.config import SampleConfig
 
         c = self.config
         return SampleConfig(num_samples=c.samples, sampler=c.sampler, steps=c.steps, batch_size=c.batch_size,

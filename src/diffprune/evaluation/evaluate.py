@@ -19,13 +19,14 @@ from diffprune.evaluation.classifier import classifier_outputs, load_or_train_cl
 from diffprune.evaluation.classwise import classwise_frechet, mean_of_rows
 from diffprune.evaluation.config import EvalConfig
 from diffprune.evaluation.errors import EvaluationError
-from diffprune.evaluation.features import _distributed_state, extract_features, has_logits, resolve_device, to_nchw
+from diffprune.evaluation.features import extract_features, has_logits, to_nchw
 from diffprune.evaluation.frechet import fid_from_features
 from diffprune.evaluation.metrics import fid_with_check, torchmetrics_inception_score, torchmetrics_kid
 from diffprune.evaluation.prdc import prdc
 from diffprune.evaluation.frechet import frechet_distance_to_features
 from diffprune.evaluation.reference import floor_features, reference_features, save_ref_stats
 from diffprune.io import atomic_write_json, hash_state_dict
+from diffprune.runtime import distributed_state, resolve_device
 
 INCEPTION_METRICS = ("fid", "kid", "is", "prdc")
 NO_LOGITS_REASON = (
@@ -98,7 +99,7 @@ def evaluate(
         if sample_labels.shape != (len(fake),):
             raise EvaluationError(f"sample_labels must have shape ({len(fake)},), got {sample_labels.shape}")
     device = resolve_device(config.device)
-    dist_state = _distributed_state()
+    dist_state = distributed_state()
     is_main = dist_state is None or dist_state.is_main_process
     wanted = set(config.metrics)
     result: dict[str, Any] = {}

@@ -10,30 +10,11 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from diffprune.evaluation.errors import EvaluationError
+from diffprune.runtime import distributed_state, progress_bar, resolve_device
 
 Layout = Literal["auto", "nhwc", "nchw"]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"``: the accelerate process's device under ``accelerate launch``, else CUDA when present, else CPU."""
-    if device != "auto":
-        return torch.device(device)
-    state = _distributed_state()
-    if state is not None:
-        return state.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def to_nchw(images: np.ndarray, layout: Layout = "auto") -> np.ndarray:
@@ -98,7 +79,7 @@ def extract_features(
     """
     nchw = to_nchw(images, layout)
     dev = torch.device(device) if device is not None else resolve_device("auto")
-    state = _distributed_state() if shard else None
+    state = distributed_state() if shard else None
     n = len(nchw)
     lo, hi = 0, n
     if state is not None:
@@ -110,7 +91,7 @@ def extract_features(
     feats: list[np.ndarray] = []
     logits: list[np.ndarray] = []
     show = progress and (state is None or state.is_main_process)
-    with _progress_bar(show) as bar, torch.inference_mode():
+    with progress_bar(enabled=show, rate="img/s") as bar, torch.inference_mode():
         task = bar.add_task(description, total=hi - lo)
         for start in range(lo, hi, batch_size):
             x = batch_to_float_rgb(nchw[start : min(start + batch_size, hi)], dev)
@@ -142,35 +123,3 @@ def has_logits(network: object) -> bool:
 
 def _num_features(network: object) -> int:
     return int(getattr(network, "num_features", 0))
-
-
-def _distributed_state():
-    """accelerate's process state when launched with several processes, else None (no side effects)."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    # cpu=True lets a CPU-only machine form a gloo process group (accelerate launch --cpu, torchrun); it is
-    # ignored when the shared state already exists (e.g. the caller's Accelerator).
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state if state.num_processes > 1 else None
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task) -> Text:  # noqa: ANN001 (rich's Task)
-        return Text("   ... img/s" if task.speed is None else f"{task.speed:6.1f} img/s")
-
-
-def _progress_bar(show: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not show,
-        transient=False,
-    )

@@ -33,12 +33,11 @@ from diffprune.reweighting.runner import (
     PairedBatches,
     ReweightError,
     _class_labels_for,
-    _progress,
     check_reference,
-    resolve_device,
     update_weights,
 )
 from diffprune.reweighting.weights import save_class_weights, weights_to_dict
+from diffprune.runtime import progress_bar, resolve_device
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -86,7 +85,7 @@ def run_null_dro(
     dro = ClassDRO(k, eta=config.eta, smoothing=config.smoothing)
     acc, normaliser = ExcessAccumulator(k), TimestepNormaliser()
     log = RunLog([], [], [], acc.sums, acc.counts, 0)
-    with _progress(progress) as bar, torch.inference_mode():
+    with progress_bar("{task.fields[info]}", enabled=progress) as bar, torch.inference_mode():
         task = bar.add_task("null", total=config.steps, info="null control")
         for step in range(config.steps):
             x0, y, t, noise = batches(step)

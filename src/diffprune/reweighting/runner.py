@@ -12,8 +12,6 @@ The output is ``ClassDRO.average`` (initial weights included), written as ``clas
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from diffprune.reweighting.excess import (
 from diffprune.reweighting.outputs import write_outputs
 from diffprune.reweighting.sampling import ClassBalancedBatches, step_seed
 from diffprune.reweighting.weights import weights_entropy
+from diffprune.runtime import Interrupted, StopOnSignal, progress_bar, resolve_device
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -53,37 +52,8 @@ class ReweightError(ValueError):
     """The reweight stage cannot run on these inputs; the message names the problem and the fix."""
 
 
-class DROInterrupted(KeyboardInterrupt):
+class DROInterrupted(Interrupted):
     """SIGINT/SIGTERM stopped ``run_dro`` after it checkpointed; rerun with ``resume=True`` to continue."""
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop reads between steps (a second signal stops at once)."""
-
-    def __enter__(self) -> "_StopRequest":
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ReweightError(f"device {name!r} requested but CUDA is not available; use device: auto or cpu")
-    return torch.device(name)
 
 
 def check_dataset(dataset: ImageDataset) -> None:
@@ -144,15 +114,6 @@ def _identity(config: ReweightConfig, dataset: ImageDataset, reference: torch.nn
         "dataset": dataset.fingerprint,
         "reference_weights": hash_state_dict(reference.state_dict()),
     }
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]DRO[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(), disable=not enabled, transient=False,
-    )
 
 
 class PairedBatches:
@@ -326,7 +287,7 @@ def run_dro(
             )
         logger.info("resuming DRO from step %d of %d", start, config.steps)
 
-    with _StopRequest() as stop, _progress(progress) as bar:
+    with StopOnSignal() as stop, progress_bar("{task.fields[info]}", enabled=progress) as bar:
         task = bar.add_task("dro", total=config.steps, completed=start, info="")
         for step in range(start, config.steps):
             loss = loop.step(step)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from diffprune.runtime import progress_bar
 from diffprune.selection.errors import SelectionError
 from diffprune.selection.grouping import resolve_groups
 from diffprune.selection.inputs import check_features, check_labels, check_ratio, group_index, iter_groups
@@ -71,7 +72,9 @@ def score_groups(
                 method.name, under, len(ids), d,
             )
     scores = np.empty(features.shape[0], dtype=np.float64)
-    bar = _progress(progress, len(ids), f"scoring ({method.name})")
+    bar = progress_bar(enabled=progress and len(ids) > 1, transient=True)
+    task = bar.add_task(f"scoring ({method.name})", total=len(ids))
+    bar.start()
     try:
         for pos, x in iter_groups(features, members):
             gid = int(ids[pos])
@@ -89,23 +92,10 @@ def score_groups(
                     "(constant or duplicated rows) or raise the method's regularisation"
                 )
             scores[rows] = s
-            if bar is not None:
-                bar[0].advance(bar[1])
+            bar.advance(task)
     finally:
-        if bar is not None:
-            bar[0].stop()
+        bar.stop()
     return scores
-
-
-def _progress(enabled: bool, total: int, description: str):
-    if not enabled or total < 2:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                 transient=True)
-    p.start()
-    return p, p.add_task(description, total=total)
 
 
 def score(

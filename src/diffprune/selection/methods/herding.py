@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffprune.selection.methods._torch import as_tensor, resolve_device
+from diffprune.runtime import resolve_device
+from diffprune.selection.methods._torch import as_tensor
 from diffprune.selection.registry import greedy_order_scores, register
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from diffprune.selection.errors import SelectionError
-from diffprune.selection.methods._torch import as_tensor, resolve_device
+from diffprune.runtime import resolve_device
+from diffprune.selection.methods._torch import as_tensor
 from diffprune.selection.registry import greedy_order_scores, register
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

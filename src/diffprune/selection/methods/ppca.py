@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from diffprune.selection.errors import SelectionError
-from diffprune.selection.methods._torch import as_tensor, resolve_device
+from diffprune.runtime import resolve_device
+from diffprune.selection.methods._torch import as_tensor
 from diffprune.selection.registry import register
 
 log = logging.getLogger("diffprune.selection")

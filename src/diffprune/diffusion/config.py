@@ -1,0 +1,176 @@
+"""The configs of stage 4: ``TrainConfig`` (the trainer) and ``SampleConfig`` (the sampler).
+
+Fields left at None in ``TrainConfig`` take the preset's recipe (``diffprune.diffusion.models.PRESETS``);
+``TrainConfig.resolved()`` fills them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from diffprune.config import StrictModel
+from diffprune.diffusion.models import PRESETS, SD_PRESET, get_preset
+from diffprune.evaluation.config import TrainEvalConfig
+
+
+class TrainConfig(StrictModel):
+    """Training options. Fields left at None take the preset's recipe (``PRESETS[preset].recipe``)."""
+
+    preset: str = "ddpm-small"
+    steps: int | None = None  # optimizer steps; or
+    epochs: float | None = None  # passes over the given (sub)set: steps = ceil(epochs * N / batch_size)
+    batch_size: int | None = None  # global images per optimizer step (all processes x grad_accum)
+    lr: float | None = None  # Adam learning rate after warm-up
+    warmup_steps: int | None = None  # linear LR warm-up from 0
+    grad_clip: float | None = 1.0  # max global grad norm; None disables
+    ema_decay: float | None = None  # per optimizer step
+    ema_warmup: bool = False  # decay after n steps min(ema_decay, (1 + n) / (10 + n)), as diffusers' EMAModel
+    # None: accelerate decides (`accelerate launch --mixed_precision bf16`, its config file, or the
+    # ACCELERATE_MIXED_PRECISION variable; fp32 in a plain `python` process); a value here overrides them
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    grad_accum: int = 1
+    weighting: Literal["loss", "resample"] = "loss"
+    hflip: bool | None = None  # random horizontal flip (p = 0.5); pixel data only
+    conditional: bool = False  # class-conditional model (needs labels); always on for preset "sd"
+    mask_ratio: float = 0.0  # MDT-style masked training of DiT presets: share of latent tokens masked; 0 = off
+    prompt_template: str = "a photo of a {}"  # preset "sd": the prompt of each class
+    prompt_names: dict[str, str] = {}  # preset "sd": text for a class name, e.g. {n01440764: tench} for ImageNet
+    cfg_dropout: float = 0.1  # probability of replacing the label by the null label (conditional only)
+    checkpoint_every: int = 1000  # steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)
+    log_every: int = 10  # steps between metrics lines
+    seed: int = 0
+    model_overrides: dict[str, Any] = {}  # keyword overrides of the preset's model (UNet2DModel or DiT)
+    init_from: str | None = None  # initialise from a diffusers dir, a diffprune train dir or a hub id
+    # (preset "sd": the Stable Diffusion pipeline dir or hub id whose unet, text encoder and scheduler are used)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the UNet
+    tensorboard: bool = False  # shorthand for log_with: [tensorboard]
+    log_with: list[str] = []  # accelerate trackers (tensorboard, wandb, comet_ml, mlflow, ...): loss, lr, img/s
+    sample_every: int = 0  # steps between sample grids in samples/ (and to the trackers); 0 = off
+    eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
+    eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"must be one of {sorted(PRESETS)}")
+        return v
+
+    @field_validator("steps", "batch_size", "grad_accum", "log_every")
+    @classmethod
+    def _positive_int(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("log_with")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        from accelerate.utils import LoggerType
+
+        known = sorted(t.value for t in LoggerType)
+        bad = [t for t in v if t not in known]
+        if bad:
+            raise ValueError(f"unknown tracker(s) {bad}; accelerate knows {', '.join(known)}")
+        return v
+
+    @field_validator("warmup_steps", "checkpoint_every", "sample_every", "eval_every")
+    @classmethod
+    def _non_negative_int(cls, v: int | None) -> int | None:
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("epochs", "lr")
+    @classmethod
+    def _positive_float(cls, v: float | None) -> float | None:
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ValueError("must be a positive number")
+        return v
+
+    @field_validator("grad_clip")
+    @classmethod
+    def _clip(cls, v: float | None) -> float | None:
+        if v is not None and not v > 0:
+            raise ValueError("must be > 0, or null to disable clipping")
+        return v
+
+    @field_validator("ema_decay", "cfg_dropout")
+    @classmethod
+    def _unit_interval(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError("must be in [0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "TrainConfig":
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give the budget as steps or as epochs, not both")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1) (MDT uses 0.3), got {self.mask_ratio}")
+        if self.mask_ratio > 0 and get_preset(self.preset).kind != "dit":
+            raise ValueError(f"mask_ratio (MDT masked training) needs a DiT preset (dit-*), not {self.preset!r}")
+        if self.mask_ratio == 0 and self.model_overrides.get("side_interpolater_depth"):
+            raise ValueError("model_overrides.side_interpolater_depth builds MDT's side-interpolater, which only "
+                             "mask_ratio > 0 trains (unused parameters break DDP); set mask_ratio, e.g. 0.3")
+        if self.preset == SD_PRESET and not self.init_from:
+            raise ValueError("preset 'sd' fine-tunes a Stable Diffusion UNet: set init_from to its diffusers "
+                             "pipeline dir (or hub id), e.g. init_from: /models/stable-diffusion-v1-5")
+        return self
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None recipe field filled from the preset."""
+        recipe = get_preset(self.preset).recipe
+        fill = {k: getattr(recipe, k) for k in ("lr", "warmup_steps", "batch_size", "ema_decay", "hflip")}
+        updates = {k: v for k, v in fill.items() if getattr(self, k) is None}
+        if self.steps is None and self.epochs is None:
+            updates["steps"] = recipe.steps
+        if self.preset == SD_PRESET:
+            updates["conditional"] = True  # the class prompts condition the UNet
+        return self.model_copy(update=updates)
+
+
+class SampleConfig(StrictModel):
+    num_samples: int = 64
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int | None = None  # denoising steps; None: 1000 for ddpm, 100 for ddim
+    batch_size: int = 256  # per process
+    seed: int = 0
+    guidance_scale: float = 1.0  # conditional models: 1 = plain conditional, 0 = unconditional, >1 = CFG
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("num_samples", "batch_size")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and the model's training steps (1000)")
+        return v
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, v: float) -> float:
+        if not (v >= 0 and math.isfinite(v)):
+            raise ValueError("must be a finite number >= 0")
+        return v
+
+    @field_validator("eta")
+    @classmethod
+    def _eta(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be in [0, 1]")
+        return v
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps if self.steps is not None else (1000 if self.sampler == "ddpm" else 100)

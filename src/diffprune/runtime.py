@@ -1,0 +1,170 @@
+"""The ground floor every stage shares: where to run, which process this is, progress bars, stop-on-signal.
+
+One implementation of each, so that ``device: auto`` means the same thing in every stage, every stage stops on
+SIGINT/SIGTERM the same way (checkpoint, then an ``Interrupted`` error that says how to resume), and every bar
+looks alike.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # accelerate is imported lazily: most helpers run without a launcher
+    from accelerate import Accelerator, PartialState
+    from rich.progress import Progress
+
+
+class DeviceError(ValueError):
+    """A requested device does not exist on this machine; the message names the device and the fix."""
+
+
+# ---- devices -------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The ``torch.device`` for a config's ``device`` (see ``diffprune.config.Device``).
+
+    ``None`` / ``"auto"``: the accelerate process's device under a multi-process launch, else CUDA when
+    present, else CPU. An explicit ``cuda``/``cuda:N``/``mps`` that this machine lacks raises ``DeviceError``
+    here, before any compute, instead of a torch error mid-stage (or a silent CPU run).
+    """
+    if device is None or str(device) == "auto":
+        state = distributed_state()
+        if state is not None:
+            return state.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {str(device)!r} requested but CUDA is not available; use device: auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1} or auto")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError(f"device {str(device)!r} requested but MPS is not available; use device: auto or cpu")
+    return dev
+
+
+# ---- processes -----------------------------------------------------------------------------------------
+
+
+def launch_world() -> tuple[int, int]:
+    """(rank, world size) without creating any process state: from torch.distributed when initialised, else the
+    launcher's ``RANK`` / ``WORLD_SIZE`` (torchrun, ``accelerate launch``), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def distributed_state() -> PartialState | None:
+    """accelerate's process state when launched with several processes, else None (and no side effects)."""
+    if launch_world()[1] <= 1:
+        return None
+    state = process_state()
+    return state if state.num_processes > 1 else None
+
+
+def process_state() -> PartialState:
+    """accelerate's (shared) process state, created on first use.
+
+    Without CUDA it asks for a CPU (gloo) process group, which accelerate otherwise only forms under
+    ``accelerate launch --cpu`` (``ACCELERATE_USE_CPU``); an existing shared state (e.g. the caller's
+    ``Accelerator``) is returned as it is.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+# ---- progress ------------------------------------------------------------------------------------------
+
+
+def progress_bar(*fields: str, enabled: bool = True, rate: str | None = None, transient: bool = False) -> Progress:
+    """A rich bar: description, bar, done/total, then each of ``fields`` (rich format strings such as
+    ``"loss {task.fields[loss]:.4f}"``), the rate in ``rate`` units per second (e.g. ``"img/s"``; rich's
+    running estimate of the task's speed), elapsed and remaining time. ``enabled=False``: a silent bar whose
+    tasks still count, so callers need no second code path."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    columns: list[Any] = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          *(TextColumn(f) for f in fields)]
+    if rate is not None:
+        columns.append(_rate_column(rate))
+    columns += [TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    return Progress(*columns, disable=not enabled, transient=transient)
+
+
+def _rate_column(unit: str) -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:  # noqa: ANN001 (rich's Task)
+            return Text(f"   ... {unit}" if task.speed is None else f"{task.speed:6.1f} {unit}")
+
+    return RateColumn()
+
+
+# ---- stop on signal ------------------------------------------------------------------------------------
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stage stopped on SIGINT/SIGTERM after writing its checkpoint; the message says how to continue.
+
+    A ``KeyboardInterrupt`` so that code that does not know it still stops (and the CLI exits with 130)."""
+
+
+class StopOnSignal:
+    """Within ``with StopOnSignal() as stop:``, SIGINT/SIGTERM set ``stop.requested`` instead of killing the
+    process, so the loop can checkpoint at the end of its step and raise an ``Interrupted`` subclass.
+
+    The first signal also restores the previous handler: a second signal acts as it would without us (Ctrl-C
+    raises KeyboardInterrupt at once, SIGTERM terminates), so a stuck step can still be killed. Handlers are
+    installed only in the main thread (Python's rule); elsewhere ``requested`` stays False.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        self._flag = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._flag = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal arrived (this process only)."""
+        return self._flag
+
+    def requested_by_any(self, accelerator: Accelerator, sync: bool) -> bool:
+        """Whether any process got a signal. Several processes OR-reduce the flag only when ``sync`` (a
+        collective: every process must call it at the same steps), so all stop at the same step; between
+        syncs they report False."""
+        if accelerator.num_processes == 1:
+            return self._flag
+        if not sync:
+            return False
+        flag = torch.tensor(float(self._flag), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "max").item() > 0)
+
+
+__all__ = ["DeviceError", "Interrupted", "StopOnSignal", "distributed_state", "launch_world", "process_state",
+           "progress_bar", "resolve_device"]
