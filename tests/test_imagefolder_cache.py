@@ -8,7 +8,7 @@ from PIL import Image
 
 from diffprune.config import ConfigError, validate_config
 from diffprune.data import DataConfig, DatasetError, load_dataset
-from diffprune.data import sources
+from diffprune.data import imagefolder_cache, sources
 
 RES = 16
 READ_IMAGE = sources._read_image  # the real reader, for wrappers installed by several monkeypatches
@@ -120,8 +120,8 @@ def test_killed_decode_resumes_from_last_checkpoint(folder, tmp_path, monkeypatc
     """A hard kill skips the final checkpoint: the decode resumes at the last periodic one."""
     monkeypatch.setattr(sources, "DECODE_THREADS", 1)
     monkeypatch.setattr(sources, "DECODE_BATCH", 1)  # no read-ahead: the kill lands right after read 12
-    monkeypatch.setattr(sources, "CHECKPOINT_EVERY", 5)
-    killed, real_checkpoint = [False], sources._checkpoint
+    monkeypatch.setattr(imagefolder_cache, "CHECKPOINT_EVERY", 5)
+    killed, real_checkpoint = [False], imagefolder_cache._checkpoint
 
     def checkpoint(mm, path, state):
         if not killed[0]:
@@ -135,7 +135,7 @@ def test_killed_decode_resumes_from_last_checkpoint(folder, tmp_path, monkeypatc
         return READ_IMAGE(*args, **kwargs)
 
     reads = [0]
-    monkeypatch.setattr(sources, "_checkpoint", checkpoint)
+    monkeypatch.setattr(imagefolder_cache, "_checkpoint", checkpoint)
     monkeypatch.setattr(sources, "_read_image", reader)
     with pytest.raises(KeyboardInterrupt):
         load(folder, tmp_path / "cache")

@@ -87,7 +87,7 @@ def test_stable_diffusion_arm_fine_tunes_the_class_prompt_unet(tmp_path):
 def test_dit_training_resumes_bit_identically_on_latents(tmp_path):
     """3 steps + resume + 3 steps == 6 steps, with MDT masks and a latent dataset."""
     from diffprune.diffusion import TrainConfig, train
-    from diffprune.diffusion.latents import LatentDataset
+    from diffprune.data.latents import LatentDataset
     from safetensors.torch import load_file
 
     rng = np.random.default_rng(0)
@@ -107,7 +107,7 @@ def test_dit_training_resumes_bit_identically_on_latents(tmp_path):
 
 def test_hflip_on_latents_is_refused(tmp_path):
     from diffprune.diffusion import TrainConfig, TrainError, train
-    from diffprune.diffusion.latents import LatentDataset
+    from diffprune.data.latents import LatentDataset
 
     data = LatentDataset(np.zeros((4, 4, 8, 8), np.float32), None, [], 1.0, 0.0, 3, "tiny-random")
     with pytest.raises(TrainError, match="latents"):

@@ -8,7 +8,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffprune.data import ImageDataset  # noqa: E402
-from diffprune.diffusion.latents import (  # noqa: E402
+from diffprune.data.latents import (  # noqa: E402
     LatentCache,
     LatentDataset,
     LatentError,

@@ -1,4 +1,4 @@
-"""The data section of a run config."""
+"""The data sections of a run config: ``data`` (``DataConfig``) and ``latent`` (``LatentConfig``)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -50,3 +50,12 @@ class DataConfig(StrictModel):
             channels=self.channels, limit=self.limit, skip_bad=self.skip_bad, cache_dir=self.cache_dir,
             image_column=self.image_column, label_column=self.label_column, id_column=self.id_column,
         )
+
+
+class LatentConfig(StrictModel):
+    """The ``latent`` section of a run: train in the latent space of this VAE (None in the run = pixel space)."""
+
+    vae: str = "stabilityai/sd-vae-ft-ema"  # hub id, local VAE dir, SD pipeline dir (its vae/), or tiny-random[:SEED]
+    batch_size: int = Field(default=32, ge=1)  # images per VAE forward pass while encoding
+    dtype: Literal["float16", "float32"] = "float16"  # of the cache (N x 4 x H/8 x W/8: 2 KB per 256 px image)
+    device: str = "auto"  # where the VAE encodes: auto (CUDA when present), cpu, cuda, cuda:N

@@ -13,7 +13,7 @@ The model class comes from ``config.json``'s ``_class_name``: ``UNet2DModel``; `
 (``diffprune.diffusion.sd``).
 
 Weights are read from safetensors only. Older hub repos that ship only pickled ``.bin`` weights load when the user
-allows it with ``DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1`` (``allow_pickle_weights()``; diffusers then reads them with
+allows it with ``DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1`` (the policy of ``diffprune.hub``; diffusers then reads them with
 ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.modeling_utils import ModelMixin
 
+from diffprune import hub
 from diffprune.diffusion.dit import DiT, dit_from_diffusers
 from diffprune.diffusion.models import ModelError, create_scheduler
 from diffprune.io import atomic_path
@@ -67,7 +68,7 @@ def load_model(path_or_hub: str | os.PathLike, device: str | None = None) -> tup
     """
     path = Path(path_or_hub)
     if not path.exists():
-        path = _download(str(path_or_hub))
+        path = hub.snapshot(str(path_or_hub), hub.MODEL_PATTERNS, error=ModelError, what="hub model")
     if not path.is_dir():
         raise ModelError(f"{path} is not a directory; pass a diffusers model directory, a train dir or a hub id")
     model_dir, sched_dirs = _locate(_model_dir(path), path)
@@ -102,15 +103,6 @@ def _locate(root: Path, given: Path) -> tuple[Path, list[Path]]:
     )
 
 
-def allow_pickle_weights() -> bool:
-    """Whether the user allowed pickled ``.bin`` weights (``DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1``)."""
-    return os.environ.get("DIFFPRUNE_ALLOW_PICKLE_WEIGHTS", "") not in ("", "0")
-
-
-_PICKLE_HINT = ("diffprune loads safetensors weights only; convert the weights to safetensors, or allow pickled "
-                "weights (read with torch.load(weights_only=True)) with DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1")
-
-
 def _load_weights(model_dir: Path) -> ModelMixin:
     """The model of ``model_dir``, its class chosen by ``config.json``'s ``_class_name``."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -128,13 +120,8 @@ def _load_weights(model_dir: Path) -> ModelMixin:
     else:
         raise ModelError(f"{model_dir} holds a {name}; load_model reads UNet2DModel, DiT, DiTTransformer2DModel "
                          f"(or a DiT Transformer2DModel) and ClassPromptUNet models")
-    if not _has_safetensors(model_dir) and not allow_pickle_weights():
-        raise ModelError(f"{model_dir} (a {name}) has no .safetensors weights; {_PICKLE_HINT}")
-    try:
-        model = cls.from_pretrained(model_dir, use_safetensors=_has_safetensors(model_dir) or None)
-        return dit_from_diffusers(model) if is_diffusers_dit else model
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not load a {name} from {model_dir}: {e}") from None
+    model = hub.from_pretrained(cls, model_dir, ModelError, what=name)
+    return dit_from_diffusers(model) if is_diffusers_dit else model
 
 
 def _class_prompt_unet_class() -> type:
@@ -148,26 +135,3 @@ def _class_prompt_unet_class() -> type:
 def _model_dir(path: Path) -> Path:
     """A diffprune train dir keeps its exported model in ``model/``."""
     return path / "model" if (path / "model" / "config.json").exists() else path
-
-
-def _has_safetensors(d: Path) -> bool:
-    return any(d.glob("*.safetensors"))
-
-
-def _download(repo_id: str) -> Path:
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        raise ModelError(f"{repo_id!r} is neither an existing directory nor a hub id like 'google/ddpm-cifar10-32'")
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"])
-        if not any(Path(local).rglob("*.safetensors")) and allow_pickle_weights():  # older repos ship .bin only
-            local = snapshot_download(repo_id, allow_patterns=["*.json", "*.bin"])
-    except Exception as e:  # network, offline mode, missing repo: one clear message
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
-        raise ModelError(
-            f"could not fetch hub model {repo_id!r}{hint}: {type(e).__name__}; download it once with internet, "
-            f"or pass a local diffusers directory"
-        ) from None
-    return Path(local)

@@ -52,7 +52,7 @@ class LatentDecoder:
     @classmethod
     def from_meta(cls, meta: dict[str, Any], latent_size: int, device: torch.device | str) -> "LatentDecoder":
         """From the ``latent`` entry of a latent model's ``diffprune.json``."""
-        from diffprune.diffusion.latents import load_vae, vae_downsample_factor
+        from diffprune.data.latents import load_vae, vae_downsample_factor
 
         vae = load_vae(meta["vae"], device=device)
         return cls(vae, float(meta["scaling_factor"]), float(meta.get("shift_factor") or 0.0),
@@ -60,7 +60,7 @@ class LatentDecoder:
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         """float B x C x h x w latents -> uint8 B x H x W x C images on the latents' device."""
-        from diffprune.diffusion.latents import decode_latents
+        from diffprune.data.latents import decode_latents
 
         images = decode_latents(self.vae, latents, self.scaling_factor, self.shift_factor, self.channels,
                                 batch_size=len(latents))

@@ -30,7 +30,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from diffprune.diffusion.latents import from_pretrained_safetensors, hub_snapshot, tiny_random_vae
+from diffprune import hub
+from diffprune.data.latents import tiny_random_vae
 from diffprune.diffusion.models import ModelError
 from diffprune.io import atomic_path
 
@@ -181,7 +182,7 @@ def resolve_sd_dir(sd_dir: str | os.PathLike, components: tuple[str, ...] = COMP
     """A local Stable Diffusion directory holding ``components`` (hub ids are downloaded, safetensors only)."""
     root = Path(sd_dir).expanduser()
     if not root.exists():
-        root = hub_snapshot(str(sd_dir), _HUB_FILES, ModelError, "Stable Diffusion model")
+        root = hub.snapshot(str(sd_dir), _HUB_FILES, error=ModelError, what="Stable Diffusion model")
     if not root.is_dir():
         raise ModelError(f"{root} is not a directory; pass a diffusers Stable Diffusion directory or a hub id")
     missing = [c for c in components if not (root / c).is_dir() or not any((root / c).iterdir())]
@@ -203,7 +204,7 @@ def _load_text_side(root: Path) -> tuple[Any, torch.nn.Module]:
 
 
 def _from_pretrained(cls: Any, path: Path) -> Any:
-    return from_pretrained_safetensors(cls, path, ModelError)
+    return hub.from_pretrained(cls, path, ModelError)
 
 
 # ---- a tiny random SD directory ----------------------------------------------------------------------------

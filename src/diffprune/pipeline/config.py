@@ -12,8 +12,8 @@ from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import ConfigError, StrictModel, validate_config
 from diffprune.data import DataConfig
+from diffprune.data.config import LatentConfig
 from diffprune.diffusion import SampleConfig, TrainConfig
-from diffprune.diffusion.latents import LatentConfig
 from diffprune.encoders import EmbedConfig
 from diffprune.evaluation import EvalConfig
 from diffprune.io import read_yaml

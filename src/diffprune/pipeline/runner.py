@@ -310,7 +310,7 @@ class Pipeline:
         """The run's VAE latent cache (``latents/<vae>-<dtype>``) and its VAE; runs with a ``latent`` section."""
         import torch
 
-        from diffprune.diffusion.latents import LatentCache, load_vae
+        from diffprune.data.latents import LatentCache, load_vae
 
         lc = self.cfg.latent
         device = ("cuda" if torch.cuda.is_available() else "cpu") if lc.device == "auto" else lc.device

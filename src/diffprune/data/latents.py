@@ -2,7 +2,8 @@
 
 ``load_vae(spec)`` accepts a hub id (``stabilityai/sd-vae-ft-ema``, ``stabilityai/sd-vae-ft-mse``), a local VAE
 directory (``config.json`` + safetensors), a Stable Diffusion pipeline directory (its ``vae/``) or
-``tiny-random[:SEED]`` (a small random VAE for tests and smoke runs). Weights are read from safetensors only.
+``tiny-random[:SEED]`` (a small random VAE for tests and smoke runs). Weights are fetched and read under
+``diffprune.hub``'s policy: safetensors only, unless ``DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1``.
 
 Latents are ``(posterior mean - shift_factor) * scaling_factor``: deterministic, so a cache is a pure function
 of (images, VAE). DiT's fast-feature scripts instead store one posterior *sample* per image; the mean removes
@@ -34,9 +35,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from pydantic import Field
 
-from diffprune.config import StrictModel
+from diffprune import hub
+from diffprune.data.config import LatentConfig
 from diffprune.data.dataset import ArrayShapes
 from diffprune.io import (
     atomic_path,
@@ -53,13 +54,6 @@ from diffprune.runtime import progress_bar
 LATENTS, DONE, META, LABELS = "latents.npy", "done.npy", "meta.json", "labels.npy"
 
 
-class LatentConfig(StrictModel):
-    """The ``latent`` section of a run: train in the latent space of this VAE (None in the run = pixel space)."""
-
-    vae: str = "stabilityai/sd-vae-ft-ema"  # hub id, local VAE dir, SD pipeline dir (its vae/), or tiny-random[:SEED]
-    batch_size: int = Field(default=32, ge=1)  # images per VAE forward pass while encoding
-    dtype: Literal["float16", "float32"] = "float16"  # of the cache (N x 4 x H/8 x W/8: 2 KB per 256 px image)
-    device: str = "auto"  # where the VAE encodes: auto (CUDA when present), cpu, cuda, cuda:N
 TINY_RANDOM = "tiny-random"
 _VAE_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "model_index.json", "vae/config.json",
               "vae/diffusion_pytorch_model.safetensors"]
@@ -110,23 +104,6 @@ def vae_factors(vae: AutoencoderKL) -> tuple[float, float]:
     return float(vae.config.scaling_factor), float(vae.config.shift_factor or 0.0)
 
 
-def hub_snapshot(repo_id: str, allow_patterns: list[str], error: type[Exception], what: str) -> Path:
-    """``snapshot_download`` of ``allow_patterns``; any failure becomes one ``error`` line (no traceback)."""
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
-        raise error(f"{repo_id!r} is neither an existing directory nor a hub id like 'owner/name' ({what})")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
-    except Exception as e:  # offline, firewall, missing repo, gated repo: one clear message
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else type(e).__name__
-        raise error(
-            f"could not fetch {what} {repo_id!r} from the Hugging Face hub ({why}); download it once with internet "
-            f"access (unset HF_HUB_OFFLINE), or pass a local diffusers directory instead"
-        ) from None
-
-
 def _tiny_seed(spec: str) -> int:
     try:
         return int(spec.split(":", 1)[1]) if ":" in spec else 0
@@ -137,7 +114,7 @@ def _tiny_seed(spec: str) -> int:
 def _vae_dir(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.exists():
-        path = hub_snapshot(spec, _VAE_FILES, LatentError, "VAE")
+        path = hub.snapshot(spec, _VAE_FILES, error=LatentError, what="VAE")
     if (path / "vae" / "config.json").is_file():  # a Stable Diffusion pipeline directory
         return path / "vae"
     if (path / "config.json").is_file():
@@ -146,17 +123,7 @@ def _vae_dir(spec: str) -> Path:
 
 
 def _load_vae_dir(path: Path) -> AutoencoderKL:
-    return from_pretrained_safetensors(AutoencoderKL, path, LatentError)
-
-
-def from_pretrained_safetensors(cls: Any, path: Path, error: type[Exception]) -> Any:
-    """``cls.from_pretrained(path)`` from safetensors only (never pickle), failures as one ``error`` line."""
-    if not any(path.glob("*.safetensors")):
-        raise error(f"{path} has no .safetensors weights; diffprune does not load pickled (.bin) weights")
-    try:
-        return cls.from_pretrained(path, use_safetensors=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise error(f"could not load a {cls.__name__} from {path}: {e}") from None
+    return hub.from_pretrained(AutoencoderKL, path, LatentError)
 
 
 # ---- encode / decode --------------------------------------------------------------------------------------
@@ -419,6 +386,6 @@ def _key(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__: list[str] = [
-    "LatentCache", "LatentDataset", "LatentError", "decode_latents", "encode_images", "hub_snapshot", "load_vae",
+    "LatentCache", "LatentConfig", "LatentDataset", "LatentError", "decode_latents", "encode_images", "load_vae",
     "tiny_random_vae", "vae_downsample_factor", "vae_factors",
 ]
