@@ -2,9 +2,10 @@
 naming the field, the value given and what is allowed (shown by the CLI without a traceback)."""
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import re
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -15,6 +16,19 @@ class ConfigError(ValueError):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _check_device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError("allowed: 'auto' (the accelerate process's GPU, else CUDA when present, else CPU), 'cpu', "
+                         "'cuda', 'cuda:N' or 'mps'")
+    return value
+
+
+# The ``device`` field of every config. Only the spelling is checked here (a config may be written on one
+# machine and run on another); ``diffprune.runtime.resolve_device`` checks that the device exists when the
+# stage starts.
+Device = Annotated[str, AfterValidator(_check_device)]
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

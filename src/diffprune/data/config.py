@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from diffprune.config import StrictModel
+from diffprune.config import Device, StrictModel
 from diffprune.data.sources import BUILTIN, FILE_KINDS
 
 
@@ -58,4 +58,4 @@ class LatentConfig(StrictModel):
     vae: str = "stabilityai/sd-vae-ft-ema"  # hub id, local VAE dir, SD pipeline dir (its vae/), or tiny-random[:SEED]
     batch_size: int = Field(default=32, ge=1)  # images per VAE forward pass while encoding
     dtype: Literal["float16", "float32"] = "float16"  # of the cache (N x 4 x H/8 x W/8: 2 KB per 256 px image)
-    device: str = "auto"  # where the VAE encodes: auto (CUDA when present), cpu, cuda, cuda:N
+    device: Device = "auto"  # where the VAE encodes

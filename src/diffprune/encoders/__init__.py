@@ -3,7 +3,8 @@
     from diffprune.encoders import get_encoder, available_encoders, EmbedConfig, embed_dataset, load_fid_inception
 """
 from diffprune.encoders.base import Encoder, EncoderError
-from diffprune.encoders.embed import EmbedConfig, EmbedInterrupted, embed_dataset
+from diffprune.encoders.config import EmbedConfig
+from diffprune.encoders.embed import EmbedInterrupted, embed_dataset
 from diffprune.encoders.fid_inception import FidInception, load_fid_inception
 from diffprune.encoders.registry import available_encoders, get_encoder
 

@@ -4,12 +4,12 @@ global, seeded, per-epoch draw (PyTorch's ``WeightedRandomSampler`` has no distr
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from diffprune.diffusion.batches import stream_seed
+from diffprune.runtime import launch_world
 
 _STREAM_SAMPLER = 5  # batches.py uses streams 1-3, the trainer's MDT masks 4
 
@@ -17,14 +17,6 @@ _STREAM_SAMPLER = 5  # batches.py uses streams 1-3, the trainer's MDT masks 4
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator of epoch ``epoch``'s global draw (the same on every rank)."""
     return torch.Generator().manual_seed(stream_seed(seed, _STREAM_SAMPLER, epoch))
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size): from torch.distributed when initialised, else RANK / WORLD_SIZE (torchrun,
-    ``accelerate launch``), else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 class WeightedDistributedSampler(torch.utils.data.Sampler[int]):
@@ -49,7 +41,7 @@ class WeightedDistributedSampler(torch.utils.data.Sampler[int]):
         self.weights = torch.as_tensor(weights, dtype=torch.float64)
         if self.weights.ndim != 1 or not len(self.weights) or (self.weights < 0).any() or self.weights.sum() <= 0:
             raise ValueError("weights must be a non-empty 1-D sequence of non-negative numbers with a positive sum")
-        env_rank, env_world = _world()
+        env_rank, env_world = launch_world()
         self.num_replicas = env_world if num_replicas is None else int(num_replicas)
         self.rank = env_rank if rank is None else int(rank)
         if not 0 <= self.rank < self.num_replicas:

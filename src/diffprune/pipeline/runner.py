@@ -24,6 +24,7 @@ from diffprune.io import (
 )
 from diffprune.pipeline.config import FULL, ArmConfig, RunConfig
 from diffprune.pipeline.manifest import StageDir
+from diffprune.runtime import launch_world, resolve_device
 
 T = TypeVar("T")
 STAGES = ("embed", "select", "reference", "reweight", "train", "sample", "evaluate", "report")
@@ -32,7 +33,8 @@ DISTRIBUTED_STAGES = ("embed", "train", "sample", "evaluate")
 
 def _distributed() -> tuple[int, bool]:
     """(world size, is main process) from the variables that ``accelerate launch`` / torchrun set."""
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
+    rank, world = launch_world()
+    return world, rank == 0
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -308,13 +310,10 @@ class Pipeline:
     @cached_property
     def latent_cache(self):
         """The run's VAE latent cache (``latents/<vae>-<dtype>``) and its VAE; runs with a ``latent`` section."""
-        import torch
-
         from diffprune.data.latents import LatentCache, load_vae
 
         lc = self.cfg.latent
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if lc.device == "auto" else lc.device
-        vae = load_vae(lc.vae, device=device)
+        vae = load_vae(lc.vae, device=resolve_device(lc.device))
         slug = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in lc.vae.strip("/"))[-60:]
         return LatentCache.open(self.root / "latents" / f"{slug}-{lc.dtype}", self.dataset, lc.vae, vae,
                                 dtype=lc.dtype), vae

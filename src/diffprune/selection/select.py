@@ -4,17 +4,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import field_validator
 
-from diffprune.config import StrictModel
 from diffprune.io import atomic_save_npz, atomic_write_json, read_json
+from diffprune.selection.config import SelectConfig
 from diffprune.selection.errors import SelectionError
 from diffprune.selection.grouping import resolve_groups
 from diffprune.selection.inputs import check_features, check_labels, check_ratio, group_index
-from diffprune.selection.registry import available_methods, get_method
+from diffprune.selection.registry import get_method
 from diffprune.selection.scoring import round_half_up, score_groups
 
 log = logging.getLogger("diffprune.selection")
@@ -89,41 +88,6 @@ class Selection:
             ratio=float(meta["ratio"]), keep=meta["keep"], per_class=bool(meta["per_class"]),
             seed=int(meta.get("seed", 0)), clusters=meta.get("clusters"), options=dict(meta.get("options", {})),
         )
-
-
-class SelectConfig(StrictModel):
-    """Stage config for ``select``: ``options`` are passed to the method (see ``available_methods()``)."""
-
-    method: str = "gaussian"
-    ratio: float = 0.5
-    per_class: bool = True
-    keep: Literal["top", "bottom", "middle"] = "top"
-    seed: int = 0
-    clusters: int | None = None
-    device: str = "auto"
-    options: dict[str, Any] = {}
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        names = sorted(available_methods())
-        if v not in names:
-            raise ValueError(f"must be one of {names}")
-        return v
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio_range(cls, v: float) -> float:
-        if not (0.0 < v <= 1.0):
-            raise ValueError("must lie in (0, 1]: the kept fraction, e.g. 0.3")
-        return v
-
-    @field_validator("clusters")
-    @classmethod
-    def _clusters_positive(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError("must be a positive number of k-means clusters, or null to use the labels")
-        return v
 
 
 def order_within(scores: np.ndarray, rows: np.ndarray, m: int, keep: str) -> np.ndarray:
