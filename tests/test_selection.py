@@ -204,6 +204,20 @@ def constant_method():
     registry._METHODS.pop("test-constant")
 
 
+def test_register_refuses_a_silent_overwrite(constant_method):
+    from diffprune.selection.methods import BUILTIN_METHODS
+
+    assert sorted(available_methods()) == sorted(m.name for m in BUILTIN_METHODS) + [constant_method]
+    for name in ("gaussian", constant_method):  # a built-in and a user method
+        with pytest.raises(SelectionError, match=f"{name!r} is already registered.*overwrite=True"):
+            registry.register(name, "again")(lambda x, **_: np.ones(len(x)))
+    assert registry.get_method("gaussian").fn is BUILTIN_METHODS[0].fn
+    registry.register(constant_method, "ones now", overwrite=True)(lambda x, **_: np.ones(len(x)))
+    x, y = blobs((6, 6))
+    np.testing.assert_array_equal(score(x, y, constant_method), np.ones(12))
+    assert available_methods()[constant_method] == "ones now"
+
+
 def test_ties_are_broken_by_lower_index(constant_method):
     x, y = blobs((20, 20))
     sel = select(x, y, constant_method, 0.25)

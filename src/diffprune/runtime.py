@@ -81,6 +81,23 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
+# ---- class weights -------------------------------------------------------------------------------------
+
+# Class weights ({class: a_k}) must sum to 1 within this, then are divided by their sum. 1e-3, not 1e-6: weights
+# that diffprune writes sum to 1 within ~1e-15 (float64, exact JSON round trip), so the tolerance only matters
+# for weights a person typed or rounded, e.g. four decimals for up to ~20 classes; the renormalisation then
+# moves no weight by more than 0.1 % (relative), well inside DRO's own noise. A real mistake (a digit off,
+# 0.2 for 0.02) is still far outside it.
+WEIGHT_SUM_TOLERANCE = 1e-3
+
+
+def check_weight_sum(total: float, source: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming ``source`` unless the weights' ``total`` is 1 within ``WEIGHT_SUM_TOLERANCE``."""
+    if not abs(total - 1.0) <= WEIGHT_SUM_TOLERANCE:
+        raise error(f"{source} must sum to 1 (a distribution over classes; tolerance {WEIGHT_SUM_TOLERANCE}), "
+                    f"got sum {total:.6f}; divide them by their sum")
+
+
 # ---- progress ------------------------------------------------------------------------------------------
 
 
@@ -166,5 +183,5 @@ class StopOnSignal:
         return bool(accelerator.reduce(flag, "max").item() > 0)
 
 
-__all__ = ["DeviceError", "Interrupted", "StopOnSignal", "distributed_state", "launch_world", "process_state",
-           "progress_bar", "resolve_device"]
+__all__ = ["WEIGHT_SUM_TOLERANCE", "DeviceError", "Interrupted", "StopOnSignal", "check_weight_sum",
+           "distributed_state", "launch_world", "process_state", "progress_bar", "resolve_device"]

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from diffprune.runtime import check_weight_sum
+
 # Distinct streams derived from the run seed (so the data order and the noise are independent).
 _STREAM_ORDER, _STREAM_RESAMPLE, _STREAM_NOISE = 1, 2, 3
 
@@ -40,8 +42,7 @@ def class_weight_vector(class_weights: Mapping[str, float], class_names: Sequenc
     a = np.array([float(class_weights[n]) for n in names], dtype=np.float64)
     if not np.all(np.isfinite(a)) or (a < 0).any():
         raise WeightsError(f"class_weights must be finite and >= 0, got {dict(zip(names, a.tolist()))}")
-    if abs(a.sum() - 1.0) > 1e-3:
-        raise WeightsError(f"class_weights must sum to 1 (a distribution over classes), got sum {a.sum():.6f}")
+    check_weight_sum(float(a.sum()), "class_weights", WeightsError)
     return a / a.sum()
 
 

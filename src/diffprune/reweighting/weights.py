@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from diffprune.io import atomic_write_json
+from diffprune.runtime import check_weight_sum
 
-SUM_TOLERANCE = 1e-6
 COLLAPSE_THRESHOLD = 0.5
 COLLAPSE_MIN_CLASSES = 5
 COLLAPSE_REMEDIES = (
@@ -77,7 +77,8 @@ def save_class_weights(path: str | os.PathLike, weights: np.ndarray, class_names
 def validate_class_weights(
     weights: Mapping[str, float], class_names: Sequence[str] | None = None, source: str = "class weights"
 ) -> dict[str, float]:
-    """Check a {name: weight} mapping: numbers, finite, non-negative, sum 1 (within 1e-6), names match."""
+    """Check a {name: weight} mapping: numbers, finite, non-negative, sum 1 (within
+    ``runtime.WEIGHT_SUM_TOLERANCE``), names match; returns the weights divided by their sum."""
     if not isinstance(weights, Mapping) or not weights:
         raise ClassWeightsError(f"{source}: expected a non-empty JSON object {{class name: weight}}")
     out: dict[str, float] = {}
@@ -86,10 +87,8 @@ def validate_class_weights(
             raise ClassWeightsError(f"{source}: weight of '{name}' is {w!r}; weights must be finite numbers >= 0")
         out[str(name)] = float(w)
     total = sum(out.values())
-    if abs(total - 1.0) > SUM_TOLERANCE:
-        raise ClassWeightsError(
-            f"{source}: weights sum to {total:.8f}, not 1 (tolerance {SUM_TOLERANCE}); divide them by their sum"
-        )
+    check_weight_sum(total, f"{source}: the weights", ClassWeightsError)
+    out = {name: w / total for name, w in out.items()}
     if class_names is not None:
         expected, got = [str(n) for n in class_names], set(out)
         missing, extra = [n for n in expected if n not in got], sorted(got - set(expected))

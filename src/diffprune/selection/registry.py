@@ -1,4 +1,5 @@
-"""The registry of selection criteria: one file per method, one ``register`` line each.
+"""The registry of selection criteria: the built-in table (``selection.methods.BUILTIN_METHODS``) plus any
+method added with ``register``.
 
 A method scores the rows of ONE group (a class, a k-means cluster, or the whole set):
 
@@ -31,14 +32,23 @@ class Method:
 
 
 _METHODS: dict[str, Method] = {}
+_BUILTIN_LOADED = False
 
 
 def register(
-    name: str, description: str, *, sequential: bool = False, full_covariance: bool = False
+    name: str, description: str, *, sequential: bool = False, full_covariance: bool = False, overwrite: bool = False
 ) -> Callable[[ScoreFn], ScoreFn]:
-    """Decorator adding a per-group scoring function to the registry."""
+    """Decorator adding a per-group scoring function under ``name``.
+
+    A name that is already registered (a built-in one included) is refused unless ``overwrite=True``: two
+    modules registering one name would otherwise make the method depend on import order.
+    """
 
     def wrap(fn: ScoreFn) -> ScoreFn:
+        _load_builtin()
+        if name in _METHODS and not overwrite:
+            raise SelectionError(f"selection method {name!r} is already registered ({_METHODS[name].description}); "
+                                 "choose another name, or pass overwrite=True to replace it")
         _METHODS[name] = Method(name, fn, description, sequential, full_covariance)
         return fn
 
@@ -71,5 +81,12 @@ def greedy_order_scores(order: np.ndarray, n: int, rest: np.ndarray | None = Non
 
 
 def _load_builtin() -> None:
-    # Importing the method modules runs their ``register`` decorators.
-    from diffprune.selection import methods  # noqa: F401
+    """Add the built-in table once (imported here, not at the top: the method modules import this one)."""
+    global _BUILTIN_LOADED
+    if _BUILTIN_LOADED:
+        return
+    from diffprune.selection.methods import BUILTIN_METHODS
+
+    _BUILTIN_LOADED = True
+    for method in BUILTIN_METHODS:
+        _METHODS.setdefault(method.name, method)

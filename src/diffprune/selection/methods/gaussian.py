@@ -23,7 +23,6 @@ import torch
 from diffprune.selection.errors import SelectionError
 from diffprune.runtime import resolve_device
 from diffprune.selection.methods._torch import as_tensor
-from diffprune.selection.registry import register
 
 log = logging.getLogger("diffprune.selection")
 
@@ -129,11 +128,6 @@ def _shrinkage(Xc: torch.Tensor, shrinkage: float | str | None) -> float:
     return s
 
 
-@register(
-    "gaussian",
-    "log-likelihood under a per-group full-covariance Gaussian (+1e-5 I), as Instance Selection",
-    full_covariance=True,
-)
 def gaussian_scores(
     x: np.ndarray,
     *,

@@ -6,12 +6,10 @@ import logging
 import numpy as np
 
 from diffprune.selection.errors import SelectionError
-from diffprune.selection.registry import register
 
 log = logging.getLogger("diffprune.selection")
 
 
-@register("gmm", "log-likelihood under an n-component Gaussian mixture per group (sklearn; diagonal by default)")
 def gmm_scores(
     x: np.ndarray,
     *,

@@ -9,7 +9,7 @@ import torch
 
 from diffprune.runtime import resolve_device
 from diffprune.selection.methods._torch import as_tensor
-from diffprune.selection.registry import greedy_order_scores, register
+from diffprune.selection.registry import greedy_order_scores
 
 
 def herding_order(x: np.ndarray, budget: int, device=None) -> np.ndarray:
@@ -32,8 +32,6 @@ def herding_order(x: np.ndarray, budget: int, device=None) -> np.ndarray:
     return picked
 
 
-@register("herding", "kernel herding: greedy rows whose running mean tracks the group mean (DeepCore)",
-          sequential=True)
 def herding_scores(x: np.ndarray, *, budget: int | None, device=None, **_) -> np.ndarray:
     n = len(x)
     m = n if budget is None else min(int(budget), n)

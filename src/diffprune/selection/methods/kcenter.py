@@ -12,7 +12,7 @@ import torch
 from diffprune.selection.errors import SelectionError
 from diffprune.runtime import resolve_device
 from diffprune.selection.methods._torch import as_tensor
-from diffprune.selection.registry import greedy_order_scores, register
+from diffprune.selection.registry import greedy_order_scores
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -39,8 +39,6 @@ def kcenter_greedy(x: np.ndarray, budget: int, first: int, device=None,
     return picked.cpu().numpy(), min_d.double().cpu().numpy()
 
 
-@register("kcenter", "greedy k-center (farthest point) coverage, one running-min vector (torch, GPU)",
-          sequential=True)
 def kcenter_scores(x: np.ndarray, *, budget: int | None, rng: np.random.Generator, device=None,
                    start: str = "random", precision: str = "float32", **_) -> np.ndarray:
     n = len(x)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from diffprune.selection.errors import SelectionError
-from diffprune.selection.registry import register
 
 
-@register("kmeans-balanced", "k-means clusters per group, budget spread proportionally or equally (Briq et al.)")
 def kmeans_balanced_scores(
     x: np.ndarray,
     *,

@@ -10,14 +10,12 @@ import logging
 import numpy as np
 
 from diffprune.selection.errors import SelectionError
-from diffprune.selection.registry import register
 
 log = logging.getLogger("diffprune.selection")
 
 QUERY_ROWS = 8192
 
 
-@register("knn", "minus the distance to the 5th nearest neighbour within the group (faiss)")
 def knn_scores(x: np.ndarray, *, k: int = 5, group_name: str = "group", **_) -> np.ndarray:
     import faiss
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffprune.selection.registry import register
 
 
-@register("moderate", "band around the median distance to the group centre (Moderate Coreset)")
 def moderate_scores(x: np.ndarray, **_) -> np.ndarray:
     x64 = np.asarray(x, dtype=np.float64)
     dist = np.linalg.norm(x64 - x64.mean(0), axis=1)

@@ -20,7 +20,6 @@ import torch
 from diffprune.selection.errors import SelectionError
 from diffprune.runtime import resolve_device
 from diffprune.selection.methods._torch import as_tensor
-from diffprune.selection.registry import register
 
 log = logging.getLogger("diffprune.selection")
 
@@ -78,8 +77,6 @@ def ppca_loglik(x: np.ndarray, variance: float = 0.95, device=None, group_name: 
     return (-0.5 * (d * math.log(2 * math.pi) + logdet + maha)).cpu().numpy()
 
 
-@register("ppca", "probabilistic-PCA log-likelihood with the components below 95% of the variance (IS's PPCA; "
-                  "components: sklearn keeps one more)")
 def ppca_scores(x: np.ndarray, *, device=None, variance: float = 0.95, components: str = "upstream",
                 group_name: str = "group", **_) -> np.ndarray:
     return ppca_loglik(x, variance=variance, device=device, group_name=group_name, components=components)

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffprune.selection.registry import register
 
 
-@register("random", "uniform random scores (seeded); the baseline")
 def random_scores(x: np.ndarray, *, rng: np.random.Generator, **_) -> np.ndarray:
     return rng.random(len(x))
