@@ -67,7 +67,11 @@ def test_hash_file_matches_sha256(tmp_path):
     data = os.urandom(3 << 20)
     p.write_bytes(data)
     assert hash_file(p, length=64) == hashlib.sha256(data).hexdigest()
-    json.dumps(hash_file(p))
+    # the default is the digest's 16-hex prefix, a plain str that goes into JSON manifests as it is
+    assert hash_file(p) == hashlib.sha256(data).hexdigest()[:16]
+    assert json.loads(json.dumps({"h": hash_file(p)})) == {"h": hashlib.sha256(data).hexdigest()[:16]}
+    # chunked reading (the last chunk partial) gives the one-shot digest
+    assert hash_file(p, length=64, chunk=(1 << 20) - 7) == hashlib.sha256(data).hexdigest()
 
 
 # ---- reliability: locks, stale temporaries, permissions, free space (issue 16) --------------------------------

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from diffprune.config import ConfigError
@@ -46,12 +48,33 @@ def test_arm_select_config_applies_arm_fields():
     assert cfg.arm_select_config(b).ratio == 0.2 and cfg.arm_select_config(b).method == "random"
 
 
-@pytest.mark.parametrize("name", ["demo", "fashion-mnist", "cifar10-ddpm"])
-def test_shipped_configs_validate(name):
-    from pathlib import Path
+PACKAGE_CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "src" / "diffprune" / "configs").glob("*.yaml"))
 
-    cfg = load_run_config(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+
+@pytest.mark.parametrize("name", PACKAGE_CONFIGS)
+def test_every_packaged_config_loads_by_name(name):
+    """``diffprune <verb> -c NAME`` reads the file inside the package (the one a pip install ships)."""
+    from diffprune.cli import bundled_config
+
+    path = bundled_config(name)
+    assert path.resolve() == (Path(__file__).parents[1] / "src" / "diffprune" / "configs" / f"{name}.yaml").resolve()
+    cfg = load_run_config(path)
     assert cfg.name == name and cfg.arms
+
+
+def test_configs_folder_holds_links_to_the_packaged_files_only():
+    """One copy of each config: every configs/X.yaml is a symlink to src/diffprune/configs/X.yaml (editing either
+    edits both), every packaged config has one, and pyproject ships the folder as package data."""
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    links = sorted((root / "configs").glob("*.yaml"))
+    assert sorted(p.stem for p in links) == PACKAGE_CONFIGS and len(PACKAGE_CONFIGS) >= 5
+    for link in links:
+        assert link.is_symlink(), f"{link} is a copy; make it a link: ln -sf ../src/diffprune/configs/{link.name}"
+        assert link.resolve() == (root / "src" / "diffprune" / "configs" / link.name).resolve()
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "configs/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["diffprune"]
 
 
 @pytest.mark.parametrize("name", ["demo", "fashion-mnist", "cifar10-ddpm", "imagenet-latent"])
