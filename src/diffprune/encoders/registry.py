@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import torch
 
-from diffprune.runtime import resolve_device
 from diffprune.encoders.base import Encoder, EncoderError
+from diffprune.runtime import resolve_device
 
 RANDOM_INIT_ARCHS = ("efficientnet-lite0", "inception-v3", "resnet50", "clip-vit-b-32", "dinov2-vits14")
 

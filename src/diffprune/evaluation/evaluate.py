@@ -21,9 +21,9 @@ from diffprune.evaluation.config import EvalConfig
 from diffprune.evaluation.errors import EvaluationError
 from diffprune.evaluation.features import extract_features, has_logits, to_nchw
 from diffprune.evaluation.frechet import fid_from_features
+from diffprune.evaluation.frechet import frechet_distance_to_features
 from diffprune.evaluation.metrics import fid_with_check, torchmetrics_inception_score, torchmetrics_kid
 from diffprune.evaluation.prdc import prdc
-from diffprune.evaluation.frechet import frechet_distance_to_features
 from diffprune.evaluation.reference import floor_features, reference_features, save_ref_stats
 from diffprune.io import atomic_write_json, hash_state_dict
 from diffprune.runtime import distributed_state, resolve_device

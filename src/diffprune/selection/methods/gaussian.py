@@ -20,8 +20,8 @@ import math
 import numpy as np
 import torch
 
-from diffprune.selection.errors import SelectionError
 from diffprune.runtime import resolve_device
+from diffprune.selection.errors import SelectionError
 from diffprune.selection.methods._torch import as_tensor
 
 log = logging.getLogger("diffprune.selection")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffprune.selection.errors import SelectionError
 from diffprune.runtime import resolve_device
+from diffprune.selection.errors import SelectionError
 from diffprune.selection.methods._torch import as_tensor
 from diffprune.selection.registry import greedy_order_scores
 
