@@ -106,3 +106,17 @@ def test_without_a_token_it_stops_before_any_stage(tmp_path, hub, monkeypatch):
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "HF_TOKEN" in str(result.exception or result.output)
     assert not (tmp_path / "demo" / "embed").exists()
+
+
+def test_push_fields_do_not_change_the_resume_hash():
+    """An interrupted run may be resumed with push_to_hub switched on: the training trajectory is the same."""
+    import numpy as np
+
+    from diffprune.data import ImageDataset
+    from diffprune.diffusion.trainer import _trajectory_hash
+
+    ds = ImageDataset(np.zeros((4, 1, 8, 8), np.uint8), None, [])
+    plain = TrainConfig(**TRAIN)
+    pushing = TrainConfig(**TRAIN, push_to_hub=True, hub_model_id="me/m", hub_private=False)
+    assert _trajectory_hash(plain, ds, None) == _trajectory_hash(pushing, ds, None)
+    assert _trajectory_hash(plain, ds, None) != _trajectory_hash(TrainConfig(**{**TRAIN, "lr": 2e-3}), ds, None)
