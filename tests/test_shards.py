@@ -79,7 +79,8 @@ def test_shards_match_the_image_folder(tmp_path):
     opts = dict(resolution=4, resize="resize", channels=1)
     small = load_dataset(f"webdataset:{tmp_path}/shards/train-{{000..002}}.tar", **opts)
     np.testing.assert_array_equal(small.images, load_dataset(f"imagefolder:{root}", **opts).images)
-    assert DataConfig(spec="webdataset:/x/s-{0..1}.tar").spec == "webdataset:/x/s-{0..1}.tar"
+    via_config = DataConfig(spec=f"webdataset:{tmp_path}/shards/train-{{000..002}}.tar", **opts).load()
+    np.testing.assert_array_equal(via_config.images, small.images)
 
 
 def test_integer_and_json_classes_and_the_label_option(tmp_path):
@@ -97,6 +98,10 @@ def test_integer_and_json_classes_and_the_label_option(tmp_path):
     assert load_dataset(f"webdataset:{tmp_path}/bare0.tar").labels is None  # no class member: unlabelled
     with pytest.raises(DatasetError, match=r"sample 'bare0.tar/ant0' has no 'cls' member"):
         load_dataset(f"webdataset:{tmp_path}/bare0.tar", label_column="cls")
+    gap = [{**s, "cls": b"2" if i % 2 else b"0"} for i, s in enumerate(bare)]  # ids 0 and 2: class 1 empty
+    _write_shards(gap, str(tmp_path / "gap%d.tar"), per_shard=6)
+    with pytest.raises(DatasetError, match=r"class ids \[1\] have no sample"):
+        load_dataset(f"webdataset:{tmp_path}/gap0.tar")
 
 
 def test_clear_errors_and_skip_bad(tmp_path):
