@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -83,9 +84,10 @@ log = logging.getLogger("diffprune.train")
 _STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
+PUSH_FIELDS = ("push_to_hub", "hub_model_id", "hub_private")  # what happens after training, not how it trains
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
 _RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval",
-                   "log_with", "sample_every"}
+                   "log_with", "sample_every", *PUSH_FIELDS}
 # evaluator(EMA model, noise scheduler, step) -> values for the metrics line (fid, kid, ...); see
 # ``diffprune.evaluation.during_training.TrainingEvaluator``
 Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]
@@ -135,6 +137,11 @@ class TrainConfig(StrictModel):
     sample_every: int = 0  # steps between sample grids in samples/ (and to the trackers); 0 = off
     eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
+    # after training, `diffprune run/train` uploads train/<arm>/pipeline/ (a DDPMPipeline folder) to the hub repo
+    # hub_model_id ("{arm}" becomes the arm's label), as `diffprune push` does; needs HF_TOKEN or a login
+    push_to_hub: bool = False
+    hub_model_id: str | None = None  # "user/name" or "name"; required with push_to_hub
+    hub_private: bool = True  # create the repository private
 
     @field_validator("preset")
     @classmethod
@@ -203,6 +210,22 @@ class TrainConfig(StrictModel):
         if self.preset == SD_PRESET and not self.init_from:
             raise ValueError("preset 'sd' fine-tunes a Stable Diffusion UNet: set init_from to its diffusers "
                              "pipeline dir (or hub id), e.g. init_from: /models/stable-diffusion-v1-5")
+        return self
+
+    @model_validator(mode="after")
+    def _push_target(self) -> "TrainConfig":
+        if not self.push_to_hub:
+            return self
+        if not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id, the hub repository to push to, e.g. "
+                             "hub_model_id: user/ddpm-coreset-{arm}")
+        if not re.fullmatch(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", self.hub_model_id.replace("{arm}", "a")):
+            raise ValueError(f"hub_model_id {self.hub_model_id!r} is not a hub repository id: use user/name "
+                             "(letters, digits, . _ -; {arm} for the arm's label)")
+        if get_preset(self.preset).kind != "unet" or self.conditional:
+            raise ValueError("push_to_hub uploads a DDPMPipeline, which only an unconditional pixel UNet (a ddpm-* "
+                             f"preset, conditional: false) makes, not preset {self.preset!r}"
+                             f"{' with conditional: true' if self.conditional else ''}; set push_to_hub: false")
         return self
 
     def resolved(self) -> "TrainConfig":
