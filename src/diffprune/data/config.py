@@ -22,7 +22,8 @@ class DataConfig(StrictModel):
     skip_bad: bool = False
     # imagefolder / csv: decode once into a memmapped .npy under this folder (see ``load_dataset``)
     cache_dir: str | None = None
-    # hf / hf-disk: the image, label and id columns (default: first Image / ClassLabel column, row index)
+    # hf / hf-disk: the image, label and id columns (default: first Image / ClassLabel column, row index);
+    # webdataset: the image and class members of a sample (default: first image extension; cls, json:label)
     image_column: str | None = None
     label_column: str | None = None
     id_column: str | None = None
@@ -34,7 +35,7 @@ class DataConfig(StrictModel):
         if v in BUILTIN or (kind in FILE_KINDS and arg):
             return v
         raise ValueError(f"choose one of {', '.join(BUILTIN)}, imagefolder:PATH, npz:PATH, csv:PATH, "
-                         "hf-disk:PATH or hf:NAME[:SPLIT]")
+                         "hf-disk:PATH, hf:NAME[:SPLIT] or webdataset:PATTERN")
 
     @model_validator(mode="after")
     def _cache_needs_resolution(self) -> "DataConfig":

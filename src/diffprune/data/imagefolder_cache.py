@@ -75,7 +75,7 @@ def cached_imagefolder(
     skipped = [str(files[i][0]) for i in meta["skipped_index"]]  # paths as this call spells them
     if skipped and not skip_bad:
         raise DatasetError(f"cannot read image {skipped[0]} (recorded in the cache {d}); "
-                           "fix or remove it, or pass --skip-bad")
+                           "fix or remove it, or skip unreadable files with --set data.skip_bad=true")
     if not meta["num_images"]:
         raise DatasetError(f"imagefolder: none of the {meta['num_files']} images under '{root}' could be read")
     images = np.load(d / "images.npy", mmap_mode="r")[: meta["num_images"]]

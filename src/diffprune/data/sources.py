@@ -1,7 +1,8 @@
 """Dataset loaders, one function per spec, behind ``load_dataset(spec)``.
 
 Specs: ``digits``, ``mnist5k``, ``fashion-mnist``, ``cifar10``, ``imagefolder:PATH``, ``npz:PATH``,
-``csv:PATH`` (path,label rows), ``hf-disk:PATH`` and ``hf:NAME[:SPLIT]`` (Hugging Face ``datasets``, an extra).
+``csv:PATH`` (path,label rows), ``hf-disk:PATH`` and ``hf:NAME[:SPLIT]`` (Hugging Face ``datasets``, an extra),
+``webdataset:PATTERN`` (local tar shards, ``data.shards``; the ``webdataset`` extra).
 Every loader returns uint8 N x C x H x W images; resolution changes happen in ``load_dataset``, except for
 ``imagefolder``, which resizes and converts channels per image while decoding (and can decode once into an
 on-disk memmap cache, ``cache_dir=``, for datasets such as ImageNet that do not fit in RAM).
@@ -330,6 +331,8 @@ def _npz_labels(p: Path, raw: np.ndarray) -> np.ndarray:
         return raw.astype(np.int64)
     bad = raw[:3].tolist()
     raise DatasetError(f"npz: '{p}' labels must be integer class ids, got {raw.dtype} values such as {bad}")
+
+
 def list_csv_files(path: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, (file, label) pairs) of a CSV with a ``path`` column and an optional ``label`` column.
 
@@ -400,7 +403,7 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
             keep.append(i)
         except (OSError, ValueError, AttributeError) as e:  # AttributeError: a row without an image
             if not skip_bad:
-                raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; pass --skip-bad") from None
+                raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; skip unreadable rows with --set data.skip_bad=true") from None
     if not arrays:
         raise DatasetError(f"{spec}: none of the {len(ds)} images could be read")
     shapes = {a.shape for a in arrays}
@@ -418,7 +421,7 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
 
 
 HF_KINDS = ("hf", "hf-disk")
-FILE_KINDS = ("imagefolder", "npz", "csv", *HF_KINDS)
+FILE_KINDS = ("imagefolder", "npz", "csv", "webdataset", *HF_KINDS)
 
 
 BUILTIN: dict[str, Callable[[str, str | None, bool], ImageDataset]] = {
@@ -442,6 +445,7 @@ def available_datasets() -> dict[str, str]:
         "csv:PATH": "a CSV with a 'path' column (relative to the CSV) and an optional 'label' column",
         "hf-disk:PATH": "a Hugging Face dataset saved with save_to_disk (pip install diffprune[hf])",
         "hf:NAME[:SPLIT]": "a Hugging Face hub dataset or local data folder via datasets.load_dataset",
+        "webdataset:PATTERN": "local WebDataset tar shards, e.g. shards-{000..009}.tar (pip install diffprune[webdataset])",
     }
 
 
@@ -480,7 +484,9 @@ def load_dataset(
             labels (instant), so it differs from an uncached load's pixel hash. ``csv:`` takes it too.
         image_column, label_column, id_column: ``hf``/``hf-disk`` only: the columns holding the image, the
             class (default: the first ``Image`` and ``ClassLabel`` columns, else ``label``) and the example id
-            written to ``coreset.csv`` (default: the row index in the split).
+            written to ``coreset.csv`` (default: the row index in the split). ``webdataset`` takes the first
+            two as the members holding the image and the class (``json:FIELD`` for a field of a JSON member;
+            default: the first image extension, then ``cls``, else ``json:label``); see ``data.shards``.
     """
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
@@ -496,6 +502,11 @@ def load_dataset(
     if kind in HF_KINDS and arg:
         dec = _Decode("RGB", resolution, resize, channels)
         return _apply_limit(_hf(spec, split, image_column, label_column, id_column, dec, skip_bad), limit)
+    if kind == "webdataset" and arg:
+        from diffprune.data.shards import load_shards
+
+        dec = _Decode("RGB", resolution, resize, channels)
+        return _apply_limit(load_shards(spec, arg, dec, image_column, label_column, skip_bad), limit)
     if kind == "npz" and arg:
         ds = _npz(arg)
     elif spec in BUILTIN:

@@ -6,6 +6,7 @@ Fields left at None in ``TrainConfig`` take the preset's recipe (``diffprune.dif
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -51,6 +52,11 @@ class TrainConfig(StrictModel):
     sample_every: int = 0  # steps between sample grids in samples/ (and to the trackers); 0 = off
     eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
+    # after training, `diffprune run/train` uploads train/<arm>/pipeline/ (a DDPMPipeline folder) to the hub repo
+    # hub_model_id ("{arm}" becomes the arm's label), as `diffprune push` does; needs HF_TOKEN or a login
+    push_to_hub: bool = False
+    hub_model_id: str | None = None  # "user/name" or "name"; required with push_to_hub
+    hub_private: bool = True  # create the repository private
 
     @field_validator("preset")
     @classmethod
@@ -119,6 +125,22 @@ class TrainConfig(StrictModel):
         if self.preset == SD_PRESET and not self.init_from:
             raise ValueError("preset 'sd' fine-tunes a Stable Diffusion UNet: set init_from to its diffusers "
                              "pipeline dir (or hub id), e.g. init_from: /models/stable-diffusion-v1-5")
+        return self
+
+    @model_validator(mode="after")
+    def _push_target(self) -> "TrainConfig":
+        if not self.push_to_hub:
+            return self
+        if not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id, the hub repository to push to, e.g. "
+                             "hub_model_id: user/ddpm-coreset-{arm}")
+        if not re.fullmatch(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*", self.hub_model_id.replace("{arm}", "a")):
+            raise ValueError(f"hub_model_id {self.hub_model_id!r} is not a hub repository id: use user/name "
+                             "(letters, digits, . _ -; {arm} for the arm's label)")
+        if get_preset(self.preset).kind != "unet" or self.conditional:
+            raise ValueError("push_to_hub uploads a DDPMPipeline, which only an unconditional pixel UNet (a ddpm-* "
+                             f"preset, conditional: false) makes, not preset {self.preset!r}"
+                             f"{' with conditional: true' if self.conditional else ''}; set push_to_hub: false")
         return self
 
     def resolved(self) -> "TrainConfig":

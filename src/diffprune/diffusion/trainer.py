@@ -78,9 +78,10 @@ log = logging.getLogger("diffprune.train")
 _STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
+PUSH_FIELDS = ("push_to_hub", "hub_model_id", "hub_private")  # what happens after training, not how it trains
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
 _RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval",
-                   "log_with", "sample_every"}
+                   "log_with", "sample_every", *PUSH_FIELDS}
 # evaluator(EMA model, noise scheduler, step) -> values for the metrics line (fid, kid, ...); see
 # ``diffprune.evaluation.during_training.TrainingEvaluator``
 Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]

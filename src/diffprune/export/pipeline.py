@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,17 @@ def hub_token() -> str | None:
     return get_token()
 
 
+def check_push() -> str:
+    """The token to push with; refuses, before any network call, without one or with ``HF_HUB_OFFLINE=1``."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise PipelineExportError("HF_HUB_OFFLINE is set: pushing needs the network; unset it to push")
+    token = hub_token()
+    if not token:
+        raise PipelineExportError("pushing to the hub needs a Hugging Face token: set HF_TOKEN or run "
+                                  "`huggingface-cli login`")
+    return token
+
+
 def push(folder: str | os.PathLike, repo_id: str, private: bool = True) -> str:
     """Upload a pipeline folder to the hub repo ``repo_id`` (created if missing); returns its URL.
 
@@ -76,13 +88,32 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = True) -> str:
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise PipelineExportError(f"{folder} is not a pipeline folder (no model_index.json); run `diffprune export` first")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        raise PipelineExportError("HF_HUB_OFFLINE is set: pushing needs the network; unset it to push")
-    token = hub_token()
-    if not token:
-        raise PipelineExportError("pushing to the hub needs a Hugging Face token: set HF_TOKEN or run "
-                                  "`huggingface-cli login`")
-    api = HfApi(token=token)
+    api = HfApi(token=check_push())
     api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id)
     return f"https://huggingface.co/{repo_id}"
+
+
+def hub_repo_id(template: str, arm: str) -> str:
+    """``train.hub_model_id`` for one arm: ``{arm}`` becomes the arm's label with characters the hub refuses
+    in repository names (anything but letters, digits, ``.``, ``_``, ``-``) replaced by ``-``."""
+    return template.replace("{arm}", re.sub(r"[^A-Za-z0-9._-]", "-", arm))
+
+
+def push_trained(train_dir: str | os.PathLike, repo_id: str, private: bool = True) -> str | None:
+    """``train.push_to_hub``: push ``train_dir/pipeline`` (written from ``model/`` if missing) to ``repo_id``
+    unless ``train_dir/pushed.json`` records these weights already pushed there; returns the URL, or None
+    when nothing was pushed. The record is written after the upload, so a failed push is retried next run."""
+    from diffprune.io import atomic_write_json, hash_file
+
+    train_dir = Path(train_dir)
+    folder = train_dir / "pipeline"
+    if not (folder / "model_index.json").is_file():
+        write_pipeline(train_dir / "model", folder)
+    record = {"repo_id": repo_id, "weights": hash_file(folder / "unet" / WEIGHTS)}
+    marker = train_dir / "pushed.json"
+    if marker.is_file() and {k: read_json(marker).get(k) for k in record} == record:
+        return None
+    url = push(folder, repo_id, private=private)
+    atomic_write_json(marker, {**record, "url": url})
+    return url

@@ -87,6 +87,18 @@ class RunConfig(StrictModel):
             raise ValueError("arms: list at least one arm, e.g. [{method: gaussian, reweight: true}]")
         return self
 
+    @model_validator(mode="after")
+    def _push_targets(self) -> "RunConfig":
+        if not self.train.push_to_hub:
+            return self
+        if self.latent is not None:
+            raise ValueError("train.push_to_hub uploads a DDPMPipeline, which a latent run does not make; "
+                             "set train.push_to_hub: false")
+        if len(self.arms) > 1 and "{arm}" not in (self.train.hub_model_id or ""):
+            raise ValueError(f"train.hub_model_id {self.train.hub_model_id!r} would receive all {len(self.arms)} "
+                             "arms; put {arm} in it (e.g. user/fm-{arm}) so that each arm gets its own repository")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name

@@ -411,16 +411,19 @@ class Pipeline:
 
     def train(self, arm: ArmConfig) -> Path:
         from diffprune.diffusion import train
-        from diffprune.export.pipeline import pipeline_kind, write_pipeline
+        from diffprune.diffusion.trainer import PUSH_FIELDS
+        from diffprune.export.pipeline import check_push, hub_repo_id, pipeline_kind, push_trained, write_pipeline
 
+        tc = self.cfg.arm_train_config(arm)
+        if tc.push_to_hub:
+            check_push()  # no token: stop before selecting and training, not after
         data, data_fp = self.training_set(arm)
         weights = self.reweight(arm)
         out = self.root / "train" / arm.label()
         inputs = {"data": data_fp}
         if weights is not None:
             inputs["class_weights"] = self.fingerprint(self.root / "reweight" / self.selection_name(arm))
-        tc = self.cfg.arm_train_config(arm)
-        stage = StageDir(out, "train", tc.model_dump(mode="json"), inputs)
+        stage = StageDir(out, "train", tc.model_dump(mode="json", exclude=set(PUSH_FIELDS)), inputs)
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import training_flops
@@ -436,7 +439,12 @@ class Pipeline:
                 **self._flops(lambda: training_flops(out / "model", data, images), f"training {arm.label()}"),
             }
 
-        return self._stage(stage, compute, lambda: out / "model", ("model/*.safetensors", "metrics.jsonl"))
+        model = self._stage(stage, compute, lambda: out / "model", ("model/*.safetensors", "metrics.jsonl"))
+        if tc.push_to_hub and _distributed()[1]:  # once per trained weights (train/<arm>/pushed.json)
+            url = push_trained(out, hub_repo_id(tc.hub_model_id, arm.label()), private=tc.hub_private)
+            if url:
+                self.console.print(f"pushed {out / 'pipeline'} to {url}")
+        return model
 
     def training_evaluator(self, data: ImageDataset):
         """What ``train.eval_every`` runs: the EMA model sampled with ``train.eval`` and scored with the run's

@@ -118,6 +118,7 @@ figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eaeef2}figcapti
 code{background:#f6f8fa;padding:.1rem .3rem;border-radius:4px}
 .gallery{display:flex;flex-wrap:wrap;gap:1rem}.gallery figure{margin:0}
 .gallery img{image-rendering:pixelated}
+.table{overflow-x:auto}
 """
 
 
@@ -136,7 +137,7 @@ def to_html(doc: Document) -> str:
         elif isinstance(b, Bullets):
             parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
         elif isinstance(b, Table):
-            rows = ["<table>"]
+            rows = ['<div class="table"><table>']  # a wide table scrolls in its box, not the page
             if b.caption:
                 rows.append(f"<caption>{_inline(b.caption)}</caption>")
             rows.append("<tr>" + "".join(f"<th>{_inline(h)}</th>" for h in b.header) + "</tr>")
@@ -146,7 +147,7 @@ def to_html(doc: Document) -> str:
                     for i, c in enumerate(r)
                 )
                 rows.append(f"<tr>{cells}</tr>")
-            rows.append("</table>")
+            rows.append("</table></div>")
             parts.append("".join(rows))
         elif isinstance(b, Image):
             parts.append(_html_image(b))

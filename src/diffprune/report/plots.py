@@ -154,7 +154,8 @@ def loss_curves(arms: Sequence[ArmResult], path: Path, multi_run: bool = False) 
     fig, ax = plt.subplots(figsize=(6.2, 3.8))
     for i, a in enumerate(logged):
         rows = [r for r in a.train_log if "loss" in r and "step" in r]
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=f"C{i % 10}", label=_name(a, multi_run))
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], color=f"C{i % 10}", label=_name(a, multi_run),
+                marker="o" if len(rows) < 3 else None)  # a line through one point draws nothing
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (weighted epsilon MSE)")
     ax.set_yscale("log")
