@@ -78,7 +78,7 @@ def extract_features(
         N x D float64 features, or ``(features, logits)`` with ``with_logits=True``.
     """
     nchw = to_nchw(images, layout)
-    dev = torch.device(device) if device is not None else resolve_device("auto")
+    dev = resolve_device(device)
     state = distributed_state() if shard else None
     n = len(nchw)
     lo, hi = 0, n
