@@ -35,6 +35,15 @@ HOOK_STATE = "dro_hook.npz"
 HOOK_IDENTITY = "dro_identity.json"
 
 
+def process_state():
+    """accelerate's ``PartialState`` as the trainer's ``Accelerator`` will build it: ``ACCELERATE_USE_CPU`` (a
+    CPU launch) must be honoured by the first construction, which a bare ``PartialState()`` would not do."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the processes of a launched run (itself in one process)."""
     import torch.distributed as dist

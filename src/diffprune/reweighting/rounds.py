@@ -57,15 +57,14 @@ def run_rounds(config: ReweightConfig, dataset: ImageDataset, reference_dir: str
 
     Returns (the last round's ``DROHook``, the summary extras of the last round plus ``rounds``: the record
     of ``rounds.json``)."""
-    from accelerate import PartialState
-
+    from diffprune.reweighting.hook import process_state
     from diffprune.reweighting.outputs import write_outputs
     from diffprune.reweighting.runner import ReweightError, train_proxy
 
     if list(reference_dataset.class_names) != list(dataset.class_names):
         raise ReweightError("the reference data of iterated DoReMi must have the coreset's classes, in order: "
                             f"{list(reference_dataset.class_names)[:5]} vs {list(dataset.class_names)[:5]}")
-    main = PartialState().is_main_process
+    main = process_state().is_main_process
     k = dataset.num_classes
     previous = np.full(k, 1.0 / k)  # round 1's reference trained with uniform weights
     reference: str | Path = reference_dir

@@ -50,11 +50,11 @@ class DROInterrupted(TrainingInterrupted):
 def check_device(name: str) -> torch.device:
     """The device the proxy trains on: accelerate's (a launch's process device, else CUDA when available).
     ``device: cpu`` on a CUDA machine is not honoured inside a process accelerate already placed; say so."""
-    from accelerate import PartialState
+    from diffprune.reweighting.hook import process_state
 
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ReweightError(f"device {name!r} requested but CUDA is not available; use device: auto or cpu")
-    actual = PartialState().device
+    actual = process_state().device
     if name != "auto" and torch.device(name).type != actual.type:
         logger.warning("reweight.device %s ignored: the proxy trains on accelerate's device %s; hide GPUs with "
                        "CUDA_VISIBLE_DEVICES='' (or ACCELERATE_USE_CPU=1) to train on the CPU", name, actual)
@@ -259,13 +259,12 @@ def run_dro(
         last_weights_collapsed (0/1), steps, updates, seconds, final_loss; with a null control also
         null_band_halfwidth, signal_to_null and distinguishable_classes; with rounds > 1 also rounds_run.
     """
-    from accelerate import PartialState
-
+    from diffprune.reweighting.hook import process_state
     from diffprune.reweighting.outputs import write_outputs
 
     check_dataset(dataset)
     out_dir = Path(out_dir)
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     device = check_device(config.device)
