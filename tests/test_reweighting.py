@@ -370,3 +370,70 @@ def test_null_dro_replays_the_real_runs_batches(digits, random_reference, tmp_pa
                                              diffusion_loss(ref, sched, x0, t, noise), y, 10, cfg.estimator,
                                              timesteps=t, num_timesteps=1000)
     np.testing.assert_allclose(dro.score_history[0], (sums / counts).numpy(), rtol=1e-6)
+
+
+# --- bf16, iterated DoReMi ------------------------------------------------------------------------------------
+
+def test_dro_in_bf16(digits, random_reference, tmp_path) -> None:
+    """The proxy trains under accelerate's bf16 autocast (and the reference's forward with it): the run records
+    the precision and its weights are a valid, moved distribution close to the fp32 run's."""
+    cfg = _config(steps=4, eta=5.0)
+    run_dro(cfg, digits, random_reference, tmp_path / "fp32", progress=False)
+    run_dro(cfg.model_copy(update={"mixed_precision": "bf16"}), digits, random_reference, tmp_path / "bf16",
+            progress=False)
+    summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16"
+    assert json.loads((tmp_path / "fp32" / "summary.json").read_text())["mixed_precision"] == "no"
+    a16 = np.array(list(load_class_weights(tmp_path / "bf16" / "class_weights.json").values()))
+    a32 = np.array(list(load_class_weights(tmp_path / "fp32" / "class_weights.json").values()))
+    assert np.abs(a32 - 0.1).max() > 1e-2  # moved
+    np.testing.assert_allclose(a16, a32, atol=0.2 * np.abs(a32 - 0.1).max())  # bf16: ~3 significant digits
+
+
+def test_iterated_doremi_rounds(digits, tmp_path) -> None:
+    """rounds = 3: round 1 is the non-iterated run (same files); every round's reference trained with the
+    previous round's averaged weights; ``max_change`` is max |a_r - a_(r-1)| of the round files (a_0 uniform);
+    rerun with a tolerance just above the smallest change, the stage stops at the first round below it."""
+    cfg = _config(steps=6, eta=5.0, checkpoint_every=100)
+    reference = prepare_reference(cfg, digits, tmp_path / "ref", progress=False)
+    run_dro(cfg, digits, reference, tmp_path / "plain", progress=False)
+    iterated = cfg.model_copy(update={"rounds": 3, "rounds_tol": 1e-12})
+    numbers = run_dro(iterated, digits, reference, tmp_path / "it", progress=False)
+    record = json.loads((tmp_path / "it" / "rounds.json").read_text())
+    assert numbers["rounds_run"] == 3 and record["rounds_run"] == 3 and record["converged"] is False
+    assert ((tmp_path / "it" / "round-1" / "class_weights.json").read_text()
+            == (tmp_path / "plain" / "class_weights.json").read_text())
+    previous = np.full(10, 0.1)
+    changes = []
+    for r, row in enumerate(record["rounds"], start=1):
+        a = np.array(list(load_class_weights(tmp_path / "it" / f"round-{r}" / "class_weights.json").values()))
+        with np.load(tmp_path / "it" / row["trajectory"]) as t:
+            np.testing.assert_allclose(t["average"], a, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(list(row["reference_weights"].values()), previous, atol=1e-12)
+        assert row["max_change"] == pytest.approx(np.abs(a - previous).max(), abs=1e-12)
+        changes.append(row["max_change"])
+        if r > 1:  # the round's reference was trained with the previous round's weights (its trajectory hash)
+            from diffprune.diffusion.trainer import _trajectory_hash
+            from diffprune.reweighting.reference import reference_train_config
+
+            meta = json.loads((tmp_path / "it" / f"round-{r}" / "reference" / "state" / "trainer_state.json")
+                              .read_text())
+            expected = _trajectory_hash(reference_train_config(cfg, digits).resolved(), digits,
+                                        dict(zip(digits.class_names, previous)))
+            assert meta["step"] == cfg.steps and meta["trajectory_hash"] == expected
+        previous = a
+    assert ((tmp_path / "it" / "class_weights.json").read_text()
+            == (tmp_path / "it" / "round-3" / "class_weights.json").read_text())
+    tol = min(changes) * (1 + 1e-6)
+    stop = next(r for r, c in enumerate(changes, start=1) if c < tol)
+    numbers = run_dro(iterated.model_copy(update={"rounds_tol": tol}), digits, reference, tmp_path / "it",
+                      progress=False)  # the finished rounds resume from their checkpoints
+    record = json.loads((tmp_path / "it" / "rounds.json").read_text())
+    assert record["rounds_run"] == stop == numbers["rounds_run"] and record["converged"] is True
+    assert ((tmp_path / "it" / "class_weights.json").read_text()
+            == (tmp_path / "it" / f"round-{stop}" / "class_weights.json").read_text())
+
+
+def test_rounds_need_a_trained_reference() -> None:
+    with pytest.raises(ConfigError, match="rounds > 1"):
+        validate_config(ReweightConfig, {"rounds": 2, "reference": "x"})
