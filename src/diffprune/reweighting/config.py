@@ -33,6 +33,10 @@ class ReweightConfig(StrictModel):
     is what ``train_reference`` resolves to by default. A trained reference shares the proxy's preset and
     budget (``reference_preset`` and ``reference_steps`` unset: DoReMi's setting) and uses EMA warm-up.
 
+    The proxy trains through ``diffusion.train`` (accelerate: one process or ``accelerate launch``, the launch's
+    or ``mixed_precision``'s precision); ``device`` is kept for old configs and only warns when accelerate's
+    device differs. ``rounds`` > 1 runs DoReMi's iterated variant (``reweighting.rounds``).
+
     ``null_control`` runs the same DRO once more with a second reference of the same recipe and seed
     ``null_seed`` standing in for the proxy (true excess zero): its weights show how far the estimator's noise
     alone moves the weights from uniform (the null band of the report).

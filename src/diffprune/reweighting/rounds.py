@@ -9,6 +9,10 @@ class-balanced batches are the same in every round, so round 1 is exactly the no
 after ``rounds`` or when a round's weights differ from those its reference trained with by less than
 ``rounds_tol`` (max_k |a_r,k - a_(r-1),k|, with a_0 uniform: round 1's reference trains with uniform weights).
 
+With ``null_control`` the null band comes from round 1's reference pair (uniform weights) and is drawn around the
+last round's weights; the later rounds' references have no second seed. Each round costs one reference training
+and one DRO run (the pipeline's cost accounting counts round 1 only).
+
 Files (inside the stage folder; the top-level ``class_weights.json``, ``trajectory.npz`` and ``summary.json``
 are the last round's):
     round-<r>/            the round's ``class_weights.json``, ``trajectory.npz``, plots, ``summary.json``,
