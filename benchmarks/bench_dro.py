@@ -1,11 +1,12 @@
 """Cost of one DRO step relative to one plain proxy training step (target: ratio <= 1.6).
 
-Both steps run on the same proxy, the same batch (x0, t, noise of the same step index) and the same process;
-they are interleaved one by one (order alternating) so that the load of a shared machine hits both alike.
-The DRO step is ``DROLoop.step`` (reference forward under ``torch.inference_mode``, proxy forward/backward,
-per-class excess, ``ClassDRO`` update, weighted objective); the plain step is ``DROLoop.plain_step`` (proxy
-forward/backward on the mean loss). The reference has the proxy's architecture (DoReMi's setting); its weights
-do not affect the cost. A breakdown times the reference forward and the DRO bookkeeping alone.
+Both go through the one trainer (``diffusion.train``): the plain step is the proxy's ``TrainConfig``
+(``reweighting.runner.proxy_train_config``) without a hook, the DRO step the same with the ``DROHook``
+(``run_dro``: reference forward under ``torch.inference_mode``, per-class excess, ``ClassDRO`` update, class-weighted
+loss). The time per step is (T(N2) - T(N1)) / (N2 - N1) of whole runs, so fixed costs cancel; runs alternate
+(plain, DRO, DRO, plain, ...) so the load of a shared machine hits both alike. The reference has the proxy's
+architecture (DoReMi's setting); its weights do not affect the cost. A breakdown times the reference forward and
+the DRO bookkeeping alone. (The old loop's before/after comparison is ``bench_dro_loop.py``.)
 
     python benchmarks/bench_dro.py            # prints a table, writes benchmarks/results/bench_dro.json
     python benchmarks/bench_dro.py --quick    # fewer repeats
@@ -34,7 +35,8 @@ from diffprune.diffusion import count_parameters, create_scheduler, diffusion_lo
 from diffprune.io import atomic_write_json, read_json  # noqa: E402
 from diffprune.reweighting import ReweightConfig, load_class_weights, prepare_reference, run_dro  # noqa: E402
 from diffprune.reweighting.excess import per_class_excess_sums  # noqa: E402
-from diffprune.reweighting.runner import DROLoop, build_proxy  # noqa: E402
+from diffprune.reweighting.dro import ClassDRO  # noqa: E402
+from diffprune.reweighting.runner import PairedBatches, build_proxy, proxy_train_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_dro.json"
 SETTINGS = [
@@ -56,46 +58,63 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _per_step(run, n1: int, n2: int) -> float:
+    return (_timed(lambda: run(n2)) - _timed(lambda: run(n1))) / (n2 - n1)
+
+
 def bench_setting(preset: str, resolution: int, channels: int, batch: int, repeats: int, warmup: int) -> dict:
+    import tempfile
+
+    from diffprune.diffusion import save_model, train
+
     ds = _dataset(resolution, channels)
-    cfg = ReweightConfig(proxy_preset=preset, batch_size=batch, lr=1e-4, warmup_steps=0, device="cpu")
+    cfg = ReweightConfig(proxy_preset=preset, batch_size=batch, lr=1e-4, warmup_steps=0, device="cpu",
+                         checkpoint_every=10**6)
     reference = build_proxy(cfg.model_copy(update={"seed": 1}), ds)
-    loop = DROLoop(cfg, ds, reference, create_scheduler(preset), torch.device("cpu"))
-    for s in range(warmup):
-        loop.step(s)
-        loop.plain_step(s)
-    dro_t, plain_t = [], []
-    for r in range(repeats):
-        s = warmup + r
-        if r % 2 == 0:
-            dro_t.append(_timed(lambda: loop.step(s)))
-            plain_t.append(_timed(lambda: loop.plain_step(s)))
-        else:
-            plain_t.append(_timed(lambda: loop.plain_step(s)))
-            dro_t.append(_timed(lambda: loop.step(s)))
+    n1, n2 = warmup, warmup + repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(Path(tmp) / "ref", reference, create_scheduler(preset))
+
+        def plain(n: int) -> None:
+            train(proxy_train_config(cfg.model_copy(update={"steps": n})), ds, Path(tmp) / f"plain-{n}",
+                  progress=False)
+
+        def dro(n: int) -> None:
+            run_dro(cfg.model_copy(update={"steps": n}), ds, Path(tmp) / "ref", Path(tmp) / f"dro-{n}",
+                    progress=False, resume=False)
+
+        dro_t, plain_t = [], []
+        for r in range(2):
+            if r % 2 == 0:
+                plain_t.append(_per_step(plain, n1, n2))
+                dro_t.append(_per_step(dro, n1, n2))
+            else:
+                dro_t.append(_per_step(dro, n1, n2))
+                plain_t.append(_per_step(plain, n1, n2))
 
     # breakdown on one batch: the reference forward and the DRO bookkeeping alone
-    x0, y, t, noise = loop.batch(0)
+    x0, y, t, noise = PairedBatches(cfg, ds, 1000, torch.device("cpu"))(0)
+    proxy, dro_state = build_proxy(cfg, ds), ClassDRO(ds.num_classes)
     ref_fwd, bookkeeping = [], []
     with torch.inference_mode():
-        ref_loss = diffusion_loss(loop.reference, loop.scheduler, x0, t, noise)
-        proxy_loss = diffusion_loss(loop.proxy, loop.scheduler, x0, t, noise)
+        ref_loss = diffusion_loss(reference, create_scheduler(preset), x0, t, noise)
+        proxy_loss = diffusion_loss(proxy, create_scheduler(preset), x0, t, noise)
     for _ in range(max(3, repeats // 2)):
         def ref_step() -> None:
             with torch.inference_mode():
-                diffusion_loss(loop.reference, loop.scheduler, x0, t, noise)
+                diffusion_loss(reference, create_scheduler(preset), x0, t, noise)
         ref_fwd.append(_timed(ref_step))
 
         def book() -> None:
             sums, counts = per_class_excess_sums(proxy_loss, ref_loss, y, ds.num_classes)
-            loop.dro.update((sums / counts).numpy(), (counts > 0).numpy())
+            dro_state.update((sums / counts).numpy(), (counts > 0).numpy())
         bookkeeping.append(_timed(book))
 
     med = statistics.median
     pair_ratios = [d / p for d, p in zip(dro_t, plain_t)]
     return {
         "preset": preset, "resolution": resolution, "channels": channels, "batch_size": batch,
-        "params": count_parameters(loop.proxy), "repeats": repeats,
+        "params": count_parameters(proxy), "repeats": repeats,
         "dro_step_s": med(dro_t), "plain_step_s": med(plain_t), "ratio_of_medians": med(dro_t) / med(plain_t),
         "median_pair_ratio": med(pair_ratios), "reference_forward_s": med(ref_fwd),
         "bookkeeping_s": med(bookkeeping),

@@ -247,3 +247,19 @@ def test_selection_figures_real_grid_and_command(tmp_path):
     assert "`diffprune run demo --name demo`" in md and "[config-demo.yaml](config-demo.yaml)" in md
     assert (run / "report/config-demo.yaml").read_text() == "name: demo\n"
     assert '<a href="config-demo.yaml">' in (run / "report/report.html").read_text()
+
+
+def test_iterated_doremi_rounds_table(tmp_path):
+    """summary.json's ``rounds`` (iterated DoReMi) becomes a table: every round's weights and max change."""
+    run = fabricate_run(tmp_path / "demo")
+    rounds = [{"round": 1, "weights": {"zero": 0.25, "one": 0.45, "two": 0.3}, "max_change": 0.1167},
+              {"round": 2, "weights": {"zero": 0.2, "one": 0.5, "two": 0.3}, "max_change": 0.05}]
+    _write(run / "reweight/gaussian-r0.25/summary.json",
+           {"rounds": {"rounds": rounds, "tol": 0.001, "max_rounds": 3, "converged": False, "rounds_run": 2}})
+    md = build_report(run).read_text()
+    section = md.split("## Class weights")[1].split("\n## ")[0]
+    assert "| class | round 1 | round 2 |" in section
+    assert "| zero | 0.250 | 0.200 |" in section and "| **max change** | 0.117 | 0.050 |" in section
+    assert "not converged after 2 of 3 rounds" in section
+    _write(run / "reweight/gaussian-r0.25/summary.json", {"weights": {}})
+    assert "round 1" not in build_report(run).read_text()

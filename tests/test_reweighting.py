@@ -21,8 +21,8 @@ from diffprune.reweighting import (
     CheckpointMismatchError,
     ClassDRO,
     ClassWeightsError,
+    DROHook,
     DROInterrupted,
-    DROLoop,
     ReweightConfig,
     ReweightError,
     load_class_weights,
@@ -32,7 +32,7 @@ from diffprune.reweighting import (
 )
 from diffprune.reweighting.checkpoint import RunLog
 from diffprune.reweighting.outputs import write_outputs
-from diffprune.reweighting.runner import build_proxy
+from diffprune.reweighting.runner import PairedBatches, build_proxy
 
 # ddpm-tiny at 8 x 8 px grey: ~177k parameters, tens of ms per step.
 TINY = dict(proxy_preset="ddpm-tiny", batch_size=20, lr=1e-3, warmup_steps=0, device="cpu")
@@ -59,39 +59,76 @@ def random_reference(tmp_path_factory, digits) -> str:
 
 # --- pairing and the reference ---------------------------------------------------------------------------
 
-def test_identical_models_give_zero_excess(digits) -> None:
-    """Proxy and reference start from the same weights: with the same x0, t and noise the excess is exactly 0,
-    up to float rounding (inference-mode and autograd kernels differ by ~1e-7), so the first update leaves the
-    weights uniform. Unpaired t or noise would give a clipped excess of order 0.1-1."""
-    cfg = _config(seed=5, estimator="pixel")
-    reference = build_proxy(cfg, digits)  # the proxy is built from the same seed: identical weights
-    loop = DROLoop(cfg, digits, reference, create_scheduler("ddpm-tiny"), torch.device("cpu"))
-    loop.step(0)
-    assert np.all(loop.dro.scores < 1e-5), loop.dro.scores
-    np.testing.assert_allclose(loop.dro.weights, np.full(10, 0.1), atol=1e-6)
-    loop.step(1)  # the proxy has moved (lr 1e-3): now the excess is clearly positive
-    assert loop.dro.scores.mean() > 1e-3, loop.dro.scores
+def test_identical_models_give_zero_excess(digits, tmp_path) -> None:
+    """Proxy and reference start from the same weights: with the same x0, t and noise (drawn by the trainer,
+    handed to the hook) the first excess is exactly 0 up to float rounding (inference-mode and autograd
+    kernels differ by ~1e-7), so the first update leaves the weights uniform. Unpaired t or noise would give a
+    clipped excess of order 0.1-1."""
+    cfg = _config(seed=5, estimator="pixel", steps=2)
+    save_model(tmp_path / "ref", build_proxy(cfg, digits), create_scheduler("ddpm-tiny"))  # the proxy's init
+    run_dro(cfg, digits, str(tmp_path / "ref"), tmp_path / "dro", progress=False)
+    with np.load(tmp_path / "dro" / "trajectory.npz") as t:
+        assert np.all(t["excess"][0] < 1e-5), t["excess"][0]
+        np.testing.assert_allclose(t["weights"][0], np.full(10, 0.1), atol=1e-6)
+        assert t["excess"][1].mean() > 1e-3, t["excess"][1]  # the proxy has moved (lr 1e-3): excess > 0
 
 
-def test_reference_is_frozen(digits, random_reference) -> None:
+def test_hook_pairs_freezes_and_weights_the_loss(digits, random_reference) -> None:
+    """One hook call on a batch of ``PairedBatches``: the reference stays frozen, the excess is the
+    estimator's on the same x0/t/noise, and the returned multipliers turn the trainer's mean loss into the
+    class-weighted objective ``weighted_class_loss`` (an independent formula)."""
+    from diffprune.diffusion import diffusion_loss
+    from diffprune.reweighting.excess import per_class_excess_sums, weighted_class_loss
+
     model, scheduler = load_model(random_reference)
     before = hash_state_dict(model.state_dict())
-    loop = DROLoop(_config(), digits, model, scheduler, torch.device("cpu"))
-    for s in range(3):
-        loop.step(s)
-    assert hash_state_dict(loop.reference.state_dict()) == before
-    assert all(not p.requires_grad for p in loop.reference.parameters())
-    assert not loop.reference.training
+    cfg = _config(batch_size=7, eta=5.0)  # 7 examples over 10 classes: some classes absent
+    hook = DROHook(cfg, digits, model, scheduler, {})
+    proxy = build_proxy(cfg.model_copy(update={"seed": 3}), digits)
+    for step in range(3):
+        hook.batch_indices(step)
+        x0, y, t, noise = PairedBatches(cfg, digits, 1000, torch.device("cpu"))(step)
+        loss = diffusion_loss(proxy, scheduler, x0, t, noise)
+        w = hook(step, x0, y, t, noise, loss)
+        with torch.inference_mode():
+            sums, counts = per_class_excess_sums(loss, diffusion_loss(model, scheduler, x0, t, noise), y, 10,
+                                                 cfg.estimator)
+        present = (counts > 0).numpy()
+        np.testing.assert_allclose(hook.dro.scores[present], (sums / counts).numpy()[present], rtol=1e-6)
+        a = torch.as_tensor(hook.dro.weights, dtype=torch.float32)
+        expected = weighted_class_loss(loss.mean(dim=(1, 2, 3)), y, a)
+        torch.testing.assert_close((loss.mean(dim=(1, 2, 3)) * w).mean(), expected, rtol=1e-5, atol=0)
+        assert hook.log.losses[-1] == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert not np.allclose(hook.dro.weights, 0.1)  # eta 5: the weights moved, so the check is not vacuous
+    assert hash_state_dict(hook.reference.state_dict()) == before
+    assert all(not p.requires_grad for p in hook.reference.parameters()) and not hook.reference.training
 
 
-def test_update_every_covers_all_classes(digits, random_reference) -> None:
-    model, scheduler = load_model(random_reference)
+def test_hook_sees_the_trainers_draws(digits, random_reference, tmp_path, monkeypatch) -> None:
+    """The trainer hands the hook the batch of ``batch_indices`` with the timesteps and noise that
+    ``PairedBatches`` (the null control's replay) reproduces."""
+    seen = []
+    real = DROHook.__call__
+
+    def record(self, step, x0, labels, timesteps, noise, loss):
+        seen.append((step, x0.clone(), labels.clone(), timesteps.clone(), noise.clone()))
+        return real(self, step, x0, labels, timesteps, noise, loss)
+
+    monkeypatch.setattr(DROHook, "__call__", record)
+    cfg = _config(steps=2)
+    run_dro(cfg, digits, random_reference, tmp_path, progress=False)
+    batches = PairedBatches(cfg, digits, 1000, torch.device("cpu"))
+    assert [s[0] for s in seen] == [0, 1]
+    for step, *drawn in seen:
+        for got, want in zip(drawn, batches(step)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_update_every_covers_all_classes(digits, random_reference, tmp_path) -> None:
     # 10 classes, batch 5: one update per 2 steps sees every class (batch_size * update_every = K).
-    loop = DROLoop(_config(batch_size=5, update_every=2), digits, model, scheduler, torch.device("cpu"))
-    for s in range(6):
-        loop.step(s)
-    assert loop.dro.num_updates == 3 and loop.log.update_steps == [1, 3, 5]
-    assert np.asarray(loop.log.present).all()
+    run_dro(_config(batch_size=5, update_every=2, steps=6), digits, random_reference, tmp_path, progress=False)
+    with np.load(tmp_path / "trajectory.npz") as t:
+        assert t["steps"].tolist() == [1, 3, 5] and t["present"].all() and t["loss"].shape == (6,)
 
 
 # --- the handicap experiment ------------------------------------------------------------------------------
@@ -127,7 +164,7 @@ def short_run(tmp_path_factory, digits, random_reference):
 def test_run_dro_writes_every_file(short_run, digits) -> None:
     out, cfg, numbers = short_run
     for name in ("class_weights.json", "trajectory.npz", "weights.png", "trajectory.png", "summary.json",
-                 "checkpoint/state.json"):
+                 "proxy/state/dro_hook.npz", "proxy/state/trainer_state.json"):
         assert (out / name).is_file(), name
     weights = load_class_weights(out / "class_weights.json", digits.class_names)
     assert math.isclose(sum(weights.values()), 1.0, abs_tol=1e-9)
@@ -157,30 +194,38 @@ def test_resume_continues_exactly(short_run, digits, random_reference, tmp_path)
     out, cfg, _ = short_run
     part = tmp_path / "part"
     run_dro(cfg.model_copy(update={"steps": 7}), digits, random_reference, part, progress=False)  # "interrupted"
-    assert json.loads((part / "checkpoint" / "state.json").read_text())["step"] == 7
+    assert json.loads((part / "proxy" / "state" / "trainer_state.json").read_text())["step"] == 7
     run_dro(cfg, digits, random_reference, part, progress=False)  # resumes at 7, runs to 12
     with np.load(out / "trajectory.npz") as full, np.load(part / "trajectory.npz") as resumed:
         for key in ("weights", "excess", "average", "loss"):
             np.testing.assert_array_equal(full[key], resumed[key], err_msg=key)
 
 
-def test_signal_checkpoints_then_resume_matches(short_run, digits, random_reference, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_then_resume_matches(short_run, digits, random_reference, tmp_path, monkeypatch,
+                                                sig) -> None:
+    """A signal during step 3 (here from inside the hook, as a kill arrives mid-step): the trainer finishes the
+    step, checkpoints (with the hook's DRO state) and stops; the rerun resumes to the uninterrupted run's
+    weights, trajectory and losses, bit for bit."""
     out, cfg, _ = short_run
-    real_step = DROLoop.step
+    real = DROHook.__call__
 
-    def step_then_signal(self, step):
-        value = real_step(self, step)
+    def signal_at_step_3(self, step, *args):
         if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # caught by run_dro: it checkpoints after this step and stops
-        return value
+            os.kill(os.getpid(), sig)
+        return real(self, step, *args)
 
-    monkeypatch.setattr(DROLoop, "step", step_then_signal)
+    monkeypatch.setattr(DROHook, "__call__", signal_at_step_3)
     with pytest.raises(DROInterrupted, match="after step 4/12"):
         run_dro(cfg, digits, random_reference, tmp_path, progress=False)
-    monkeypatch.setattr(DROLoop, "step", real_step)
-    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 4
+    monkeypatch.setattr(DROHook, "__call__", real)
+    assert json.loads((tmp_path / "proxy" / "state" / "trainer_state.json").read_text())["step"] == 4
+    assert not (tmp_path / "class_weights.json").exists()
     run_dro(cfg, digits, random_reference, tmp_path, progress=False)
     assert (tmp_path / "class_weights.json").read_text() == (out / "class_weights.json").read_text()
+    with np.load(out / "trajectory.npz") as full, np.load(tmp_path / "trajectory.npz") as resumed:
+        for key in ("weights", "excess", "average", "loss", "present", "steps"):
+            np.testing.assert_array_equal(full[key], resumed[key], err_msg=key)
 
 
 def test_resume_refuses_another_run(short_run, digits, random_reference, tmp_path) -> None:
@@ -325,3 +370,70 @@ def test_null_dro_replays_the_real_runs_batches(digits, random_reference, tmp_pa
                                              diffusion_loss(ref, sched, x0, t, noise), y, 10, cfg.estimator,
                                              timesteps=t, num_timesteps=1000)
     np.testing.assert_allclose(dro.score_history[0], (sums / counts).numpy(), rtol=1e-6)
+
+
+# --- bf16, iterated DoReMi ------------------------------------------------------------------------------------
+
+def test_dro_in_bf16(digits, random_reference, tmp_path) -> None:
+    """The proxy trains under accelerate's bf16 autocast (and the reference's forward with it): the run records
+    the precision and its weights are a valid, moved distribution close to the fp32 run's."""
+    cfg = _config(steps=4, eta=5.0)
+    run_dro(cfg, digits, random_reference, tmp_path / "fp32", progress=False)
+    run_dro(cfg.model_copy(update={"mixed_precision": "bf16"}), digits, random_reference, tmp_path / "bf16",
+            progress=False)
+    summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16"
+    assert json.loads((tmp_path / "fp32" / "summary.json").read_text())["mixed_precision"] == "no"
+    a16 = np.array(list(load_class_weights(tmp_path / "bf16" / "class_weights.json").values()))
+    a32 = np.array(list(load_class_weights(tmp_path / "fp32" / "class_weights.json").values()))
+    assert np.abs(a32 - 0.1).max() > 1e-2  # moved
+    np.testing.assert_allclose(a16, a32, atol=0.2 * np.abs(a32 - 0.1).max())  # bf16: ~3 significant digits
+
+
+def test_iterated_doremi_rounds(digits, tmp_path) -> None:
+    """rounds = 3: round 1 is the non-iterated run (same files); every round's reference trained with the
+    previous round's averaged weights; ``max_change`` is max |a_r - a_(r-1)| of the round files (a_0 uniform);
+    rerun with a tolerance just above the smallest change, the stage stops at the first round below it."""
+    cfg = _config(steps=6, eta=5.0, checkpoint_every=100)
+    reference = prepare_reference(cfg, digits, tmp_path / "ref", progress=False)
+    run_dro(cfg, digits, reference, tmp_path / "plain", progress=False)
+    iterated = cfg.model_copy(update={"rounds": 3, "rounds_tol": 1e-12})
+    numbers = run_dro(iterated, digits, reference, tmp_path / "it", progress=False)
+    record = json.loads((tmp_path / "it" / "rounds.json").read_text())
+    assert numbers["rounds_run"] == 3 and record["rounds_run"] == 3 and record["converged"] is False
+    assert ((tmp_path / "it" / "round-1" / "class_weights.json").read_text()
+            == (tmp_path / "plain" / "class_weights.json").read_text())
+    previous = np.full(10, 0.1)
+    changes = []
+    for r, row in enumerate(record["rounds"], start=1):
+        a = np.array(list(load_class_weights(tmp_path / "it" / f"round-{r}" / "class_weights.json").values()))
+        with np.load(tmp_path / "it" / row["trajectory"]) as t:
+            np.testing.assert_allclose(t["average"], a, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(list(row["reference_weights"].values()), previous, atol=1e-12)
+        assert row["max_change"] == pytest.approx(np.abs(a - previous).max(), abs=1e-12)
+        changes.append(row["max_change"])
+        if r > 1:  # the round's reference was trained with the previous round's weights (its trajectory hash)
+            from diffprune.diffusion.trainer import _trajectory_hash
+            from diffprune.reweighting.reference import reference_train_config
+
+            meta = json.loads((tmp_path / "it" / f"round-{r}" / "reference" / "state" / "trainer_state.json")
+                              .read_text())
+            expected = _trajectory_hash(reference_train_config(cfg, digits).resolved(), digits,
+                                        dict(zip(digits.class_names, previous)))
+            assert meta["step"] == cfg.steps and meta["trajectory_hash"] == expected
+        previous = a
+    assert ((tmp_path / "it" / "class_weights.json").read_text()
+            == (tmp_path / "it" / "round-3" / "class_weights.json").read_text())
+    tol = min(changes) * (1 + 1e-6)
+    stop = next(r for r, c in enumerate(changes, start=1) if c < tol)
+    numbers = run_dro(iterated.model_copy(update={"rounds_tol": tol}), digits, reference, tmp_path / "it",
+                      progress=False)  # the finished rounds resume from their checkpoints
+    record = json.loads((tmp_path / "it" / "rounds.json").read_text())
+    assert record["rounds_run"] == stop == numbers["rounds_run"] and record["converged"] is True
+    assert ((tmp_path / "it" / "class_weights.json").read_text()
+            == (tmp_path / "it" / f"round-{stop}" / "class_weights.json").read_text())
+
+
+def test_rounds_need_a_trained_reference() -> None:
+    with pytest.raises(ConfigError, match="rounds > 1"):
+        validate_config(ReweightConfig, {"rounds": 2, "reference": "x"})

@@ -37,7 +37,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -87,6 +87,24 @@ _RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorbo
 Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]
 
 
+class StepHook(Protocol):
+    """A per-step hook of ``train`` (e.g. ``diffprune.reweighting.hook.DROHook``, DoReMi's proxy step).
+
+    ``batch_indices(step)``: int64 global-batch dataset indices of ``step`` (None: the trainer's own sampler).
+    ``__call__(step, x0, labels, timesteps, noise, loss)``: this process' micro-batch as the trainer drew it and
+    its unreduced loss (B x C x H x W, with autograd); returns float B multipliers of the per-example losses.
+    ``identity()``: JSON-able, enters the checkpoint's trajectory hash. ``save(folder)`` / ``load(folder)``:
+    the hook's state, written into (read from) the trainer's ``state/`` checkpoint folder.
+    """
+
+    def batch_indices(self, step: int) -> torch.Tensor | None: ...
+    def __call__(self, step: int, x0: torch.Tensor, labels: torch.Tensor, timesteps: torch.Tensor,
+                 noise: torch.Tensor, loss: torch.Tensor) -> torch.Tensor: ...
+    def identity(self) -> Mapping[str, Any]: ...
+    def save(self, folder: Path) -> None: ...
+    def load(self, folder: Path) -> None: ...
+
+
 class TrainError(ValueError):
     """Training cannot start (bad data/config combination, incompatible checkpoint); the message says why."""
 
@@ -110,6 +128,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     evaluator: Evaluator | None = None,
+    step_hook: StepHook | None = None,
 ) -> dict[str, Any]:
     """Train a DDPM on ``dataset`` (uint8 N x C x H x W, mapped to [-1, 1]) and write ``out_dir``.
 
@@ -121,6 +140,8 @@ def train(
     ``resume=False`` starts from scratch and overwrites ``out_dir``'s training files.
     ``evaluator`` runs at every ``eval_every`` steps and at the last one (needed when ``eval_every`` > 0), on
     every process, with the torch RNG forked so that it never changes the training trajectory.
+    ``step_hook`` (``StepHook``) may choose each step's batch and multiplies each example's loss by what it
+    returns; its state travels with the checkpoint (needs grad_accum 1).
 
     Returns a summary: steps, images_seen, seconds (this call), train_seconds (cumulative over resumes, without
     evaluation), eval_seconds (this call), img_per_s, final_loss, params, resumed_from.
@@ -159,6 +180,8 @@ def train(
             f"batch_size {cfg.batch_size} (global) must be divisible by processes x grad_accum = "
             f"{world} x {cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}"
         )
+    if step_hook is not None and cfg.grad_accum != 1:
+        raise TrainError("a step hook (DRO) sees one micro-batch per optimizer step: set grad_accum: 1")
     micro = cfg.batch_size // (world * cfg.grad_accum)  # images per process per forward pass
     device = accelerator.device
     set_seed(cfg.seed)  # model init and dropout; data order and noise come from batches.py streams
@@ -214,6 +237,8 @@ def train(
     # ---- resume ------------------------------------------------------------------------------------------
     state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
     trajectory_hash = _trajectory_hash(cfg, dataset, class_weights)
+    if step_hook is not None:
+        trajectory_hash = config_hash({"train": trajectory_hash, "hook": step_hook.identity()})
     start_step, resumed_from, seconds_before = 0, None, 0.0
     log_window = (0, 0.0)  # (first step, loss sum) of the metrics line in progress at the checkpoint
     if resume and (state_dir / STATE_FILE).exists():
@@ -221,6 +246,8 @@ def train(
         start_step = resumed_from = int(saved["step"])
         log_window = (int(saved.get("log_window_start", start_step)), float(saved.get("log_window_loss", 0.0)))
         seconds_before = float(saved.get("train_seconds", 0.0))
+        if step_hook is not None:
+            step_hook.load(state_dir)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         truncate_metrics(metrics_path, keep_through_step=start_step)
@@ -230,7 +257,7 @@ def train(
     images = torch.from_numpy(np.ascontiguousarray(dataset.images))
     if device.type != "cpu":
         images = images.to(device) if images.numel() < (1 << 31) else images.pin_memory()
-    need_labels = cfg.conditional or loss_multiplier is not None
+    need_labels = cfg.conditional or loss_multiplier is not None or step_hook is not None
     labels_dev = labels.to(images.device) if need_labels else None
     shape = dataset.images.shape[1:]
 
@@ -247,7 +274,7 @@ def train(
     def checkpoint(at_step: int) -> None:  # the metrics line in progress and the clock travel with it
         _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, at_step, trajectory_hash, scheduler,
                          log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
-                         train_seconds=train_seconds())
+                         train_seconds=train_seconds(), hook=step_hook)
 
     step = start_step
     step_log = log_window[0] if resumed_from is not None else start_step
@@ -261,7 +288,9 @@ def train(
         with stop, bar:
             while step < steps_total:
                 # -- the global batch of this step, identical on every process --------------------------
-                idx = global_batch_indices(step, cfg.batch_size, n, cfg.seed, sample_probs)
+                idx = None if step_hook is None else step_hook.batch_indices(step)
+                if idx is None:
+                    idx = global_batch_indices(step, cfg.batch_size, n, cfg.seed, sample_probs)
                 g = noise_generator(cfg.seed, step, device)
                 t_all = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), device=device,
                                       generator=g)
@@ -281,10 +310,13 @@ def train(
                     if cfg.conditional:
                         cond = torch.where(drop_all[sl], torch.full_like(y, null_label), y)
                     with accelerator.accumulate(model):
-                        per_example = diffusion_loss(
+                        unreduced = diffusion_loss(
                             forward_model, scheduler, x0, t_all[sl], noise_all[sl], cond, mask_ratio=cfg.mask_ratio,
                             mask_generator=_mask_generator(cfg, step, k, accelerator.process_index, device),
-                        ).mean(dim=(1, 2, 3))
+                        )
+                        per_example = unreduced.mean(dim=(1, 2, 3))
+                        if step_hook is not None:
+                            per_example = per_example * step_hook(step, x0, y, t_all[sl], noise_all[sl], unreduced)
                         if loss_multiplier is not None:
                             per_example = per_example * loss_multiplier[y]
                         loss = per_example.mean()
@@ -395,9 +427,11 @@ def _load_checkpoint(accelerator: Accelerator, ema: EMA, state_dir: Path, trajec
 
 def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset,
                      out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler,
-                     log_window: tuple[int, float] = (0, 0.0), train_seconds: float = 0.0) -> None:
+                     log_window: tuple[int, float] = (0, 0.0), train_seconds: float = 0.0,
+                     hook: StepHook | None = None) -> None:
     """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
-    and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state).
+    and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state);
+    ``hook`` saves its state into the same folder (main process).
 
     ``log_window``: first step and loss sum of the metrics line in progress, restored on resume. A failed
     save (a full disk) removes ``.state.tmp`` and says how much space is free."""
@@ -416,6 +450,8 @@ def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, datas
                 "log_window_start": int(log_window[0]), "log_window_loss": float(log_window[1]),
                 "train_seconds": train_seconds,
             })
+            if hook is not None:
+                hook.save(tmp)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(out_dir).free

@@ -398,8 +398,11 @@ class Pipeline:
         def compute(resume: bool):
             from diffprune.pipeline.flops import dro_flops
 
+            ref_data = None  # iterated DoReMi retrains references on the data of the first one
+            if rc.rounds > 1:
+                ref_data = coreset if self.cfg.reference_data == "coreset" else self.full_training_set()[0]
             summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume,
-                              null_reference_dir=null_ref)
+                              null_reference_dir=null_ref, reference_dataset=ref_data)
             images = int(rc.steps) * int(rc.batch_size)
             weights = load_class_weights(out / "class_weights.json")
             flops = self._flops(lambda: dro_flops(rc, coreset, ref, images), "DRO")

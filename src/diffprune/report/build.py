@@ -115,6 +115,7 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
         doc.add(Image(fig, "Class weights of the reweighted arms (dashed: uniform; shaded: the null control's "
                       "band, inside which a weight is indistinguishable from noise)"), _weights_table(arms, multi))
         doc.add(*_null_and_setting_notes(arms, multi))
+        doc.add(*_rounds_tables(arms, multi))
         doc.add(*_trajectories(runs, out, multi))
     else:
         doc.add(Paragraph("No reweighted arm in these runs."))
@@ -371,6 +372,28 @@ def _null_and_setting_notes(arms: list[ArmResult], multi: bool) -> list[Paragrap
         if setting and setting.get("setting") != "doremi":
             out.append(Paragraph(f"**{name}, proxy and reference**: not DoReMi's setting (same preset and budget): "
                                  f"{'; '.join(setting.get('notes', []))}."))
+    return out
+
+
+def _rounds_tables(arms: list[ArmResult], multi: bool) -> list[Table]:
+    """Iterated DoReMi (``reweight.rounds`` > 1): each round's weights and how far they moved from the weights
+    its reference trained with (the stopping rule), one table per arm (``summary.json``'s ``rounds``)."""
+    out = []
+    for a in arms:
+        record = (a.dro_summary or {}).get("rounds")
+        if not record or not record.get("rounds"):
+            continue
+        rounds = record["rounds"]
+        names = list(rounds[0]["weights"])
+        rows = [[n] + [fmt(r["weights"].get(n)) for r in rounds] for n in names]
+        rows.append(["**max change**"] + [fmt(r.get("max_change")) for r in rounds])
+        verdict = (f"converged after round {record['rounds_run']}" if record.get("converged") else
+                   f"not converged after {record['rounds_run']} of {record['max_rounds']} rounds")
+        name = f"{a.run}/{a.arm}" if multi else a.arm
+        out.append(Table(["class"] + [f"round {r['round']}" for r in rounds], rows,
+                         caption=f"{name}: iterated DoReMi, each round's reference trained with the previous round's "
+                         f"weights (round 1: uniform); max change = max |a_r - a_(r-1)|, stop below "
+                         f"{record['tol']:g}: {verdict}. Per-round trajectories: reweight/<selection>/round-<r>/."))
     return out
 
 

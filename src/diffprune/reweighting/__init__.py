@@ -4,7 +4,8 @@ Public API:
     ClassDRO            the pure weight-update state machine (numpy float64)
     ReweightConfig      the ``reweight`` config section
     prepare_reference   resolve a reference model folder (given, from the hub, or trained on the data)
-    run_dro             train the proxy, write class_weights.json, trajectory.npz, plots, summary.json
+    run_dro             train the proxy (diffusion.train with a DROHook), write class_weights.json, trajectory.npz,
+                        plots, summary.json; ``rounds`` > 1: iterated DoReMi (rounds.json)
     load_class_weights  read and validate class_weights.json
     weights_entropy     Shannon entropy (nats) of a weight vector
 
@@ -22,7 +23,8 @@ from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.checkpoint import CheckpointMismatchError
 from diffprune.reweighting.dro import ClassDRO, DROStateError
 from diffprune.reweighting.reference import prepare_reference
-from diffprune.reweighting.runner import DROInterrupted, DROLoop, ReweightError, run_dro
+from diffprune.reweighting.hook import DROHook
+from diffprune.reweighting.runner import DROInterrupted, ReweightError, run_dro
 from diffprune.reweighting.weights import (
     ClassWeightsError,
     is_collapsed,
@@ -37,7 +39,7 @@ __all__ = [
     "ClassDRO",
     "ClassWeightsError",
     "DROInterrupted",
-    "DROLoop",
+    "DROHook",
     "DROStateError",
     "ReweightConfig",
     "ReweightError",

@@ -33,6 +33,10 @@ class ReweightConfig(StrictModel):
     is what ``train_reference`` resolves to by default. A trained reference shares the proxy's preset and
     budget (``reference_preset`` and ``reference_steps`` unset: DoReMi's setting) and uses EMA warm-up.
 
+    The proxy trains through ``diffusion.train`` (accelerate: one process or ``accelerate launch``, the launch's
+    or ``mixed_precision``'s precision); ``device`` is kept for old configs and only warns when accelerate's
+    device differs. ``rounds`` > 1 runs DoReMi's iterated variant (``reweighting.rounds``).
+
     ``null_control`` runs the same DRO once more with a second reference of the same recipe and seed
     ``null_seed`` standing in for the proxy (true excess zero): its weights show how far the estimator's noise
     alone moves the weights from uniform (the null band of the report).
@@ -63,7 +67,14 @@ class ReweightConfig(StrictModel):
     null_reference: str | None = None  # a given second reference (needed for null_control with `reference`)
     seed: int = 0  # proxy init, batches, timesteps and noise (and a trained reference's seed)
     checkpoint_every: int = Field(default=200, ge=1)  # steps between checkpoints (proxy and reference)
-    device: Device = "auto"
+    # None: accelerate decides (`accelerate launch --mixed_precision bf16`); the proxy trains in it and the
+    # reference's forward runs under the same autocast
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    # iterated DoReMi: round r + 1 trains its reference with round r's averaged weights, then reruns DRO;
+    # stops after `rounds` rounds or when max_k |a_k - a_prev_k| < rounds_tol (needs a trained reference)
+    rounds: int = Field(default=1, ge=1)
+    rounds_tol: float = Field(default=1e-3, gt=0)
+    device: Device = "auto"  # the proxy trains on accelerate's device (a warning if not this)
 
     @field_validator("proxy_preset", "reference_preset")
     @classmethod
@@ -99,6 +110,9 @@ class ReweightConfig(StrictModel):
                 "null_control with a given reference needs null_reference: a second model of the same recipe and "
                 "another seed (or unset reference to train both)"
             )
+        if self.rounds > 1 and self.reference is not None:
+            raise ValueError("rounds > 1 (iterated DoReMi) retrains the reference on each round's weights: unset "
+                             "reference to train it here, or set rounds: 1 to use the given one")
         if self.null_seed is not None and self.null_seed == self.seed:
             raise ValueError("null_seed must differ from seed: the null reference is another seed of the recipe")
         return self

@@ -19,7 +19,7 @@ Statistics are returned as per-class sums and counts so that several steps can b
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -36,9 +36,12 @@ class TimestepNormaliser:
     excess. ``sums`` and ``counts`` (float64 TIMESTEP_BUCKETS) are the state a checkpoint keeps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.sums = np.zeros(TIMESTEP_BUCKETS, dtype=np.float64)
         self.counts = np.zeros(TIMESTEP_BUCKETS, dtype=np.float64)
+        # sums a tensor over the processes of a launched run (identity in one process), so every process keeps
+        # the same running means as one process that saw the whole batch
+        self.reduce = reduce if reduce is not None else (lambda x: x)
 
     def __call__(self, ref_per_example: torch.Tensor, timesteps: torch.Tensor, num_timesteps: int) -> torch.Tensor:
         """Add the batch, then return float64 B: each example's bucket mean divided by the overall mean."""
@@ -46,8 +49,10 @@ class TimestepNormaliser:
         bucket = bucket.clamp(0, TIMESTEP_BUCKETS - 1)
         sums = torch.zeros(TIMESTEP_BUCKETS, dtype=torch.float64, device=ref_per_example.device)
         sums.index_add_(0, bucket, ref_per_example)
-        self.sums += sums.cpu().numpy()
-        self.counts += torch.bincount(bucket, minlength=TIMESTEP_BUCKETS).double().cpu().numpy()
+        counts = torch.bincount(bucket, minlength=TIMESTEP_BUCKETS).double()
+        both = self.reduce(torch.cat([sums, counts])).cpu().numpy()
+        self.sums += both[:TIMESTEP_BUCKETS]
+        self.counts += both[TIMESTEP_BUCKETS:]
         means = np.divide(self.sums, self.counts, out=np.zeros(TIMESTEP_BUCKETS), where=self.counts > 0)
         overall = self.sums.sum() / self.counts.sum()
         ratio = torch.as_tensor(means / max(overall, 1e-300), device=ref_per_example.device)

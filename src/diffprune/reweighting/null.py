@@ -29,15 +29,10 @@ from diffprune.reweighting.checkpoint import RunLog
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.dro import ClassDRO
 from diffprune.reweighting.excess import ExcessAccumulator, TimestepNormaliser, per_class_excess_sums
-from diffprune.reweighting.runner import (
-    PairedBatches,
-    ReweightError,
-    _class_labels_for,
-    check_reference,
-    update_weights,
-)
+from diffprune.reweighting.hook import class_labels_for
+from diffprune.reweighting.runner import PairedBatches, ReweightError, check_reference
 from diffprune.reweighting.weights import save_class_weights, weights_to_dict
-from diffprune.runtime import progress_bar, resolve_device
+from diffprune.runtime import progress_bar
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -69,12 +64,14 @@ def run_null_dro(
     reference_dir: str | Path,
     null_reference_dir: str | Path,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> tuple[ClassDRO, RunLog]:
     """The DRO of ``config`` driven by the paired excess of the null reference over the reference (both frozen,
-    forward passes only; no checkpoints: it costs about two reference forwards per step)."""
+    forward passes only, on ``device``; no checkpoints: it costs about two reference forwards per step). The
+    batches, timesteps and noise are those of the real DRO (``PairedBatches``)."""
     from diffprune.diffusion import diffusion_loss, load_model
 
-    device = resolve_device(config.device)
+    device = torch.device(device)
     reference, scheduler = load_model(str(reference_dir))
     check_reference(reference, scheduler, dataset, str(reference_dir))
     other, _ = load_model(str(null_reference_dir))
@@ -85,15 +82,19 @@ def run_null_dro(
     dro = ClassDRO(k, eta=config.eta, smoothing=config.smoothing)
     acc, normaliser = ExcessAccumulator(k), TimestepNormaliser()
     log = RunLog([], [], [], acc.sums, acc.counts, 0)
-    with progress_bar("{task.fields[info]}", enabled=progress) as bar, torch.inference_mode():
-        task = bar.add_task("null", total=config.steps, info="null control")
+    with progress_bar(enabled=progress) as bar, torch.inference_mode():
+        task = bar.add_task("null control", total=config.steps)
         for step in range(config.steps):
             x0, y, t, noise = batches(step)
-            ref_loss = diffusion_loss(reference, scheduler, x0, t, noise, _class_labels_for(reference, y, k))
-            null_loss = diffusion_loss(other, scheduler, x0, t, noise, _class_labels_for(other, y, k))
+            ref_loss = diffusion_loss(reference, scheduler, x0, t, noise, class_labels_for(reference, y, k))
+            null_loss = diffusion_loss(other, scheduler, x0, t, noise, class_labels_for(other, y, k))
             acc.add(*per_class_excess_sums(null_loss, ref_loss, y, k, mode=config.estimator, timesteps=t,
                                            num_timesteps=t_max, normaliser=normaliser))
-            update_weights(acc, dro, log, config.update_every, step)
+            if acc.steps == config.update_every:
+                excess, present = acc.pop()
+                dro.update(excess, present)
+                log.update_steps.append(step)
+                log.present.append(present)
             bar.update(task, advance=1)
     if not log.update_steps:
         raise ReweightError(f"no null DRO update happened: steps ({config.steps}) < update_every "

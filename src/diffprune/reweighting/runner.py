@@ -1,13 +1,16 @@
 """``run_dro``: train a proxy DM with Group-DRO class weights against a frozen reference DM (METHOD.md stage 3).
 
-Every step, on one class-balanced batch:
-  1. draw timesteps t and noise e once (a generator seeded by (seed, step)) and compute, on the same x0, t, e,
-     the reference's unreduced loss under ``torch.inference_mode`` and the proxy's with autograd;
-  2. add the per-class clipped excess sums to an accumulator; every ``update_every`` steps turn them into
-     per-class excess losses and update ``ClassDRO`` (DoReMi updates before the proxy step, so the step
-     uses the new weights);
-  3. step the proxy on sum_k a_k * (mean loss of class k in the batch).
-The output is ``ClassDRO.average`` (initial weights included), written as ``class_weights.json``.
+The proxy trains through the one trainer, ``diffusion.train``, with a ``DROHook`` (``reweighting.hook``) as its
+per-step hook, as DoReMi subclasses one Trainer: accelerate, many processes, mixed precision, checkpoints,
+signals and resume are the trainer's. Every step, on one class-balanced batch:
+  1. the trainer draws timesteps t and noise e (a generator seeded by (seed, step)) and runs the proxy; the hook
+     computes the reference's unreduced loss on the same x0, t, e under ``torch.inference_mode``;
+  2. the hook adds the per-class clipped excess sums (summed over processes) to an accumulator; every
+     ``update_every`` steps it turns them into per-class excess losses and updates ``ClassDRO`` (DoReMi updates
+     before the proxy step, so the step uses the new weights);
+  3. the trainer steps the proxy on sum_k a_k * (mean loss of class k in the batch) (the hook's multipliers).
+The output is ``ClassDRO.average`` (initial weights included), written as ``class_weights.json``. With
+``rounds`` > 1 the stage iterates (``reweighting.rounds``, DoReMi's iterated variant).
 """
 from __future__ import annotations
 
@@ -20,40 +23,56 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
-from diffprune.diffusion.batches import to_model_input
-from diffprune.io import config_hash, hash_state_dict
-from diffprune.reweighting.checkpoint import (
-    CheckpointMismatchError,
-    RunLog,
-    checkpoint_step,
-    load_checkpoint,
-    save_checkpoint,
-)
+from diffprune.diffusion.batches import noise_generator, to_model_input
+from diffprune.diffusion.trainer import TrainingInterrupted
+from diffprune.io import config_hash, hash_state_dict, read_json
+from diffprune.reweighting.checkpoint import CheckpointMismatchError
 from diffprune.reweighting.config import ReweightConfig
-from diffprune.reweighting.dro import ClassDRO
-from diffprune.reweighting.excess import (
-    ExcessAccumulator,
-    TimestepNormaliser,
-    per_class_excess_sums,
-    weighted_class_loss,
-)
-from diffprune.reweighting.outputs import write_outputs
-from diffprune.reweighting.sampling import ClassBalancedBatches, step_seed
-from diffprune.reweighting.weights import weights_entropy
-from diffprune.runtime import Interrupted, StopOnSignal, progress_bar, resolve_device
+from diffprune.reweighting.sampling import ClassBalancedBatches
 
 logger = logging.getLogger("diffprune.reweighting")
 
-# Fields that do not change what a step computes: a checkpoint stays valid when only these differ.
-_RESUMABLE_FIELDS = ("steps", "checkpoint_every", "device")
+# Fields that do not change what a proxy run computes: a checkpoint stays valid when only these differ.
+_RESUMABLE_FIELDS = ("steps", "checkpoint_every", "device", "rounds", "rounds_tol")
+PROXY_DIR = "proxy"  # the trainer's folder of the proxy run (state/ is its checkpoint) inside the stage folder
+_NUMBERS = ("entropy", "normalized_entropy", "max_weight", "min_weight", "collapsed", "last_weights_collapsed",
+            "steps", "updates", "seconds", "final_loss")
 
 
 class ReweightError(ValueError):
     """The reweight stage cannot run on these inputs; the message names the problem and the fix."""
 
 
-class DROInterrupted(Interrupted):
-    """SIGINT/SIGTERM stopped ``run_dro`` after it checkpointed; rerun with ``resume=True`` to continue."""
+class DROInterrupted(TrainingInterrupted):
+    """SIGINT/SIGTERM stopped ``run_dro`` after the trainer checkpointed; rerun with ``resume=True`` to continue."""
+
+
+def check_device(name: str) -> torch.device:
+    """The device the proxy trains on: accelerate's (a launch's process device, else CUDA when available).
+    ``device: cpu`` on a CUDA machine is not honoured inside a process accelerate already placed; say so."""
+    from diffprune.runtime import process_state, resolve_device
+
+    resolve_device(name)  # a device this machine lacks: DeviceError now, before any compute
+    actual = process_state().device
+    if name != "auto" and torch.device(name).type != actual.type:
+        logger.warning("reweight.device %s ignored: the proxy trains on accelerate's device %s; hide GPUs with "
+                       "CUDA_VISIBLE_DEVICES='' (or ACCELERATE_USE_CPU=1) to train on the CPU", name, actual)
+    return actual
+
+
+def check_schedule(reference_scheduler: Any, proxy_preset: str, where: str) -> None:
+    """The proxy (trained with its preset's schedule) and the reference must share betas: the pairing of the
+    excess assumes both denoise the same x_t."""
+    from diffprune.diffusion import create_scheduler
+
+    proxy = create_scheduler(proxy_preset)
+    ref_betas = torch.as_tensor(reference_scheduler.betas, dtype=torch.float64)
+    if len(ref_betas) != len(proxy.betas) or not torch.allclose(ref_betas, proxy.betas.double(), rtol=1e-5):
+        raise ReweightError(
+            f"reference '{where}' has another noise schedule ({reference_scheduler.config.beta_schedule}, "
+            f"T={len(ref_betas)}) than proxy preset {proxy_preset!r} ({proxy.config.beta_schedule}, T={len(proxy.betas)}); "
+            "the excess compares both on the same noisy images: pick a proxy_preset with the reference's schedule"
+        )
 
 
 def check_dataset(dataset: ImageDataset) -> None:
@@ -82,15 +101,6 @@ def check_reference(model: Any, scheduler: Any, dataset: ImageDataset, where: st
         )
 
 
-def _class_labels_for(model: Any, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-    n = getattr(model.config, "num_class_embeds", None)
-    if n is None:
-        return None
-    if n < num_classes:
-        raise ReweightError(f"conditional model has {n} class embeddings but the dataset has {num_classes} classes")
-    return labels
-
-
 def build_proxy(config: ReweightConfig, dataset: ImageDataset) -> torch.nn.Module:
     """A fresh proxy of ``config.proxy_preset`` sized for the dataset, initialised from ``config.seed``."""
     from diffprune.diffusion import create_model
@@ -116,9 +126,11 @@ def _identity(config: ReweightConfig, dataset: ImageDataset, reference: torch.nn
     }
 
 
+
 class PairedBatches:
-    """``batches(step)`` = (x0, labels, timesteps, noise) of a DRO step: class-balanced, a pure function of
-    (seed, step), so the proxy, the reference and the null control's second reference see the same ones."""
+    """``batches(step)`` = (x0, labels, timesteps, noise) of a DRO step: the class-balanced batch of the hook and
+    the timesteps and noise the trainer draws for it (``noise_generator(seed, step)``: t first, then the noise),
+    so the null control's two references see what the proxy and the reference saw."""
 
     def __init__(self, config: ReweightConfig, dataset: ImageDataset, num_timesteps: int,
                  device: torch.device) -> None:
@@ -130,106 +142,80 @@ class PairedBatches:
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(self.sampler.indices_at(step)).to(self.device)
         x0, y = to_model_input(self.images[idx]), self.labels[idx]
-        gen = torch.Generator(device=self.device).manual_seed(step_seed(self.seed, step))
-        t = torch.randint(0, self.num_timesteps, (len(idx),), generator=gen, device=self.device)
-        noise = torch.randn(x0.shape, generator=gen, device=self.device)
+        g = noise_generator(self.seed, step, self.device)
+        t = torch.randint(0, self.num_timesteps, (len(idx),), device=self.device, generator=g)
+        noise = torch.randn(x0.shape, device=self.device, generator=g)
         return x0, y, t, noise
 
 
-def update_weights(acc: ExcessAccumulator, dro: ClassDRO, log: RunLog, update_every: int, step: int) -> bool:
-    """After ``update_every`` accumulated steps: one ``ClassDRO.update`` from the accumulated excess, logged."""
-    if acc.steps != update_every:
-        return False
-    excess, present = acc.pop()
-    dro.update(excess, present)
-    log.update_steps.append(step)
-    log.present.append(present)
-    return True
+def proxy_train_config(config: ReweightConfig):
+    """The ``diffusion.TrainConfig`` of the proxy: its preset and overrides, Adam at ``proxy_lr`` with
+    ``proxy_warmup_steps`` of linear warm-up, ``grad_clip``, no flips (the null control pairs on the same x0),
+    unconditional, one metrics line (and a cross-process stop check) per step."""
+    from diffprune.diffusion import TrainConfig
+
+    return TrainConfig(preset=config.proxy_preset, model_overrides=dict(config.model_overrides), steps=config.steps,
+                       batch_size=config.batch_size, lr=config.proxy_lr(), warmup_steps=config.proxy_warmup_steps(),
+                       grad_clip=config.grad_clip, hflip=False, conditional=False, seed=config.seed, ema_warmup=True,
+                       checkpoint_every=config.checkpoint_every, log_every=1, mixed_precision=config.mixed_precision)
 
 
-class DROLoop:
-    """The state of one DRO run and its step; ``run_dro`` drives it, the benchmark times it.
+def _check_resumable(state_dir: Path, identity: dict[str, Any], steps: int) -> None:
+    trainer_state = state_dir / "trainer_state.json"
+    if not trainer_state.is_file():
+        return
+    from diffprune.reweighting.hook import saved_identity
 
-    Args:
-        config: the reweight section.
-        dataset: labelled images (the coreset).
-        reference: the frozen reference model (moved to ``device``, eval mode, no grad).
-        scheduler: the reference's noise scheduler, used for both models.
-        device: where to run.
-    """
+    saved = saved_identity(state_dir) or {}
+    diffs = [k for k in identity if saved.get(k) != identity[k]]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"the checkpoint in '{state_dir}' belongs to another run ({', '.join(diffs)} differ); "
+            "delete that folder or write to another output folder to start afresh"
+        )
+    step = int(read_json(trainer_state)["step"])
+    if step > steps:
+        raise CheckpointMismatchError(
+            f"the checkpoint in '{state_dir}' is at step {step}, beyond the requested {steps} steps; "
+            "raise steps or write to another folder"
+        )
 
-    def __init__(self, config: ReweightConfig, dataset: ImageDataset, reference: torch.nn.Module, scheduler: Any,
-                 device: torch.device) -> None:
-        self.config, self.device, self.num_classes = config, device, dataset.num_classes
-        self.reference = reference.to(device).eval().requires_grad_(False)
-        self.scheduler = scheduler
-        self.num_timesteps = int(scheduler.config.num_train_timesteps)
-        self.proxy = build_proxy(config, dataset).to(device).train()
-        self.lr, self.warmup_steps = config.proxy_lr(), config.proxy_warmup_steps()
-        self.optimizer = torch.optim.Adam(self.proxy.parameters(), lr=self.lr)
-        self.dro = ClassDRO(self.num_classes, eta=config.eta, smoothing=config.smoothing)
-        self.acc = ExcessAccumulator(self.num_classes)
-        self.normaliser = TimestepNormaliser()
-        self.log = RunLog([], [], [], self.acc.sums, self.acc.counts, 0)
-        self.batch = PairedBatches(config, dataset, self.num_timesteps, device)
 
-    def excess(self, proxy_loss: torch.Tensor, ref_loss: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
-        """Add one step's per-class excess statistics (the configured estimator); update the weights every
-        ``update_every`` steps."""
-        self.acc.add(*per_class_excess_sums(proxy_loss, ref_loss, y, self.num_classes, mode=self.config.estimator,
-                                            timesteps=t, num_timesteps=self.num_timesteps,
-                                            normaliser=self.normaliser))
+def train_proxy(config: ReweightConfig, dataset: ImageDataset, reference_dir: str | Path, out_dir: Path,
+                progress: bool, resume: bool):
+    """One DRO run: the proxy trained by ``diffusion.train`` in ``out_dir/proxy`` with a ``DROHook`` against
+    the reference in ``reference_dir``. Returns (the hook, with the run's final DRO state and log; the
+    proxy/reference setting for the summary)."""
+    from diffprune.diffusion import count_parameters, load_model, train
+    from diffprune.reweighting.hook import DROHook
+    from diffprune.reweighting.reference import reference_setting
 
-    def _optimize(self, loss: torch.Tensor, step: int) -> float:
-        if not torch.isfinite(loss):
-            raise ReweightError(f"proxy loss is {loss.item()} at step {step}; lower lr (now {self.lr})")
-        for group in self.optimizer.param_groups:  # linear warm-up, a pure function of the step
-            group["lr"] = self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.proxy.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        return float(loss.detach())
-
-    def step(self, step: int) -> float:
-        """One DRO step (reference loss, proxy loss, excess statistics, weight update, proxy update)."""
-        from diffprune.diffusion import diffusion_loss
-
-        k = self.num_classes
-        x0, y, t, noise = self.batch(step)
-        with torch.inference_mode():
-            ref_loss = diffusion_loss(self.reference, self.scheduler, x0, t, noise,
-                                      _class_labels_for(self.reference, y, k))
-        proxy_loss = diffusion_loss(self.proxy, self.scheduler, x0, t, noise, _class_labels_for(self.proxy, y, k))
-        self.excess(proxy_loss, ref_loss, y, t)
-        update_weights(self.acc, self.dro, self.log, self.config.update_every, step)
-        weights = torch.as_tensor(self.dro.weights, dtype=torch.float32, device=self.device)
-        value = self._optimize(weighted_class_loss(proxy_loss, y, weights), step)
-        self.log.losses.append(value)
-        return value
-
-    def plain_step(self, step: int) -> float:
-        """A plain proxy training step on the same batch (the cost baseline of the benchmark)."""
-        from diffprune.diffusion import diffusion_loss
-
-        x0, y, t, noise = self.batch(step)
-        loss = diffusion_loss(self.proxy, self.scheduler, x0, t, noise, _class_labels_for(self.proxy, y,
-                                                                                          self.num_classes))
-        return self._optimize(loss.mean(), step)
-
-    def save(self, out_dir: Path, step: int, identity: dict[str, Any]) -> None:
-        self.log.acc_sums, self.log.acc_counts, self.log.acc_steps = self.acc.sums, self.acc.counts, self.acc.steps
-        self.log.bucket_sums, self.log.bucket_counts = self.normaliser.sums, self.normaliser.counts
-        save_checkpoint(out_dir, step, identity, self.proxy, self.optimizer, self.dro.state_dict(), self.log)
-
-    def restore(self, out_dir: Path, identity: dict[str, Any]) -> int:
-        start, dro_state, self.log = load_checkpoint(out_dir, identity, self.proxy, self.optimizer)
-        self.dro.load_state_dict(dro_state)
-        self.acc.sums, self.acc.counts, self.acc.steps = self.log.acc_sums, self.log.acc_counts, self.log.acc_steps
-        if self.log.bucket_sums is not None:
-            self.normaliser.sums, self.normaliser.counts = self.log.bucket_sums, self.log.bucket_counts
-        return start
+    reference, scheduler = load_model(str(reference_dir))
+    check_reference(reference, scheduler, dataset, str(reference_dir))
+    check_schedule(scheduler, config.proxy_preset, str(reference_dir))
+    identity = _identity(config, dataset, reference)
+    proxy_dir = Path(out_dir) / PROXY_DIR
+    if resume:
+        _check_resumable(proxy_dir / "state", identity, config.steps)
+    hook = DROHook(config, dataset, reference, scheduler, identity)
+    try:
+        summary = train(proxy_train_config(config), dataset, proxy_dir, resume=resume, progress=progress,
+                        step_hook=hook)
+    except TrainingInterrupted:
+        raise DROInterrupted(
+            f"DRO stopped by a signal after step {len(hook.log.losses)}/{config.steps}; the checkpoint is in "
+            f"'{proxy_dir / 'state'}'; rerun to continue"
+        ) from None
+    if not hook.log.update_steps:
+        raise ReweightError(
+            f"no DRO update happened: steps ({config.steps}) < update_every ({config.update_every}); "
+            "raise steps or lower update_every"
+        )
+    setting = reference_setting(config, count_parameters(reference), int(summary["params"]))
+    if setting["setting"] != "doremi":
+        logger.info("proxy and reference differ from DoReMi's setting: %s", "; ".join(setting["notes"]))
+    return hook, {"proxy_reference": setting, "processes": summary["processes"],
+                  "mixed_precision": summary["mixed_precision"]}
 
 
 def run_dro(
@@ -240,8 +226,12 @@ def run_dro(
     progress: bool = True,
     resume: bool = True,
     null_reference_dir: str | Path | None = None,
+    reference_dataset: ImageDataset | None = None,
 ) -> dict[str, float]:
     """Group DRO of a proxy DM against the reference in ``reference_dir``; write the stage's files.
+
+    Runs as it is in one process or under ``accelerate launch`` (every process holds the same weights; the
+    main process writes the files).
 
     Args:
         config: the reweight section.
@@ -251,82 +241,57 @@ def run_dro(
         out_dir: receives ``class_weights.json`` ({name: weight}, sums to 1), ``trajectory.npz``
             (``weights`` S x K after each update, ``excess`` S x K scores used, ``present`` S x K, ``steps`` S,
             ``average`` K, ``initial`` K, ``loss`` per proxy step), ``weights.png``, ``trajectory.png``,
-            ``summary.json`` and ``checkpoint/``.
-        progress: show a rich progress bar.
+            ``summary.json`` and ``proxy/`` (the trainer's folder; ``proxy/state`` is the checkpoint). With
+            ``config.rounds`` > 1 also ``rounds.json`` and ``round-<r>/`` per round (``reweighting.rounds``).
+        progress: show a progress bar.
             SIGINT/SIGTERM checkpoint at the end of the current step and raise ``DROInterrupted``.
-        resume: continue from ``out_dir/checkpoint`` when it belongs to the same run (raising when it does not);
+        resume: continue from ``out_dir/proxy/state`` when it belongs to the same run (raising when it does not);
             False starts afresh.
         null_reference_dir: the null control's second reference (``prepare_reference(..., null=True)``); when
             given, the same DRO also runs on it (``reweighting.null``) and writes ``null_weights.json``,
             ``null_trajectory.npz`` and ``null_control.json``; ``summary.json`` gets its band under ``null``.
+        reference_dataset: the data the references of rounds 2.. train on (default ``dataset``); only used
+            with ``config.rounds`` > 1.
 
     Returns:
         The numeric summary: entropy (nats), normalized_entropy, max_weight, min_weight, collapsed (0/1),
         last_weights_collapsed (0/1), steps, updates, seconds, final_loss; with a null control also
-        null_band_halfwidth, signal_to_null and distinguishable_classes.
+        null_band_halfwidth, signal_to_null and distinguishable_classes; with rounds > 1 also rounds_run.
     """
-    from diffprune.diffusion import load_model
+    from diffprune.runtime import process_state
+    from diffprune.reweighting.outputs import write_outputs
 
     check_dataset(dataset)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    state = process_state()
+    if state.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    device = check_device(config.device)
     t0 = time.perf_counter()
-    reference, scheduler = load_model(str(reference_dir))
-    check_reference(reference, scheduler, dataset, str(reference_dir))
-    loop = DROLoop(config, dataset, reference, scheduler, device)
+    if config.rounds == 1:
+        hook, extra = train_proxy(config, dataset, reference_dir, out_dir, progress, resume)
+    else:
+        from diffprune.reweighting.rounds import run_rounds
 
-    identity = _identity(config, dataset, reference)
-    start = 0
-    if resume and checkpoint_step(out_dir) is not None:
-        start = loop.restore(out_dir, identity)
-        if start > config.steps:
-            raise CheckpointMismatchError(
-                f"the checkpoint in '{out_dir}' is at step {start}, beyond the requested {config.steps} steps; "
-                "raise steps or write to another folder"
-            )
-        logger.info("resuming DRO from step %d of %d", start, config.steps)
+        hook, extra = run_rounds(config, dataset, reference_dir, out_dir, progress, resume,
+                                 reference_dataset if reference_dataset is not None else dataset)
+    extra_numbers = {"rounds_run": float(len(extra["rounds"]["rounds"]))} if "rounds" in extra else {}
+    if state.is_main_process:
+        if null_reference_dir is not None:
+            from diffprune.reweighting.null import run_null_dro, write_null_outputs
 
-    with StopOnSignal() as stop, progress_bar("{task.fields[info]}", enabled=progress) as bar:
-        task = bar.add_task("dro", total=config.steps, completed=start, info="")
-        for step in range(start, config.steps):
-            loss = loop.step(step)
-            done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
-                loop.save(out_dir, done, identity)
-            if stop.requested:
-                raise DROInterrupted(
-                    f"DRO stopped by a signal after step {done}/{config.steps}; the checkpoint is in "
-                    f"'{out_dir / 'checkpoint'}'; rerun to continue"
-                )
-            w = loop.dro.weights
-            bar.update(task, advance=1, info=f"loss {loss:.4f}  entropy {weights_entropy(w):.3f}  max {w.max():.3f}")
-
-    if not loop.log.update_steps:
-        raise ReweightError(
-            f"no DRO update happened: steps ({config.steps}) < update_every ({config.update_every}); "
-            "raise steps or lower update_every"
-        )
-    from diffprune.diffusion import count_parameters
-    from diffprune.reweighting.reference import reference_setting
-
-    extra: dict[str, Any] = {"proxy_reference": reference_setting(
-        config, count_parameters(reference), count_parameters(loop.proxy))}
-    if extra["proxy_reference"]["setting"] != "doremi":
-        logger.info("proxy and reference differ from DoReMi's setting: %s",
-                    "; ".join(extra["proxy_reference"]["notes"]))
-    null_numbers = {}
-    if null_reference_dir is not None:
-        from diffprune.reweighting.null import run_null_dro, write_null_outputs
-
-        null_dro, null_log = run_null_dro(config, dataset, reference_dir, null_reference_dir, progress)
-        source = {"null_reference": str(null_reference_dir), "null_seed": None if config.null_reference
-                  else config.null_reference_seed}
-        extra["null"] = write_null_outputs(out_dir, null_dro, null_log, loop.dro.average, dataset.class_names,
-                                           source)
-        null_numbers = {"null_band_halfwidth": extra["null"]["band_halfwidth"],
-                        "signal_to_null": extra["null"]["signal_to_null"],
-                        "distinguishable_classes": float(len(extra["null"]["distinguishable"]))}
-    numbers = write_outputs(out_dir, loop.dro, loop.log, dataset.class_names, config, time.perf_counter() - t0,
-                            progress, extra)
-    return {**numbers, **null_numbers}
+            null_dro, null_log = run_null_dro(config, dataset, reference_dir, null_reference_dir, progress, device)
+            source = {"null_reference": str(null_reference_dir), "null_seed": None if config.null_reference
+                      else config.null_reference_seed}
+            extra["null"] = write_null_outputs(out_dir, null_dro, null_log, hook.dro.average, dataset.class_names,
+                                               source)
+        write_outputs(out_dir, hook.dro, hook.log, dataset.class_names, config, time.perf_counter() - t0,
+                      progress, extra)
+    state.wait_for_everyone()
+    summary = read_json(out_dir / "summary.json")
+    numbers = {k: float(summary[k]) for k in _NUMBERS}
+    if "null" in summary:
+        numbers.update({"null_band_halfwidth": summary["null"]["band_halfwidth"],
+                        "signal_to_null": summary["null"]["signal_to_null"],
+                        "distinguishable_classes": float(len(summary["null"]["distinguishable"]))})
+    return {**numbers, **extra_numbers}
