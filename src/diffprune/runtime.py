@@ -83,7 +83,7 @@ def process_state() -> PartialState:
 
 # ---- class weights -------------------------------------------------------------------------------------
 
-# Class weights ({class: a_k}) must sum to 1 within this, then are divided by their sum. 1e-3, not 1e-6: weights
+# Class weights ({class: a_k}) must sum to 1 within this; the trainer then divides them by their sum. 1e-3, not 1e-6: weights
 # that diffprune writes sum to 1 within ~1e-15 (float64, exact JSON round trip), so the tolerance only matters
 # for weights a person typed or rounded, e.g. four decimals for up to ~20 classes; the renormalisation then
 # moves no weight by more than 0.1 % (relative), well inside DRO's own noise. A real mistake (a digit off,

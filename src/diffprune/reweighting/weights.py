@@ -78,7 +78,8 @@ def validate_class_weights(
     weights: Mapping[str, float], class_names: Sequence[str] | None = None, source: str = "class weights"
 ) -> dict[str, float]:
     """Check a {name: weight} mapping: numbers, finite, non-negative, sum 1 (within
-    ``runtime.WEIGHT_SUM_TOLERANCE``), names match; returns the weights divided by their sum."""
+    ``runtime.WEIGHT_SUM_TOLERANCE``), names match; returns the weights as given (the trainer divides them by
+    their sum), so a file's values and the hashes built from them stay bit-exact."""
     if not isinstance(weights, Mapping) or not weights:
         raise ClassWeightsError(f"{source}: expected a non-empty JSON object {{class name: weight}}")
     out: dict[str, float] = {}
@@ -88,7 +89,6 @@ def validate_class_weights(
         out[str(name)] = float(w)
     total = sum(out.values())
     check_weight_sum(total, f"{source}: the weights", ClassWeightsError)
-    out = {name: w / total for name, w in out.items()}
     if class_names is not None:
         expected, got = [str(n) for n in class_names], set(out)
         missing, extra = [n for n in expected if n not in got], sorted(got - set(expected))
