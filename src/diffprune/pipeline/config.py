@@ -51,12 +51,20 @@ class ArmConfig(StrictModel):
         return label + (f"-s{self.seed}" if self.seed is not None else "")
 
 
+# sections with a ``seed`` field: one left unset takes the run's ``seed``
+SEEDED_SECTIONS = ("embed", "select", "reweight", "train", "sample", "evaluate")
+
+
 class RunConfig(StrictModel):
-    """Everything one run needs. Sections default to the stage's own defaults."""
+    """Everything one run needs. Sections default to the stage's own defaults.
+
+    ``seed`` is the default seed of every section that has one (``SEEDED_SECTIONS``, and ``train.eval``): a
+    section's own ``seed`` wins. The arms choose the selection method (``arms: [{method: ...}]``), so
+    ``select.method`` is refused here."""
 
     name: str = "demo"
     runs_dir: str = "runs"
-    seed: int = 0
+    seed: int = 0  # default seed of every section that sets none
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
@@ -69,6 +77,34 @@ class RunConfig(StrictModel):
     arms: list[ArmConfig] = Field(
         default_factory=lambda: [ArmConfig(method="gaussian", reweight=True), ArmConfig(method="random")]
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _run_seed_and_arm_methods(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        select = data.get("select")
+        chosen = select.get("method") if isinstance(select, dict) else \
+            (select.method if isinstance(select, SelectConfig) and "method" in select.model_fields_set else None)
+        if chosen is not None:
+            raise ValueError(f"select.method: got {chosen!r}; each arm chooses its method, so this field would be "
+                             f"ignored: remove it and list arms, e.g. arms: [{{method: {chosen}}}]")
+        seed = data.get("seed", 0)
+        for name in SEEDED_SECTIONS:
+            section = data.get(name)
+            if section is None:
+                data[name] = {"seed": seed}
+            elif isinstance(section, dict) and "seed" not in section:
+                data[name] = {**section, "seed": seed}
+            elif isinstance(section, StrictModel) and "seed" not in section.model_fields_set:
+                data[name] = section.model_copy(update={"seed": seed})
+        train = data["train"]
+        if isinstance(train, dict):
+            ev = train.get("eval")
+            if ev is None or (isinstance(ev, dict) and "seed" not in ev):
+                data["train"] = {**train, "eval": {**(ev or {}), "seed": seed}}
+        return data
 
     @field_validator("name")
     @classmethod
