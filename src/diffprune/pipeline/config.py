@@ -80,16 +80,10 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _run_seed_and_arm_methods(cls, data: Any) -> Any:
+    def _run_seed(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        select = data.get("select")
-        chosen = select.get("method") if isinstance(select, dict) else \
-            (select.method if isinstance(select, SelectConfig) and "method" in select.model_fields_set else None)
-        if chosen is not None:
-            raise ValueError(f"select.method: got {chosen!r}; each arm chooses its method, so this field would be "
-                             f"ignored: remove it and list arms, e.g. arms: [{{method: {chosen}}}]")
         seed = data.get("seed", 0)
         for name in SEEDED_SECTIONS:
             section = data.get(name)
@@ -104,6 +98,24 @@ class RunConfig(StrictModel):
             ev = train.get("eval")
             if ev is None or (isinstance(ev, dict) and "seed" not in ev):
                 data["train"] = {**train, "eval": {**(ev or {}), "seed": seed}}
+        return data
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _arms_choose_the_method(cls, v: Any) -> Any:
+        chosen = v.get("method") if isinstance(v, dict) else \
+            (v.method if isinstance(v, SelectConfig) and "method" in v.model_fields_set else None)
+        if chosen is not None:
+            raise ValueError(f"method {chosen!r} would be ignored: each arm chooses its method; remove "
+                             f"select.method and list arms, e.g. arms: [{{method: {chosen}}}]")
+        return v
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """The config as data, without ``select.method`` (the arms choose it), so that a dump validates again
+        (``runs/<name>/config.yaml``, sweeps)."""
+        data = super().model_dump(**kwargs)
+        if isinstance(data.get("select"), dict):
+            data["select"].pop("method", None)
         return data
 
     @field_validator("name")

@@ -65,6 +65,7 @@ class StageDir:
     config: Mapping[str, Any]
     inputs: Mapping[str, str] = field(default_factory=dict)
     mutable: frozenset[str] = frozenset()  # fields that may change on resume (the config's RESUME_MUTABLE)
+    resumable: bool = True  # False: the stage's checkpoint lies past the requested budget (it cannot be rewound)
     _t0: float = field(default_factory=time.perf_counter, repr=False)
     _history: list[dict[str, Any]] = field(default_factory=list, repr=False)  # earlier attempts being continued
     _started: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(), repr=False)
@@ -103,7 +104,7 @@ class StageDir:
         """True when a finished earlier attempt differs from this request only in resume-mutable fields (e.g. more
         ``steps``): its checkpoint is continued instead of starting afresh."""
         m = self.manifest()
-        return bool(self.mutable) and bool(m) and not self._matches(m) and m.get("inputs") == dict(self.inputs) \
+        return self.resumable and bool(self.mutable) and bool(m) and not self._matches(m) and m.get("inputs") == dict(self.inputs) \
             and m.get("trajectory_hash") == self.trajectory_hash
 
     def status(self, force: bool = False) -> str:
@@ -113,7 +114,7 @@ class StageDir:
             return "cached"
         if force:
             return "run"
-        if self.was_interrupted():
+        if self.was_interrupted() and self.resumable:
             return "resume"
         return "extend" if self.extends() else "run"
 

@@ -447,13 +447,13 @@ class Pipeline:
             out = self.root / folder
         given = rc.null_reference if null else rc.reference
         ref_config = self.reference_config(data, null=null)
+        step = checkpoint_step(out)
         stage = StageDir(out, "reference", ref_config, {"data": data_fp},
-                         mutable=frozenset() if given else TrainConfig.RESUME_MUTABLE)
+                         mutable=frozenset() if given else TrainConfig.RESUME_MUTABLE,
+                         resumable=step is None or step <= int(ref_config.get("steps") or 0))
 
         def compute(resume: bool):
-            step = checkpoint_step(out)
-            if not resume or (step is not None and step > int(rc.reference_budget)):
-                # the trainer resumes any checkpoint it finds: a changed config (or a shorter budget) starts afresh
+            if not resume:  # the trainer resumes any checkpoint it finds; a changed config starts afresh
                 shutil.rmtree(out / "state", ignore_errors=True)
             from diffprune.pipeline.flops import training_flops
 
@@ -486,14 +486,13 @@ class Pipeline:
         if rc.null_control:
             null_ref, inputs["null_reference"] = self.reference(arm, null=True)
         # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
+        step = checkpoint_step(out)
         stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs,
-                         mutable=type(rc).RESUME_MUTABLE)
+                         mutable=type(rc).RESUME_MUTABLE, resumable=step is None or step <= rc.steps)
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import dro_flops
 
-            step = checkpoint_step(out)
-            resume = resume and not (step is not None and step > rc.steps)  # a shorter budget starts afresh
             summary = run_dro(rc, coreset, ref, out, progress=self.progress, resume=resume,
                               null_reference_dir=null_ref)
             images = int(rc.steps) * int(rc.batch_size)
@@ -519,14 +518,13 @@ class Pipeline:
         if weights is not None:
             inputs["class_weights"] = weights_fp
         tc = self.train_config(arm)
-        stage = StageDir(out, "train", tc.model_dump(mode="json"), inputs, mutable=type(tc).RESUME_MUTABLE)
+        step = checkpoint_step(out)  # a checkpoint cannot be rewound: a shorter budget retrains from step 0
+        stage = StageDir(out, "train", tc.model_dump(mode="json"), inputs, mutable=type(tc).RESUME_MUTABLE,
+                         resumable=step is None or step <= total_steps(tc, len(data)))
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import training_flops
 
-            step = checkpoint_step(out)
-            if step is not None and step > total_steps(tc, len(data)):
-                resume = False  # a checkpoint cannot be rewound: a shorter budget retrains from step 0
             summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress,
                             evaluator=self.training_evaluator(data) if tc.eval_every else None)
             if _distributed()[1] and pipeline_kind(out / "model"):  # DDPMPipeline.from_pretrained(train/<arm>/pipeline)
