@@ -136,7 +136,9 @@ class StageDir:
             return False
         same = attempt.get("trajectory_hash", attempt.get("config_hash")) == self.trajectory_hash \
             and attempt.get("inputs") == dict(self.inputs)
-        return same and not self._matches(self.manifest())
+        m = self.manifest() or {}
+        finished = m.get("config_hash") == attempt.get("config_hash") and m.get("inputs") == attempt.get("inputs")
+        return same and not finished and not self._matches(m)
 
     def begin(self, continues: bool = False) -> "StageDir":
         """Create the folder and record the resolved config and this attempt.
