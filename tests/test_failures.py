@@ -260,3 +260,7 @@ def test_dinov2_hub_code_needs_trust_repo(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(EncoderError, match="embed.options.trust_repo=true"):
         dinov2_vits14()
+
+
+def test_config_that_is_neither_a_file_nor_a_shipped_name(monkeypatch, capsys):
+    one_line_error(*cli(monkeypatch, capsys, "embed", "-c", "cifar11-ddpm"), "cifar11-ddpm", "cifar10-ddpm, demo")

@@ -51,13 +51,15 @@ def resolve_config(config: str | Path | None) -> Path:
     if config is None:
         return bundled_config("demo")
     path = Path(config)
-    if path.is_file():
+    if path.exists():  # a folder too: load_run_config names it and says what to pass instead
         return path
     name = path.name[:-5] if path.name.endswith(".yaml") else path.name
     if name in bundled_configs() and path.parent in (Path("."), Path("configs")):
         return bundled_config(name)
-    raise typer.BadParameter(f"config '{config}' is neither a file nor a shipped config "
-                             f"({', '.join(bundled_configs())})")
+    from diffprune.pipeline.config import ConfigError
+
+    raise ConfigError(f"config '{config}' is neither a file nor a shipped config "
+                      f"({', '.join(bundled_configs())}); pass a YAML path or one of those names")
 
 
 def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str | None, force: bool | tuple, quiet: bool,

@@ -337,7 +337,7 @@ def _cached_imagefolder(
     skipped = [str(files[i][0]) for i in meta["skipped_index"]]  # paths as this call spells them
     if skipped and not skip_bad:
         raise DatasetError(f"cannot read image {skipped[0]} (recorded in the cache {d}); "
-                           "fix or remove it, or pass --skip-bad")
+                           "fix or remove it, or skip unreadable files with --set data.skip_bad=true")
     if not meta["num_images"]:
         raise DatasetError(f"imagefolder: none of the {meta['num_files']} images under '{root}' could be read")
     images = np.load(d / "images.npy", mmap_mode="r")[: meta["num_images"]]
@@ -463,6 +463,8 @@ def _npz_labels(p: Path, raw: np.ndarray) -> np.ndarray:
         return raw.astype(np.int64)
     bad = raw[:3].tolist()
     raise DatasetError(f"npz: '{p}' labels must be integer class ids, got {raw.dtype} values such as {bad}")
+
+
 def list_csv_files(path: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, (file, label) pairs) of a CSV with a ``path`` column and an optional ``label`` column.
 
@@ -533,7 +535,7 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
             keep.append(i)
         except (OSError, ValueError, AttributeError) as e:  # AttributeError: a row without an image
             if not skip_bad:
-                raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; pass --skip-bad") from None
+                raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; skip unreadable rows with --set data.skip_bad=true") from None
     if not arrays:
         raise DatasetError(f"{spec}: none of the {len(ds)} images could be read")
     shapes = {a.shape for a in arrays}
