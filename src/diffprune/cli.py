@@ -128,7 +128,7 @@ def datasets() -> None:
     Console().print(table)
 
 
-DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset spec (see `diffprune datasets`); sets data.spec.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset spec (see `diffprune datasets`); sets data.spec. Without -c or --name the run is named after the data (runs/<data>/).")]
 
 
 @app.command()
