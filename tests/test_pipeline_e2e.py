@@ -287,6 +287,9 @@ def test_dry_run_prints_resolved_configs_and_statuses_and_writes_nothing(demo_ru
 
     assert f"lr: {get_preset('ddpm-tiny').recipe.lr}" in out and "steps: 9" in out  # resolved recipe, new budget
     assert "run     evaluate  (after train" in out  # downstream of a stage that would compute
+    result = CliRunner().invoke(app, ["train", "--arm", "random", "--dry-run", *_args(tmp_path, "train.steps=9")],
+                                catch_exceptions=False)
+    assert "extend  train     train/random" in result.output and " sample " not in result.output  # up to the verb
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
     fresh = tmp_path / "fresh"
     result = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--dry-run", *_args(fresh, "embed.options.size=64")],
@@ -294,6 +297,7 @@ def test_dry_run_prints_resolved_configs_and_statuses_and_writes_nothing(demo_ru
     assert result.exit_code == 0, result.output
     # the features folder is keyed by the encoder's options: another size never overwrites the cached one
     assert "run     embed     features/efficientnet-lite0-size64" in result.output
+    assert "run     reference (after embed" in result.output and "run     evaluate  (after embed" in result.output
     assert not fresh.exists()
 
 

@@ -89,23 +89,13 @@ def run_name_for(data: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "-", tail).lstrip("._+-") or "data"
 
 
-def _dry(pipe, arms: list[str] | None) -> bool:
-    """``--dry-run``: print every stage's resolved config and status (``Pipeline.plan``); True when done."""
+def _dry(pipe, arms: list[str] | None, until: str = "evaluate") -> bool:
+    """``--dry-run``: print the resolved config and status of every stage up to ``until`` (``Pipeline.plan``);
+    True when that was the job."""
     if not pipe.dry_run:
         return False
-    pipe.plan(arms)
+    pipe.plan(arms, until=until)
     return True
-
-
-def _plan_quietly(stage) -> None:
-    """``--dry-run`` of one stage verb: the stage and what it needs print their plan; a stage that would
-    compute ends the walk (``Pending``) without computing."""
-    from diffprune.pipeline.runner import Pending
-
-    try:
-        stage()
-    except Pending:
-        pass
 
 
 def _flags(**values) -> list[str]:
@@ -140,8 +130,7 @@ def embed(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None,
     extra = _flags(**{"data.spec": data, "embed.encoder": encoder})
     pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("embed",) if force else (), no_progress, dry_run,
                      arms=[], data=data)
-    if dry_run:
-        _plan_quietly(pipe.embed)
+    if _dry(pipe, None, "embed"):
         return
     feats, _ = pipe.embed()
     console.print(f"features {tuple(feats.shape)} in {pipe.features_dir()}")
@@ -160,10 +149,10 @@ def select(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, 
         extra.append(f"arms=[{{method: {method}}}]")
     pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("select",) if force else (), no_progress, dry_run,
                      arms=arm or [], data=data)
+    if _dry(pipe, arm, "select"):
+        return
     for a in _arms(pipe, arm):
-        if a.method != "full" and dry_run:
-            _plan_quietly(lambda: pipe.select(a))
-        elif a.method != "full":
+        if a.method != "full":
             sel, _ = pipe.select(a)
             counts = ", ".join(f"{k}: {v}" for k, v in sel.counts.items())
             console.print(f"{a.label()}: kept {len(sel.indices)} of {len(sel.scores)} (per group: {counts}) "
@@ -187,10 +176,10 @@ def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
         extra += ["reweight.reference=null"]  # no given reference: one is trained with uniform weights
     pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("reweight",) if force else (), no_progress, dry_run,
                      arms=arm or [])
+    if _dry(pipe, arm, "reweight"):
+        return
     for a in _arms(pipe, arm):
-        if a.reweight and dry_run:
-            _plan_quietly(lambda: pipe.reweight(a))
-        elif a.reweight:
+        if a.reweight:
             weights, _ = pipe.reweight(a)
             console.print(f"{a.label()}: " + ", ".join(f"{k}={v:.3f}" for k, v in weights.items()))
             null = pipe.root / "reweight" / pipe.selection_name(a) / "null_control.json"
@@ -211,11 +200,10 @@ def train(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, a
     extra = _flags(**{"train.eval_every": eval_every})
     pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("train",) if force else (), no_progress, dry_run,
                      arms=arm or [])
+    if _dry(pipe, arm, "train"):
+        return
     for a in _arms(pipe, arm):
-        if dry_run:
-            _plan_quietly(lambda: pipe.train(a))
-        else:
-            console.print(f"{a.label()}: model in {pipe.train(a)[0]}")
+        console.print(f"{a.label()}: model in {pipe.train(a)[0]}")
 
 
 @app.command()
@@ -223,10 +211,9 @@ def sample(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, 
            force: ForceOpt = False, no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
     """Sample each arm's trained DM (samples/<arm>/samples.npz and grid.png)."""
     pipe = _pipeline(config, set_, name, ("sample",) if force else (), no_progress, dry_run, arms=arm or [])
+    if _dry(pipe, arm, "sample"):
+        return
     for a in _arms(pipe, arm):
-        if dry_run:
-            _plan_quietly(lambda: pipe.sample(a))
-            continue
         images, _ = pipe.sample(a)
         console.print(f"{a.label()}: {len(images)} samples in {pipe.root / 'samples' / a.label()}")
 
@@ -236,11 +223,10 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
              force: ForceOpt = False, no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
     """Stage 5: FID and friends of each arm's samples against the training set (eval/<arm>/metrics.json)."""
     pipe = _pipeline(config, set_, name, ("evaluate",) if force else (), no_progress, dry_run, arms=arm or [])
+    if _dry(pipe, arm, "evaluate"):
+        return
     for a in _arms(pipe, arm):
-        if dry_run:
-            _plan_quietly(lambda: pipe.evaluate(a))
-        else:
-            console.print(f"{a.label()}: FID {pipe.evaluate(a)[0].get('fid')}")
+        console.print(f"{a.label()}: FID {pipe.evaluate(a)[0].get('fid')}")
 
 
 @app.command()

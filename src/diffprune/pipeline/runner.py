@@ -638,23 +638,28 @@ class Pipeline:
 
         check_run(self.cfg, list(arms) if arms is not None else self.cfg.arms, self.dataset.resolution)
 
-    def plan(self, arms: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """``dry_run``: every stage of every arm (or the named arms) with its resolved config and status
-        (``cached``, ``run``, ``extend``, ``resume``; ``after <stage>`` when an upstream stage would compute
-        first), computing nothing. Returns the entries also printed to the console."""
+    def plan(self, arms: Iterable[str] | None = None, until: str = "evaluate") -> list[dict[str, Any]]:
+        """``dry_run``: every stage up to ``until`` of every arm (or the named arms) with its resolved config and
+        status (``cached``, ``run``, ``extend``, ``resume``; ``after <stage>`` when an upstream stage would
+        compute first), computing nothing. Returns the entries also printed to the console."""
         if not self.dry_run:
             raise RuntimeError("plan() needs Pipeline(..., dry_run=True)")
-        order = ("embed", "select", "reweight", "train", "sample", "evaluate")
+        order = ("embed", "select", "reference", "reweight", "train", "sample", "evaluate")
+        order = order[:order.index(until) + 1]
         chosen = [self.arm(a) for a in arms] if arms else list(self.cfg.arms)
+        if until == "embed":
+            chosen = chosen[:1]  # shared by every arm
         for arm in chosen:
+            if (until == "select" and arm.method == FULL) or (until == "reweight" and not arm.reweight):
+                continue
             self.console.rule(f"arm {arm.label()}")
             seen = len(self.planned)
             try:
-                self.evaluate(arm)
+                self.embed() if until == "embed" else getattr(self, until)(arm)
             except Pending as p:
                 done = {e["stage"] for e in self.planned[seen:]}
                 for name in order[order.index(p.stage) + 1 if p.stage in order else 1:]:
-                    if name in done or (name == "reweight" and not arm.reweight) or \
+                    if name in done or (name in ("reference", "reweight") and not arm.reweight) or \
                             (name == "select" and arm.method == FULL):
                         continue
                     self._print_plan({"stage": name, "path": f"(after {p.stage}: its inputs are not computed yet)",
@@ -665,6 +670,8 @@ class Pipeline:
 
     def _stage_config(self, name: str, arm: ArmConfig) -> dict[str, Any]:
         """The resolved config of stage ``name`` of ``arm`` as the stage will record it."""
+        if name == "reference":  # the recipe does not depend on which images it trains on
+            return self.reference_config(self.dataset)
         get = {"embed": self.embed_config, "select": lambda: self.select_config(arm),
                "reweight": lambda: self.reweight_config(arm), "train": lambda: self.train_config(arm),
                "sample": self.sample_config, "evaluate": self.evaluate_config}[name]
