@@ -2,7 +2,7 @@
 naming the field, the value given and what is allowed (shown by the CLI without a traceback)."""
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -15,6 +15,9 @@ class ConfigError(ValueError):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # fields that may change between a checkpoint and its continuation without changing the trajectory up to
+    # the checkpoint (e.g. ``steps``): the pipeline extends a finished stage when only these changed
+    RESUME_MUTABLE: ClassVar[frozenset[str]] = frozenset()
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -121,6 +121,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class TrainConfig(StrictModel):
     """Training options. Fields left at None take the preset's recipe (``PRESETS[preset].recipe``)."""
+
+    RESUME_MUTABLE: ClassVar[frozenset[str]] = frozenset(_RESUME_MUTABLE)
 
     preset: str = "ddpm-small"
     steps: int | None = None  # optimizer steps; or
@@ -258,6 +260,14 @@ class TrainConfig(StrictModel):
         return self.model_copy(update=updates)
 
 
+def checkpoint_step(out_dir: str | os.PathLike) -> int | None:
+    """The step of the checkpoint in ``out_dir/state`` (None when there is none or it is unreadable)."""
+    try:
+        return int(json.loads((Path(out_dir) / "state" / STATE_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def total_steps(config: TrainConfig, num_examples: int) -> int:
     """Optimizer steps of the budget (``config`` resolved)."""
     if config.steps is not None:
@@ -389,6 +399,9 @@ def train(
     if resume and (state_dir / STATE_FILE).exists():
         saved = _load_checkpoint(accelerator, ema, state_dir, trajectory_hash)
         start_step = resumed_from = int(saved["step"])
+        if start_step > steps_total:  # a checkpoint cannot be rewound: extending only goes forward
+            raise TrainError(f"the checkpoint in {state_dir} is at step {start_step}, past this run's {steps_total} "
+                             f"steps; raise steps (or epochs), or start afresh with resume=False (--force)")
         log_window = (int(saved.get("log_window_start", start_step)), float(saved.get("log_window_loss", 0.0)))
         seconds_before = float(saved.get("train_seconds", 0.0))
         if step_hook is not None:
