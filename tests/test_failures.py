@@ -192,7 +192,7 @@ def test_npz_that_is_not_an_npz(tmp_path, monkeypatch, capsys):
 
 def test_stage_locked_by_another_process(tmp_path, monkeypatch, capsys):
     """A second writer of a stage folder stops with one line naming the holder's pid."""
-    folder = tmp_path / "demo" / "features" / "pixels"
+    folder = tmp_path / "demo" / "features" / "pixels-size112"  # the demo config embeds at size 112
     holder = _hold_lock(folder)
     try:
         code, err = cli(monkeypatch, capsys, "embed", "--no-progress", *_sets(tmp_path))

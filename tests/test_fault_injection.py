@@ -20,7 +20,7 @@ TINY = ["data.limit=60", "data.resolution=8", "data.resize=pad", "embed.encoder=
         "sample.num_samples=8", "sample.steps=2", "sample.batch_size=8",
         "evaluate.num_real=16", "evaluate.kid_subset_size=4", "evaluate.kid_subsets=2",
         "evaluate.metrics=[kid]", "evaluate.classwise=false", "evaluate.cross_check=false"]
-STAGE_DIRS = {"embed": "features/pixels", "select": "selection/random-r0.5", "train": "train/random",
+STAGE_DIRS = {"embed": "features/pixels-size112", "select": "selection/random-r0.5", "train": "train/random",
               "sample": "samples/random", "evaluate": "eval/random"}
 
 
@@ -92,7 +92,7 @@ def _run_stage(verb, runs, *extra):
 
 def test_nan_written_into_cached_features_is_detected_and_recomputed(tmp_path):
     _run_stage("select", tmp_path)
-    feats = tmp_path / "demo/features/pixels/features.npy"
+    feats = tmp_path / "demo/features/pixels-size112/features.npy"
     good = feats.read_bytes()
     m = np.load(feats, mmap_mode="r+")
     m[7, 3] = np.nan
@@ -105,7 +105,7 @@ def test_nan_written_into_cached_features_is_detected_and_recomputed(tmp_path):
 
 def test_stale_temporaries_of_a_killed_writer_are_removed_at_start(tmp_path):
     _run_stage("embed", tmp_path)
-    stage = tmp_path / "demo/features/pixels"
+    stage = tmp_path / "demo/features/pixels-size112"
     (stage / "manifest.json").unlink()
     leftover = stage / ".features.npy.999999.abc.tmp"  # what a kill -9 mid atomic write leaves
     leftover.write_bytes(b"half")
@@ -127,7 +127,7 @@ def test_failed_force_keeps_the_good_manifest(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(selection, "select", broken)
+    monkeypatch.setattr(selection, "select_from_config", broken)
     r = CliRunner().invoke(app, [*_cmd("select", tmp_path)[3:], "--force"])
     assert r.exit_code != 0 and manifest.read_text() == before
     monkeypatch.undo()

@@ -72,3 +72,30 @@ def test_interrupted_attempt_is_resumable_only_with_same_config(tmp_path):
     assert not StageDir(tmp_path / "t", "train", {"steps": 10}, {"data": "b"}).was_interrupted()
     s.finish()
     assert not s.was_interrupted()  # finished: a cache hit, not a resume
+
+
+def test_changing_only_resume_mutable_fields_extends_and_the_manifest_keeps_the_history(tmp_path):
+    mutable = frozenset({"steps"})
+    first = StageDir(tmp_path / "t", "train", {"lr": 1e-3, "steps": 4}, {"data": "d"}, mutable=mutable)
+    assert first.status() == "run"
+    first.begin()
+    m1 = first.finish("fp")
+    assert first.status() == "cached" and [a["steps"] for a in m1["attempts"]] == [4]
+    longer = StageDir(tmp_path / "t", "train", {"lr": 1e-3, "steps": 8}, {"data": "d"}, mutable=mutable)
+    assert longer.status() == "extend" and not longer.was_interrupted()  # the 4-step attempt finished
+    # a checkpoint past the budget cannot be rewound, another lr is another trajectory, other data too
+    assert StageDir(tmp_path / "t", "train", {"lr": 1e-3, "steps": 8}, {"data": "d"}, mutable=mutable,
+                    resumable=False).status() == "run"
+    assert StageDir(tmp_path / "t", "train", {"lr": 2e-3, "steps": 8}, {"data": "d"}, mutable=mutable).status() == "run"
+    assert StageDir(tmp_path / "t", "train", {"lr": 1e-3, "steps": 8}, {"data": "e"}, mutable=mutable).status() == "run"
+    assert longer.status(force=True) == "run"
+    longer.begin(continues=True)
+    assert longer.status() == "resume"  # an extension killed midway resumes
+    m2 = longer.finish("fp2", attempt_extra={"resumed_from": 4, "eval_seconds": 1.5})
+    assert [a["steps"] for a in m2["attempts"]] == [4, 8] and m2["attempts"][1]["resumed_from"] == 4
+    assert m2["seconds"] == round(m1["seconds"] + m2["attempts"][1]["seconds"], 3)
+    assert m2["eval_seconds"] == 1.5 and m2["started"] == m1["started"]
+    # a fresh start (not continuing) drops the history
+    again = StageDir(tmp_path / "t", "train", {"lr": 1e-3, "steps": 8}, {"data": "d"}, mutable=mutable)
+    again.begin()
+    assert len(again.finish("fp3")["attempts"]) == 1

@@ -86,3 +86,27 @@ def test_shipped_configs_validate(name):
     assert cfg.name == name and cfg.arms and cfg.train.resolved().batch_size
     if name == "imagenet-latent":
         assert cfg.latent is not None and cfg.train.preset.startswith("dit-") and cfg.train.mask_ratio == 0.3
+
+
+def test_the_run_seed_is_the_default_seed_of_every_section():
+    from diffprune.pipeline.config import SEEDED_SECTIONS
+
+    cfg = load_run_config(None, ["seed=7", "train.seed=2"])
+    assert cfg.train.seed == 2 and cfg.train.eval.seed == 7
+    assert [getattr(cfg, s).seed for s in SEEDED_SECTIONS if s != "train"] == [7] * (len(SEEDED_SECTIONS) - 1)
+    assert cfg.reweight.null_reference_seed == 8
+    base = load_run_config(None, [])
+    assert {getattr(base, s).seed for s in SEEDED_SECTIONS} == {0}  # backward compatible: 0 as before
+
+
+def test_select_method_is_refused_because_the_arms_choose_it_and_dumps_validate_again():
+    with pytest.raises(ConfigError, match=r"select: .*each arm chooses its method"):
+        load_run_config(None, ["select.method=knn"])
+    cfg = load_run_config(None, ["seed=3"])
+    from diffprune.config import validate_config
+    from diffprune.pipeline.config import RunConfig
+
+    again = validate_config(RunConfig, cfg.model_dump(mode="json"))  # runs/<name>/config.yaml, sweeps
+    assert again == cfg and "method" not in cfg.model_dump()["select"]
+    with pytest.raises(ConfigError, match="reweight.train_reference: unknown field"):
+        load_run_config(None, ["reweight.train_reference=true"])

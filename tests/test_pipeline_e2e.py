@@ -36,11 +36,11 @@ def demo_run(tmp_path_factory):
 
 def test_run_writes_every_stage_with_manifests(demo_run):
     root = demo_run
-    for stage in ("features/efficientnet-lite0", "selection/gaussian-r0.5", "selection/random-r0.5", "reference",
+    for stage in ("features/efficientnet-lite0-size112", "selection/gaussian-r0.5", "selection/random-r0.5", "reference",
                   "reweight/gaussian-r0.5", "train/gaussian+dro", "train/random", "samples/random", "eval/random"):
         m = json.loads((root / stage / "manifest.json").read_text())
         assert m["seconds"] >= 0 and m["config_hash"] and (root / stage / "config.yaml").exists(), stage
-    feats = np.load(root / "features/efficientnet-lite0/features.npy", mmap_mode="r")
+    feats = np.load(root / "features/efficientnet-lite0-size112/features.npy", mmap_mode="r")  # demo: options {size: 112}
     assert feats.shape == (120, 1280) and np.isfinite(feats).all()
     with np.load(root / "selection/gaussian-r0.5/selection.npz") as z:
         idx = z["indices"]
@@ -51,6 +51,16 @@ def test_run_writes_every_stage_with_manifests(demo_run):
         assert z["arr_0"].shape == (12, 8, 8, 1) and z["arr_0"].dtype == np.uint8
     metrics = json.loads((root / "eval/gaussian+dro/metrics.json").read_text())
     assert np.isfinite(metrics["fid"]) and metrics["protocol"]["num_generated"] == 12
+    # config.yaml shows the resolved config: the preset's recipe filled in, not null
+    import yaml
+
+    from diffprune.diffusion.models import get_preset
+
+    recipe = get_preset("ddpm-tiny").recipe
+    train_cfg = yaml.safe_load((root / "train/random/config.yaml").read_text())
+    assert train_cfg["lr"] == recipe.lr and train_cfg["warmup_steps"] == recipe.warmup_steps
+    assert train_cfg["ema_decay"] == 0.99 and train_cfg["hflip"] == recipe.hflip  # set by the demo config / recipe
+    assert yaml.safe_load((root / "reweight/gaussian-r0.5/config.yaml").read_text())["lr"] is not None
     report = (root / "report/report.md").read_text()
     assert "gaussian+dro" in report and "random" in report
     assert (root / "report/report.html").exists()
@@ -189,3 +199,113 @@ def test_library_coreset_of_a_run_arm(demo_run):
     per_group = np.bincount(core.groups, minlength=10)
     np.testing.assert_allclose(core.probabilities, a / per_group[core.groups])  # class k drawn with probability a_k
     assert len(core.subset(np.zeros((120, 1)))) == 60  # any indexable dataset of the run's 120 rows
+
+
+def _copy_run(demo_run, tmp_path):
+    import shutil
+
+    shutil.copytree(demo_run, tmp_path / "demo", symlinks=True)
+    return tmp_path / "demo"
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_more_train_steps_extend_the_finished_run_to_the_weights_of_one_long_run(demo_run, tmp_path):
+    import torch
+
+    root = _copy_run(demo_run, tmp_path)
+    before = json.loads((root / "train/random/manifest.json").read_text())
+    result = CliRunner().invoke(app, ["train", "--arm", "random", "--no-progress", *_args(tmp_path, "train.steps=9")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "extend  train" in result.output and "cached  select" in result.output
+    m = json.loads((root / "train/random/manifest.json").read_text())
+    assert m["summary"]["resumed_from"] == 6 and m["summary"]["steps"] == 9
+    assert [a["steps"] for a in m["attempts"]] == [6, 9] and m["attempts"][1]["resumed_from"] == 6
+    assert m["seconds"] == pytest.approx(before["seconds"] + m["attempts"][1]["seconds"], abs=2e-3)
+    extended = {n: _weights(root / "train/random" / n) for n in ("model/diffusion_pytorch_model.safetensors",
+                                                                   "state/model.safetensors", "state/ema.safetensors")}
+    # the oracle: the same 9 steps from step 0 in the same folder (forced, so no checkpoint is resumed)
+    result = CliRunner().invoke(app, ["train", "--arm", "random", "--force", "--no-progress",
+                                      *_args(tmp_path, "train.steps=9")], catch_exceptions=False)
+    assert result.exit_code == 0 and "run     train" in result.output
+    straight = json.loads((root / "train/random/manifest.json").read_text())
+    assert straight["summary"]["resumed_from"] is None and len(straight["attempts"]) == 1
+    for name, weights in extended.items():
+        again = _weights(root / "train/random" / name)
+        assert weights.keys() == again.keys()
+        for k in weights:
+            assert torch.equal(weights[k], again[k]), f"{name}:{k}"
+    # a shorter budget cannot rewind the 9-step checkpoint: it retrains from step 0
+    result = CliRunner().invoke(app, ["train", "--arm", "random", "--no-progress", *_args(tmp_path)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0 and "run     train" in result.output
+    assert json.loads((root / "train/random/manifest.json").read_text())["summary"]["resumed_from"] is None
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("select.device=cuda", "select.device"),  # on a machine without CUDA
+    ("data.resolution=17", "multiple of"),  # the presets down-sample by 2: refused before embedding
+    ("train.log_with=[wandb]", "wandb"),  # a tracker whose package is missing
+])
+def test_a_failed_start_computes_nothing_and_leaves_every_stage_cached(demo_run, tmp_path, bad, match):
+    import importlib.util
+
+    import torch
+
+    if bad.startswith("select.device") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    if "wandb" in bad and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    root = _copy_run(demo_run, tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--no-progress", *_args(tmp_path, bad, "train.steps=9")])
+    assert result.exit_code != 0 and match in str(result.exception), (result.output, result.exception)
+    assert "run     " not in result.output and "extend  " not in result.output
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps  # nothing written
+    result = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--no-progress", *_args(tmp_path)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "run     " not in result.output and "extend  " not in result.output
+    assert result.output.count("cached  train") == 2
+
+
+def test_dry_run_prints_resolved_configs_and_statuses_and_writes_nothing(demo_run, tmp_path):
+    root = _copy_run(demo_run, tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--dry-run", *_args(tmp_path, "train.steps=9",
+                                                                                    "evaluate.num_real=20")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "cached  embed" in out and "cached  reweight" in out and "extend  train     train/random" in out
+    from diffprune.diffusion.models import get_preset
+
+    assert f"lr: {get_preset('ddpm-tiny').recipe.lr}" in out and "steps: 9" in out  # resolved recipe, new budget
+    assert "run     evaluate  (after train" in out  # downstream of a stage that would compute
+    result = CliRunner().invoke(app, ["train", "--arm", "random", "--dry-run", *_args(tmp_path, "train.steps=9")],
+                                catch_exceptions=False)
+    assert "extend  train     train/random" in result.output and " sample " not in result.output  # up to the verb
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(app, ["run", "configs/demo.yaml", "--dry-run", *_args(fresh, "embed.options.size=64")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    # the features folder is keyed by the encoder's options: another size never overwrites the cached one
+    assert "run     embed     features/efficientnet-lite0-size64" in result.output
+    assert "run     reference (after embed" in result.output and "run     evaluate  (after embed" in result.output
+    assert not fresh.exists()
+
+
+def test_a_verb_on_other_data_names_its_run_after_the_data(tmp_path):
+    from diffprune.cli import _pipeline, run_name_for
+
+    assert run_name_for("imagefolder:/data/pets/") == "pets" and run_name_for("cifar10") == "cifar10"
+    pipe = _pipeline(None, ["data.spec=digits", f"runs_dir={tmp_path}"], None, (), True, dry_run=True, data="digits")
+    assert pipe.root == tmp_path / "digits"
+    pipe = _pipeline(None, ["data.spec=digits", f"runs_dir={tmp_path}"], "mine", (), True, dry_run=True, data="digits")
+    assert pipe.root == tmp_path / "mine"

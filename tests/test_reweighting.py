@@ -310,8 +310,8 @@ def test_load_class_weights_orders_by_class_names(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "data,match",
-    [({"reference": "x", "train_reference": True}, "exclude each other"),
-     ({"train_reference": False}, "needs a reference"), ({"excess": "token"}, "pixel"), ({"estimator": "token"}, "timestep"),
+    [({"train_reference": True}, "unknown field"),  # removed: a reference is trained exactly when none is given
+     ({"excess": "token"}, "pixel"), ({"estimator": "token"}, "timestep"),
      ({"null_control": True, "reference": "x"}, "null_reference"), ({"null_reference": "y"}, "set reference"),
      ({"null_seed": 0}, "null_seed must differ"),
      ({"proxy_preset": "huge"}, "ddpm-tiny"), ({"steps": 0}, "steps"), ({"eta": -1}, "eta"),

@@ -146,6 +146,17 @@ def test_sigterm_checkpoints_then_resume_equals_straight(dataset, straight_run, 
     _assert_same_run(straight, tmp_path)
 
 
+def test_resume_refuses_a_checkpoint_past_the_budget(dataset, straight_run, tmp_path):
+    cfg, straight, _ = straight_run
+    assert train_mod.checkpoint_step(straight) == 6 and train_mod.checkpoint_step(tmp_path) is None
+    import shutil
+
+    shutil.copytree(straight, tmp_path / "run")
+    with pytest.raises(TrainError, match="at step 6, past this run's 4 steps"):
+        train(cfg.model_copy(update={"steps": 4}), dataset, tmp_path / "run", class_weights=WEIGHTS, resume=True,
+              progress=False)
+
+
 def test_resume_refuses_a_different_run(dataset, straight_run, tmp_path):
     cfg, straight, _ = straight_run
     train(cfg.model_copy(update={"steps": 1}), dataset, tmp_path, class_weights=WEIGHTS, progress=False)

@@ -31,6 +31,7 @@ NameOpt = Annotated[Optional[str], typer.Option("--name", "-n", help="Run name: 
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Recompute this stage even when its outputs are cached.")]
 ArmOpt = Annotated[Optional[list[str]], typer.Option("--arm", "-a", help="Only this arm of the config (repeatable; default: all).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config of every stage and whether it would run, extend, resume or hit the cache; compute nothing.")]
 EvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Evaluate the EMA model (FID, KID, ...) every N training steps and at the last; sets train.eval_every.")]
 ClustersOpt = Annotated[Optional[int], typer.Option("--clusters", help="Group by N k-means clusters of the embeddings (unlabelled data); sets select.clusters.")]
 
@@ -61,13 +62,40 @@ def resolve_config(config: str | Path | None) -> Path:
                       f"({', '.join(bundled_configs())}); pass a YAML path or one of those names")
 
 
-def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str | None, force: bool | tuple, quiet: bool):
+def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str | None, force: bool | tuple, quiet: bool,
+              dry_run: bool = False, arms: list[str] | None = None, data: str | None = None):
+    """The validated pipeline of a verb; its checks (devices, packages, sizes) pass before anything is written.
+
+    ``data`` (a verb's ``--data``) without ``-c`` or ``--name`` names the run after the data, so that a verb
+    on other data never writes into the default run's folder (``runs/demo``)."""
     from diffprune.pipeline import Pipeline, load_run_config
 
+    if data is not None and config is None and name is None:
+        name = run_name_for(data)
     cfg = load_run_config(resolve_config(config), overrides or [], name=name)
-    pipe = Pipeline(cfg, force=force, progress=not quiet, console=console)
-    pipe.write_run_files()  # config.yaml + arms.json first, so `export RUN` / `report RUN` find the run
+    pipe = Pipeline(cfg, force=force, progress=not quiet, console=console, dry_run=dry_run)
+    if arms is not None:
+        pipe.check(_arms(pipe, arms))
+    if not dry_run:
+        pipe.write_run_files()  # config.yaml + arms.json first, so `export RUN` / `report RUN` find the run
     return pipe
+
+
+def run_name_for(data: str) -> str:
+    """A run name derived from a dataset spec: ``imagefolder:/data/pets`` -> ``pets``, ``cifar10`` -> ``cifar10``."""
+    import re
+
+    tail = data.rstrip("/").rpartition(":")[2].rstrip("/").rpartition("/")[2] or data
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", tail).lstrip("._+-") or "data"
+
+
+def _dry(pipe, arms: list[str] | None, until: str = "evaluate") -> bool:
+    """``--dry-run``: print the resolved config and status of every stage up to ``until`` (``Pipeline.plan``);
+    True when that was the job."""
+    if not pipe.dry_run:
+        return False
+    pipe.plan(arms, until=until)
+    return True
 
 
 def _flags(**values) -> list[str]:
@@ -90,19 +118,22 @@ def datasets() -> None:
     Console().print(table)
 
 
-DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset spec (see `diffprune datasets`); sets data.spec.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset spec (see `diffprune datasets`); sets data.spec. Without -c or --name the run is named after the data (runs/<data>/).")]
 
 
 @app.command()
 def embed(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None,
           data: DataOpt = None,
           encoder: Annotated[Optional[str], typer.Option(help="Surrogate encoder; sets embed.encoder.")] = None,
-          force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
-    """Stage 1: embed every training image with the frozen surrogate encoder (features/<encoder>/)."""
+          force: ForceOpt = False, no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
+    """Stage 1: embed every training image with the frozen surrogate encoder (features/<encoder>[-<options>]/)."""
     extra = _flags(**{"data.spec": data, "embed.encoder": encoder})
-    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("embed",) if force else (), no_progress)
-    feats = pipe.embed()
-    console.print(f"features {tuple(feats.shape)} in {pipe.root / 'features' / pipe.cfg.embed.encoder}")
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("embed",) if force else (), no_progress, dry_run,
+                     arms=[], data=data)
+    if _dry(pipe, None, "embed"):
+        return
+    feats, _ = pipe.embed()
+    console.print(f"features {tuple(feats.shape)} in {pipe.features_dir()}")
 
 
 @app.command()
@@ -111,15 +142,18 @@ def select(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, 
            method: Annotated[Optional[str], typer.Option(help="Selection method; replaces the config's arms by this one.")] = None,
            ratio: Annotated[Optional[float], typer.Option(help="Keep ratio in (0, 1]; sets select.ratio.")] = None,
            keep: Annotated[Optional[str], typer.Option(help="top, bottom or middle; sets select.keep.")] = None,
-           force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+           force: ForceOpt = False, no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
     """Stage 2: score and select the coreset of each arm (selection/<method>-r<ratio>/)."""
     extra = _flags(**{"data.spec": data, "select.ratio": ratio, "select.keep": keep})
     if method:
         extra.append(f"arms=[{{method: {method}}}]")
-    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("select",) if force else (), no_progress)
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("select",) if force else (), no_progress, dry_run,
+                     arms=arm or [], data=data)
+    if _dry(pipe, arm, "select"):
+        return
     for a in _arms(pipe, arm):
         if a.method != "full":
-            sel = pipe.select(a)
+            sel, _ = pipe.select(a)
             counts = ", ".join(f"{k}: {v}" for k, v in sel.counts.items())
             console.print(f"{a.label()}: kept {len(sel.indices)} of {len(sel.scores)} (per group: {counts}) "
                           f"in {pipe.root / 'selection' / pipe.selection_name(a)}")
@@ -132,18 +166,21 @@ def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
              null_control: Annotated[Optional[bool], typer.Option("--null-control/--no-null-control", help="Also run the DRO against a second same-recipe reference (the null band); sets reweight.null_control.")] = None,
              estimator: Annotated[Optional[str], typer.Option(help="Excess-loss estimator: pixel, example or timestep; sets reweight.estimator.")] = None,
              clusters: ClustersOpt = None,
-             force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+             force: ForceOpt = False, no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
     """Stage 3: DRO class weights of each reweighted arm against the reference DM (reweight/<selection>/)."""
     if reference and train_reference:
         raise typer.BadParameter("--reference and --train-reference exclude each other")
     extra = _flags(**{"reweight.reference": reference, "reweight.null_control": null_control,
                       "reweight.estimator": estimator, "select.clusters": clusters})
     if train_reference:
-        extra += ["reweight.reference=null", "reweight.train_reference=true"]
-    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("reweight",) if force else (), no_progress)
+        extra += ["reweight.reference=null"]  # no given reference: one is trained with uniform weights
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("reweight",) if force else (), no_progress, dry_run,
+                     arms=arm or [])
+    if _dry(pipe, arm, "reweight"):
+        return
     for a in _arms(pipe, arm):
         if a.reweight:
-            weights = pipe.reweight(a)
+            weights, _ = pipe.reweight(a)
             console.print(f"{a.label()}: " + ", ".join(f"{k}={v:.3f}" for k, v in weights.items()))
             null = pipe.root / "reweight" / pipe.selection_name(a) / "null_control.json"
             if pipe.cfg.reweight.null_control and null.is_file():
@@ -156,31 +193,40 @@ def reweight(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None
 
 @app.command()
 def train(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
-          eval_every: EvalEveryOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
-    """Stage 4: train each arm's DM on its (weighted) subset; resumes an interrupted run (train/<arm>/)."""
+          eval_every: EvalEveryOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False,
+          dry_run: DryOpt = False) -> None:
+    """Stage 4: train each arm's DM on its (weighted) subset (train/<arm>/); resumes an interrupted run, and
+    extends a finished one from its checkpoint when only steps/epochs/logging changed."""
     extra = _flags(**{"train.eval_every": eval_every})
-    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("train",) if force else (), no_progress)
+    pipe = _pipeline(config, [*extra, *(set_ or [])], name, ("train",) if force else (), no_progress, dry_run,
+                     arms=arm or [])
+    if _dry(pipe, arm, "train"):
+        return
     for a in _arms(pipe, arm):
-        console.print(f"{a.label()}: model in {pipe.train(a)}")
+        console.print(f"{a.label()}: model in {pipe.train(a)[0]}")
 
 
 @app.command()
 def sample(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
-           force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+           force: ForceOpt = False, no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
     """Sample each arm's trained DM (samples/<arm>/samples.npz and grid.png)."""
-    pipe = _pipeline(config, set_, name, ("sample",) if force else (), no_progress)
+    pipe = _pipeline(config, set_, name, ("sample",) if force else (), no_progress, dry_run, arms=arm or [])
+    if _dry(pipe, arm, "sample"):
+        return
     for a in _arms(pipe, arm):
-        images = pipe.sample(a)
+        images, _ = pipe.sample(a)
         console.print(f"{a.label()}: {len(images)} samples in {pipe.root / 'samples' / a.label()}")
 
 
 @app.command()
 def evaluate(config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
-             force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
+             force: ForceOpt = False, no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
     """Stage 5: FID and friends of each arm's samples against the training set (eval/<arm>/metrics.json)."""
-    pipe = _pipeline(config, set_, name, ("evaluate",) if force else (), no_progress)
+    pipe = _pipeline(config, set_, name, ("evaluate",) if force else (), no_progress, dry_run, arms=arm or [])
+    if _dry(pipe, arm, "evaluate"):
+        return
     for a in _arms(pipe, arm):
-        console.print(f"{a.label()}: FID {pipe.evaluate(a).get('fid')}")
+        console.print(f"{a.label()}: FID {pipe.evaluate(a)[0].get('fid')}")
 
 
 @app.command()
@@ -232,12 +278,16 @@ def run(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", he
         config: ConfigOpt = None, set_: SetOpt = None, name: NameOpt = None, arm: ArmOpt = None,
         eval_every: EvalEveryOpt = None, clusters: ClustersOpt = None,
         force: Annotated[bool, typer.Option("--force", "-f", help="Recompute every stage, ignoring the cache.")] = False,
-        no_progress: QuietOpt = False) -> None:
-    """All stages for every arm of CONFIG (or -c), then the report. Re-running skips finished stages."""
+        no_progress: QuietOpt = False, dry_run: DryOpt = False) -> None:
+    """All stages for every arm of CONFIG (or -c), then the report. Re-running skips finished stages; raising
+    train.steps (or other resume-mutable fields) extends finished stages from their checkpoints."""
     if config_arg and config:
         raise typer.BadParameter("give the config once: as the argument or as -c/--config")
     extra = _flags(**{"train.eval_every": eval_every, "select.clusters": clusters})
-    pipe = _pipeline(config_arg or config, [*extra, *(set_ or [])], name, force, no_progress)
+    pipe = _pipeline(config_arg or config, [*extra, *(set_ or [])], name, force, no_progress, dry_run,
+                     arms=arm or [])
+    if _dry(pipe, arm):
+        return
     pipe.command = sys.argv[1:]  # command.json: what made the run (run_all writes it)
     path = pipe.run_all(arm)
     console.print(f"\n[bold green]Report:[/] {path}")

@@ -3,7 +3,7 @@ naming the field, the value given and what is allowed (shown by the CLI without 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
@@ -16,6 +16,9 @@ class ConfigError(ValueError):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # fields that may change between a checkpoint and its continuation without changing the trajectory up to
+    # the checkpoint (e.g. ``steps``): the pipeline extends a finished stage when only these changed
+    RESUME_MUTABLE: ClassVar[frozenset[str]] = frozenset()
 
 
 def _check_device(value: str) -> str:

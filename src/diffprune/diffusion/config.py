@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -15,9 +15,16 @@ from diffprune.config import StrictModel
 from diffprune.diffusion.models import PRESETS, SD_PRESET, get_preset
 from diffprune.evaluation.config import TrainEvalConfig
 
+PUSH_FIELDS = ("push_to_hub", "hub_model_id", "hub_private")  # what happens after training, not how it trains
+# Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
+_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval",
+                   "log_with", "sample_every", *PUSH_FIELDS}
+
 
 class TrainConfig(StrictModel):
     """Training options. Fields left at None take the preset's recipe (``PRESETS[preset].recipe``)."""
+
+    RESUME_MUTABLE: ClassVar[frozenset[str]] = frozenset(_RESUME_MUTABLE)
 
     preset: str = "ddpm-small"
     steps: int | None = None  # optimizer steps; or

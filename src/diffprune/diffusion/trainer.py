@@ -59,7 +59,7 @@ from diffprune.diffusion.batches import (
     stream_seed,
     to_model_input,
 )
-from diffprune.diffusion.config import TrainConfig
+from diffprune.diffusion.config import _RESUME_MUTABLE, TrainConfig
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.loading import load_model, save_model
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
@@ -78,10 +78,6 @@ log = logging.getLogger("diffprune.train")
 _STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
-PUSH_FIELDS = ("push_to_hub", "hub_model_id", "hub_private")  # what happens after training, not how it trains
-# Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
-_RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval",
-                   "log_with", "sample_every", *PUSH_FIELDS}
 # evaluator(EMA model, noise scheduler, step) -> values for the metrics line (fid, kid, ...); see
 # ``diffprune.evaluation.during_training.TrainingEvaluator``
 Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]
@@ -111,6 +107,14 @@ class TrainError(ValueError):
 
 class TrainingInterrupted(Interrupted):
     """Raised after SIGINT/SIGTERM once the checkpoint is safely written; rerun with ``resume=True``."""
+
+
+def checkpoint_step(out_dir: str | os.PathLike) -> int | None:
+    """The step of the checkpoint in ``out_dir/state`` (None when there is none or it is unreadable)."""
+    try:
+        return int(json.loads((Path(out_dir) / "state" / STATE_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def total_steps(config: TrainConfig, num_examples: int) -> int:
@@ -244,6 +248,9 @@ def train(
     if resume and (state_dir / STATE_FILE).exists():
         saved = _load_checkpoint(accelerator, ema, state_dir, trajectory_hash)
         start_step = resumed_from = int(saved["step"])
+        if start_step > steps_total:  # a checkpoint cannot be rewound: extending only goes forward
+            raise TrainError(f"the checkpoint in {state_dir} is at step {start_step}, past this run's {steps_total} "
+                             f"steps; raise steps (or epochs), or start afresh with resume=False (--force)")
         log_window = (int(saved.get("log_window_start", start_step)), float(saved.get("log_window_loss", 0.0)))
         seconds_before = float(saved.get("train_seconds", 0.0))
         if step_hook is not None:

@@ -193,7 +193,7 @@ def _from_run(run_dir: Path, arm: str | None) -> Coreset:
     chosen = pipe.arm(arm) if arm else pruned[0]
     if chosen.method == "full":
         raise CoresetError("arm 'full' trains on all data; it has no coreset")
-    return from_selection(pipe.dataset, pipe.select(chosen), pipe.reweight(chosen))
+    return from_selection(pipe.dataset, pipe.select(chosen)[0], pipe.reweight(chosen)[0])
 
 
 def to_image_dataset(dataset: torch.utils.data.Dataset, progress: bool = False) -> ImageDataset:

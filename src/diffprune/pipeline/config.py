@@ -51,12 +51,20 @@ class ArmConfig(StrictModel):
         return label + (f"-s{self.seed}" if self.seed is not None else "")
 
 
+# sections with a ``seed`` field: one left unset takes the run's ``seed``
+SEEDED_SECTIONS = ("embed", "select", "reweight", "train", "sample", "evaluate")
+
+
 class RunConfig(StrictModel):
-    """Everything one run needs. Sections default to the stage's own defaults."""
+    """Everything one run needs. Sections default to the stage's own defaults.
+
+    ``seed`` is the default seed of every section that has one (``SEEDED_SECTIONS``, and ``train.eval``): a
+    section's own ``seed`` wins. The arms choose the selection method (``arms: [{method: ...}]``), so
+    ``select.method`` is refused here."""
 
     name: str = "demo"
     runs_dir: str = "runs"
-    seed: int = 0
+    seed: int = 0  # default seed of every section that sets none
     data: DataConfig = Field(default_factory=DataConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
@@ -69,6 +77,46 @@ class RunConfig(StrictModel):
     arms: list[ArmConfig] = Field(
         default_factory=lambda: [ArmConfig(method="gaussian", reweight=True), ArmConfig(method="random")]
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _run_seed(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        seed = data.get("seed", 0)
+        for name in SEEDED_SECTIONS:
+            section = data.get(name)
+            if section is None:
+                data[name] = {"seed": seed}
+            elif isinstance(section, dict) and "seed" not in section:
+                data[name] = {**section, "seed": seed}
+            elif isinstance(section, StrictModel) and "seed" not in section.model_fields_set:
+                data[name] = section.model_copy(update={"seed": seed})
+        train = data["train"]
+        if isinstance(train, dict):
+            ev = train.get("eval")
+            if ev is None or (isinstance(ev, dict) and "seed" not in ev):
+                data["train"] = {**train, "eval": {**(ev or {}), "seed": seed}}
+        return data
+
+    @field_validator("select", mode="before")
+    @classmethod
+    def _arms_choose_the_method(cls, v: Any) -> Any:
+        chosen = v.get("method") if isinstance(v, dict) else \
+            (v.method if isinstance(v, SelectConfig) and "method" in v.model_fields_set else None)
+        if chosen is not None:
+            raise ValueError(f"method {chosen!r} would be ignored: each arm chooses its method; remove "
+                             f"select.method and list arms, e.g. arms: [{{method: {chosen}}}]")
+        return v
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """The config as data, without ``select.method`` (the arms choose it), so that a dump validates again
+        (``runs/<name>/config.yaml``, sweeps)."""
+        data = super().model_dump(**kwargs)
+        if isinstance(data.get("select"), dict):
+            data["select"].pop("method", None)
+        return data
 
     @field_validator("name")
     @classmethod

@@ -31,6 +31,14 @@ STAGES = ("embed", "select", "reference", "reweight", "train", "sample", "evalua
 DISTRIBUTED_STAGES = ("embed", "train", "sample", "evaluate")
 
 
+class Pending(Exception):
+    """``dry_run``: this stage would compute (``status``: run, extend or resume), so nothing after it is known."""
+
+    def __init__(self, stage: str, path: str, status: str) -> None:
+        super().__init__(f"{stage} ({path}) would {status}")
+        self.stage, self.path, self.status = stage, path, status
+
+
 def _distributed() -> tuple[int, bool]:
     """(world size, is main process) from the variables that ``accelerate launch`` / torchrun set."""
     rank, world = launch_world()
@@ -55,6 +63,11 @@ class Pipeline:
         console: where status lines go.
         wait: when another process is computing a stage of this run directory, wait for it (then reuse its
             result) instead of stopping with a one-line error (default: the ``DIFFPRUNE_WAIT`` variable).
+        dry_run: compute nothing: each stage prints its resolved config and whether it would be ``cached``,
+            ``run``, ``extend`` (continue a finished checkpoint) or ``resume`` (``plan`` collects them).
+
+    Every stage method takes the stage's resolved config (``<stage>_config``) and returns
+    ``(result, fingerprint)``; the fingerprint identifies the output for the stages downstream.
     """
 
     def __init__(
@@ -64,6 +77,7 @@ class Pipeline:
         progress: bool = True,
         console: Console | None = None,
         wait: bool | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.cfg = cfg
         self.wait = bool(os.environ.get("DIFFPRUNE_WAIT")) if wait is None else wait
@@ -71,7 +85,8 @@ class Pipeline:
         self.force = set(STAGES) if force is True else set(force or ())
         self.progress = progress
         self.console = console or Console(stderr=True)
-        self._fingerprints: dict[str, str] = {}
+        self.dry_run = dry_run
+        self.planned: list[dict[str, Any]] = []  # dry_run: every stage's status and resolved config
         self._coresets: dict[str, tuple[ImageDataset, str]] = {}
         self.command: list[str] | None = None  # the CLI arguments that made this run (for command.json)
 
@@ -82,13 +97,16 @@ class Pipeline:
         compute: Callable[[bool], tuple[T, str, dict[str, Any]]],
         load: Callable[[], T],
         outputs: tuple[str, ...] = (),
-    ) -> T:
-        """Cache hit -> ``load()``; else ``compute(resume)`` -> (result, output fingerprint, manifest extras).
+    ) -> tuple[T, str]:
+        """The stage contract: cache hit -> ``(load(), recorded fingerprint)``; else ``compute(resume)`` ->
+        (result, output fingerprint, manifest extras) and ``(result, fingerprint)`` is returned.
 
-        ``resume`` is True only when an attempt with the same config and inputs was interrupted here (and the
-        stage is not forced): a changed config starts afresh instead of resuming foreign checkpoints.
+        ``resume`` is True when this stage continues a checkpoint of the same trajectory (not forced): an
+        interrupted attempt, or a finished one whose config differs only in resume-mutable fields (an
+        extension, e.g. more ``train.steps``). Any other config change starts afresh.
         ``outputs`` (files relative to the stage folder) are checksummed into the manifest and verified before
-        every reuse; a damaged one is deleted and the stage recomputed.
+        every reuse; a damaged one is deleted and the stage recomputed. With ``dry_run`` nothing is computed:
+        the stage's resolved config and status are printed and a stage that would run raises ``Pending``.
 
         The main process computes under the stage folder's lock (``diffprune.io.folder_lock``): a second run of
         the same run directory stops with a line naming the holder, or with ``wait`` queues and then reuses
@@ -99,7 +117,10 @@ class Pipeline:
         the other stages must already be cached, so they never run twice at once.
         """
         rel = stage.path.relative_to(self.root) if stage.path.is_relative_to(self.root) else stage.path
-        if stage.stage not in self.force and stage.is_complete():
+        forced = stage.stage in self.force
+        if self.dry_run:
+            return self._plan(stage, rel, load)
+        if not forced and stage.is_complete():
             return self._cached(stage, rel, load)
         world, main = _distributed()
         if world > 1 and stage.stage not in DISTRIBUTED_STAGES:
@@ -114,36 +135,53 @@ class Pipeline:
             self.console.print(f"[yellow]wait[/]    {stage.stage:<9} {rel}: being computed by {holder}")
 
         with folder_lock(stage.path, wait=self.wait, what=f"stage {stage.stage} ({stage.path})", on_wait=waiting):
-            if stage.stage not in self.force and stage.is_complete():  # finished by the process we waited for
+            if not forced and stage.is_complete():  # finished by the process we waited for
                 return self._cached(stage, rel, load)
             remove_stale_temps(stage.path, all_writers=_distributed()[0] == 1)  # other ranks may be writing
-            damaged = stage.damaged_outputs() if stage.stage not in self.force else []
+            damaged = stage.damaged_outputs() if not forced else []
             for name in damaged:  # e.g. a NaN written into features.npy: never resumed from, recomputed
                 self.console.print(f"[yellow]damaged[/] {stage.stage:<9} {rel / name}: checksum differs from the "
                                    f"manifest; recomputing")
                 (stage.path / name).unlink(missing_ok=True)
             return self._compute(stage, rel, compute, outputs, main=True)
 
-    def _cached(self, stage: StageDir, rel: Path, load: Callable[[], T]) -> T:
+    def _cached(self, stage: StageDir, rel: Path, load: Callable[[], T]) -> tuple[T, str]:
         self.console.print(f"[dim]cached[/]  {stage.stage:<9} {rel}")
-        self._fingerprints[str(stage.path)] = stage.manifest()["fingerprint"]
-        return load()
+        return load(), stage.manifest()["fingerprint"]
+
+    def _plan(self, stage: StageDir, rel: Path, load: Callable[[], T]) -> tuple[T, str]:
+        """``dry_run``: print the stage's status and resolved config; reuse a cached result, else ``Pending``."""
+        status = stage.status(force=stage.stage in self.force)
+        self._print_plan({"stage": stage.stage, "path": str(rel), "status": status, "config": dict(stage.config)})
+        if status == "cached":
+            return load(), stage.manifest()["fingerprint"]
+        raise Pending(stage.stage, str(rel), status)
+
+    def _print_plan(self, entry: dict[str, Any]) -> None:
+        import yaml
+
+        self.planned.append(entry)
+        self.console.print(f"[bold]{entry['status']:<7}[/] {entry['stage']:<9} {entry['path']}")
+        self.console.print("\n".join(f"          {line}" for line in
+                                     yaml.safe_dump(entry["config"], sort_keys=False).splitlines()),
+                           highlight=False, markup=False)
 
     def _compute(self, stage: StageDir, rel: Path, compute: Callable[[bool], tuple[T, str, dict[str, Any]]],
-                 outputs: tuple[str, ...], main: bool) -> T:
+                 outputs: tuple[str, ...], main: bool) -> tuple[T, str]:
         world = _distributed()[0]
-        resume = stage.stage not in self.force and stage.was_interrupted()
+        status = stage.status(force=stage.stage in self.force)
+        resume = status in ("resume", "extend")
         if main:
-            self.console.print(f"[bold cyan]{'resume' if resume else 'run':<7}[/] {stage.stage:<9} {rel}")
-            stage.begin()
+            self.console.print(f"[bold cyan]{status:<7}[/] {stage.stage:<9} {rel}")
+            stage.begin(continues=status == "extend")
         result, fingerprint, extra = compute(resume)
-        self._fingerprints[str(stage.path)] = fingerprint
         if main:
             files = tuple(o for pattern in outputs for o in sorted(str(p.relative_to(stage.path))
                                                                   for p in stage.path.glob(pattern)))
-            manifest = stage.finish(fingerprint, outputs=files, world_size=world, **extra)
+            attempt = extra.pop("attempt", None)
+            manifest = stage.finish(fingerprint, outputs=files, world_size=world, attempt_extra=attempt, **extra)
             self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
-        return result
+        return result, fingerprint
 
     def _flops(self, measure: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
         """A stage's FLOP fields (``pipeline.flops``); a model FlopCounterMode cannot run is recorded, not fatal."""
@@ -152,9 +190,6 @@ class Pipeline:
         except Exception as e:  # noqa: BLE001 - accounting must not lose a finished stage; the reason is kept
             self.console.print(f"[yellow]FLOPs of {what} not measured[/]: {type(e).__name__}: {e}")
             return {"flops": None, "flops_error": f"{type(e).__name__}: {e}"}
-
-    def fingerprint(self, path: Path) -> str:
-        return self._fingerprints[str(path)]
 
     def write_run_files(self) -> None:
         """The resolved run config, the arms and the shared stages (read by the report); main process only."""
@@ -175,7 +210,7 @@ class Pipeline:
                 "selection": sel, "train": f"train/{label}", "samples": f"samples/{label}", "eval": f"eval/{label}",
             })
         atomic_write_json(self.root / "arms.json", arms)
-        stages = {"embed": f"features/{self.cfg.embed.encoder}"}
+        stages = {"embed": str(self.features_dir().relative_to(self.root))}
         if self.cfg.latent is not None:
             stages["latents"] = "latents"
         if any(a.reweight for a in self.cfg.arms):
@@ -219,25 +254,78 @@ class Pipeline:
             self.console.print(f"[yellow]skipped {len(ds.skipped)} unreadable files[/]: {', '.join(ds.skipped[:5])}")
         return ds
 
-    def embed(self) -> np.ndarray:
+    # ------------------------------------------------------------------------- resolved stage configs
+    # One place per stage turns the run config into the stage's validated, *resolved* config: what the stage
+    # is called with, what config.yaml shows and what the cache key hashes (recipe defaults filled in, so that
+    # editing a preset's recipe invalidates the stages trained with it).
+    def embed_config(self):
+        return self.cfg.embed
+
+    def select_config(self, arm: ArmConfig):
+        return self.cfg.arm_select_config(arm)
+
+    def reweight_config(self, arm: ArmConfig):
+        rc = self.cfg.arm_reweight_config(arm)
+        return rc.model_copy(update={"lr": rc.proxy_lr(), "warmup_steps": rc.proxy_warmup_steps()})
+
+    def reference_config(self, data: ImageDataset, null: bool = False) -> dict[str, Any]:
+        """What determines the (null) reference only, so that changing DRO settings keeps it cached: the given
+        model, or the resolved ``TrainConfig`` it is trained with."""
+        from diffprune.reweighting.reference import reference_train_config
+
+        rc = self.cfg.reweight
+        given = rc.null_reference if null else rc.reference
+        if given:
+            return {"reference": given}
+        seed = rc.null_reference_seed if null else None
+        return reference_train_config(rc, data, seed=seed).resolved().model_dump(mode="json")
+
+    def train_config(self, arm: ArmConfig):
+        return self.cfg.arm_train_config(arm).resolved()
+
+    def sample_config(self):
+        sc = self.cfg.sample
+        return sc.model_copy(update={"steps": sc.num_steps})
+
+    def evaluate_config(self):
+        return self.cfg.evaluate
+
+    # ------------------------------------------------------------------------------------------ stages
+    def features_dir(self) -> Path:
+        """``features/<encoder>``, suffixed by the encoder's options and weights when they are set (each
+        combination embeds into its own folder)."""
+        ec = self.cfg.embed
+        name = ec.encoder.replace(":", "-")
+        if ec.options or ec.weights:
+            parts = [f"{k}{v}" for k, v in sorted(ec.options.items())]
+            slug = "-".join(parts)
+            if ec.weights or len(slug) > 40 or not all(ch.isalnum() or ch in "._-" for ch in slug):
+                key = repr((sorted(ec.options.items()), ec.weights)).encode()
+                slug = hash_arrays(np.frombuffer(key, np.uint8))[:8]
+            name += f"-{slug}"
+        return self.root / "features" / name
+
+    def embed(self) -> tuple[np.ndarray, str]:
         from diffprune.encoders import embed_dataset
 
-        out = self.root / "features" / self.cfg.embed.encoder
-        stage = StageDir(out, "embed", self.cfg.embed.model_dump(mode="json"), {"dataset": self.dataset.fingerprint})
+        ec = self.embed_config()
+        out = self.features_dir()
+        stage = StageDir(out, "embed", ec.model_dump(mode="json"), {"dataset": self.dataset.fingerprint},
+                         mutable=type(ec).RESUME_MUTABLE)
 
         def compute(resume: bool):
             from diffprune.encoders.embed import build_encoder
             from diffprune.pipeline.flops import encoder_flops
 
-            feats = embed_dataset(self.dataset, self.cfg.embed, out, progress=self.progress)
-            flops = self._flops(lambda: encoder_flops(build_encoder(self.cfg.embed, self.dataset, "cpu"),
+            feats = embed_dataset(self.dataset, ec, out, progress=self.progress)
+            flops = self._flops(lambda: encoder_flops(build_encoder(ec, self.dataset, "cpu"),
                                                       self.dataset, len(self.dataset)), "the encoder")
             return feats, hash_file(out / "features.npy"), {"images_processed": len(self.dataset), **flops}
 
         return self._stage(stage, compute, lambda: np.load(out / "features.npy", mmap_mode="r"), ("features.npy",))
 
     def selection_name(self, arm: ArmConfig) -> str:
-        sc = self.cfg.arm_select_config(arm)
+        sc = self.select_config(arm)
         name = f"{sc.method}-r{sc.ratio:g}"
         if sc.keep != "top":
             name += f"-{sc.keep}"
@@ -250,21 +338,20 @@ class Pipeline:
         return name
 
     def select(self, arm: ArmConfig):
+        """The arm's ``Selection`` and its fingerprint (``selection/<name>/``)."""
         from diffprune.export.table import coreset_rows, write_coreset
-        from diffprune.selection import Selection, select
+        from diffprune.selection import Selection, select_from_config
         from diffprune.selection.figures import selection_figures
 
-        sc = self.cfg.arm_select_config(arm)
-        features = self.embed()
-        feat_path = self.root / "features" / self.cfg.embed.encoder
+        sc = self.select_config(arm)
+        features, features_fp = self.embed()
         out = self.root / "selection" / self.selection_name(arm)
-        stage = StageDir(out, "select", sc.model_dump(mode="json"), {"features": self.fingerprint(feat_path)})
+        stage = StageDir(out, "select", sc.model_dump(mode="json"), {"features": features_fp},
+                         mutable=type(sc).RESUME_MUTABLE)
 
         def compute(resume: bool):
-            sel = select(
-                features, self.dataset.labels, sc.method, sc.ratio, per_class=sc.per_class, keep=sc.keep,
-                seed=sc.seed, clusters=sc.clusters, class_names=self.dataset.class_names or None, **sc.options,
-            )
+            sel = select_from_config(features, self.dataset.labels, sc, class_names=self.dataset.class_names or None,
+                                     progress=self.progress)
             sel.save(out)
             few = [f"{g} ({n})" for g, n in sel.counts.items() if n < 2]
             if few:
@@ -285,8 +372,7 @@ class Pipeline:
             return self.full_training_set()
         name = self.selection_name(arm)
         if name not in self._coresets:
-            sel = self.select(arm)
-            fp = self.fingerprint(self.root / "selection" / name)
+            sel, fp = self.select(arm)
             labels, names = sel.groups[sel.indices], list(sel.group_names)
             if self.cfg.latent is not None:
                 self._coresets[name] = self._latent_set(sel.indices, labels, names, fp)
@@ -324,6 +410,9 @@ class Pipeline:
         cache, vae = self.latent_cache
         missing = len(cache.missing(indices))
         if missing:
+            if self.dry_run:
+                self.console.print(f"[bold]{'run':<7}[/] latents   {missing} images to encode with {self.cfg.latent.vae}")
+                raise Pending("latents", str(cache.path), "run")
             if _distributed()[0] > 1:
                 raise RuntimeError(
                     f"{missing} of the {len(indices)} images this stage needs are not in the latent cache yet and "
@@ -343,8 +432,9 @@ class Pipeline:
         """The frozen reference DM of the DRO stage (given as a path / hub id, or trained once per run)
         and its fingerprint; ``null``: the null control's second reference (``reference-null/``: the same
         recipe with ``reweight.null_seed``, or ``reweight.null_reference``)."""
+        from diffprune.diffusion import TrainConfig
+        from diffprune.diffusion.trainer import checkpoint_step
         from diffprune.reweighting import prepare_reference
-        from diffprune.reweighting.reference import reference_train_config
 
         rc = self.cfg.reweight
         folder = "reference-null" if null else "reference"
@@ -355,10 +445,11 @@ class Pipeline:
             data, data_fp = self.full_training_set()
             out = self.root / folder
         given = rc.null_reference if null else rc.reference
-        # keyed by what determines the reference only, so changing DRO settings keeps it cached
-        seed = rc.null_reference_seed if null else None
-        ref_config = {"reference": given} if given else reference_train_config(rc, data, seed=seed).model_dump(mode="json")
-        stage = StageDir(out, "reference", ref_config, {"data": data_fp})
+        ref_config = self.reference_config(data, null=null)
+        step = checkpoint_step(out)
+        stage = StageDir(out, "reference", ref_config, {"data": data_fp},
+                         mutable=frozenset() if given else TrainConfig.RESUME_MUTABLE,
+                         resumable=step is None or step <= int(ref_config.get("steps") or 0))
 
         def compute(resume: bool):
             if not resume:  # the trainer resumes any checkpoint it finds; a changed config starts afresh
@@ -370,14 +461,15 @@ class Pipeline:
             flops = self._flops(lambda: training_flops(path, data, images), "the reference")
             return Path(path), model_fingerprint(path), {"images_processed": images, "path": str(path), **flops}
 
-        path = self._stage(stage, compute, lambda: Path(stage.manifest()["path"]), ("model/*.safetensors",))
-        return path, self.fingerprint(out)
+        return self._stage(stage, compute, lambda: Path(stage.manifest()["path"]), ("model/*.safetensors",))
 
-    def reweight(self, arm: ArmConfig) -> dict[str, float] | None:
+    def reweight(self, arm: ArmConfig) -> tuple[dict[str, float] | None, str | None]:
+        """The arm's DRO class weights and their fingerprint; ``(None, None)`` for an arm without DRO."""
         from diffprune.reweighting import ReweightError, load_class_weights, run_dro
+        from diffprune.reweighting.runner import checkpoint_step
 
         if not arm.reweight:
-            return None
+            return None, None
         coreset, coreset_fp = self.training_set(arm)
         if coreset.num_classes < 2:
             raise ReweightError(
@@ -388,12 +480,14 @@ class Pipeline:
         ref, ref_fp = self.reference(arm)
         out = self.root / "reweight" / self.selection_name(arm)
         inputs = {"coreset": coreset_fp, "reference": ref_fp}
-        rc = self.cfg.arm_reweight_config(arm)
+        rc = self.reweight_config(arm)
         null_ref = None
         if rc.null_control:
             null_ref, inputs["null_reference"] = self.reference(arm, null=True)
         # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
-        stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs)
+        step = checkpoint_step(out)
+        stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs,
+                         mutable=type(rc).RESUME_MUTABLE, resumable=step is None or step <= rc.steps)
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import dro_flops
@@ -407,26 +501,33 @@ class Pipeline:
             weights = load_class_weights(out / "class_weights.json")
             flops = self._flops(lambda: dro_flops(rc, coreset, ref, images), "DRO")
             return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary,
+                                                                    "attempt": {"resumed_from": step if resume else None},
                                                                     **flops}
 
         return self._stage(stage, compute, lambda: load_class_weights(out / "class_weights.json"),
                            ("class_weights.json", "trajectory.npz"))
 
-    def train(self, arm: ArmConfig) -> Path:
-        from diffprune.diffusion import train
-        from diffprune.diffusion.trainer import PUSH_FIELDS
+    def train(self, arm: ArmConfig) -> tuple[Path, str]:
+        """The arm's trained model folder (``train/<arm>/model``) and its fingerprint."""
+        from diffprune.diffusion import train, total_steps
+        from diffprune.diffusion.config import PUSH_FIELDS
+        from diffprune.diffusion.trainer import checkpoint_step
         from diffprune.export.pipeline import check_push, hub_repo_id, pipeline_kind, push_trained, write_pipeline
 
         tc = self.cfg.arm_train_config(arm)
         if tc.push_to_hub:
             check_push()  # no token: stop before selecting and training, not after
         data, data_fp = self.training_set(arm)
-        weights = self.reweight(arm)
+        weights, weights_fp = self.reweight(arm)
         out = self.root / "train" / arm.label()
         inputs = {"data": data_fp}
         if weights is not None:
-            inputs["class_weights"] = self.fingerprint(self.root / "reweight" / self.selection_name(arm))
-        stage = StageDir(out, "train", tc.model_dump(mode="json", exclude=set(PUSH_FIELDS)), inputs)
+            inputs["class_weights"] = weights_fp
+        tc = self.train_config(arm)
+        step = checkpoint_step(out)  # a checkpoint cannot be rewound: a shorter budget retrains from step 0
+        # where the weights are pushed is not part of the result: changing it neither retrains nor extends
+        stage = StageDir(out, "train", tc.model_dump(mode="json", exclude=set(PUSH_FIELDS)), inputs,
+                         mutable=type(tc).RESUME_MUTABLE, resumable=step is None or step <= total_steps(tc, len(data)))
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import training_flops
@@ -438,7 +539,9 @@ class Pipeline:
             images = int(summary.get("images_seen", 0))
             return out / "model", model_fingerprint(out / "model"), {
                 "images_processed": images, "summary": summary,
-                "eval_seconds": float(summary.get("eval_seconds", 0.0)),  # not a training cost (speedup.py)
+                # this attempt's evaluation time; the manifest's eval_seconds totals it (not a training cost)
+                "attempt": {"resumed_from": summary.get("resumed_from"), "reached": summary.get("steps"),
+                            "eval_seconds": float(summary.get("eval_seconds", 0.0))},
                 **self._flops(lambda: training_flops(out / "model", data, images), f"training {arm.label()}"),
             }
 
@@ -458,13 +561,15 @@ class Pipeline:
         return TrainingEvaluator(self.cfg.train.eval, self.cfg.evaluate, self.dataset, self.root / "eval",
                                  guidance_scale=self.cfg.sample.guidance_scale, latent=latent_meta(data))
 
-    def sample(self, arm: ArmConfig) -> np.ndarray:
+    def sample(self, arm: ArmConfig) -> tuple[np.ndarray, str]:
+        """The arm's samples (uint8 N x H x W x C) and their fingerprint."""
         from diffprune.diffusion import generate
 
-        model_dir = self.train(arm)
+        model_dir, model_fp = self.train(arm)
         out = self.root / "samples" / arm.label()
-        sc = self.cfg.sample
-        stage = StageDir(out, "sample", sc.model_dump(mode="json"), {"model": self.fingerprint(model_dir.parent)})
+        sc = self.sample_config()
+        stage = StageDir(out, "sample", sc.model_dump(mode="json"), {"model": model_fp},
+                         mutable=type(sc).RESUME_MUTABLE)
 
         def load() -> np.ndarray:
             with np.load(out / "samples.npz") as z:
@@ -481,14 +586,15 @@ class Pipeline:
 
         return self._stage(stage, compute, load, ("samples.npz",))
 
-    def evaluate(self, arm: ArmConfig) -> dict[str, Any]:
+    def evaluate(self, arm: ArmConfig) -> tuple[dict[str, Any], str]:
+        """The arm's metrics (``eval/<arm>/metrics.json``) and their fingerprint."""
         from diffprune.evaluation import evaluate
 
-        samples = self.sample(arm)
+        samples, samples_fp = self.sample(arm)
         out = self.root / "eval" / arm.label()
-        ec = self.cfg.evaluate
-        inputs = {"samples": self.fingerprint(self.root / "samples" / arm.label()), "real": self.dataset.fingerprint}
-        stage = StageDir(out, "evaluate", ec.model_dump(mode="json"), inputs)
+        ec = self.evaluate_config()
+        inputs = {"samples": samples_fp, "real": self.dataset.fingerprint}
+        stage = StageDir(out, "evaluate", ec.model_dump(mode="json"), inputs, mutable=type(ec).RESUME_MUTABLE)
         protocol = {
             "sampler": self.cfg.sample.sampler, "sampler_steps": self.cfg.sample.steps,
             "sample_seed": self.cfg.sample.seed, "reference_split": self.cfg.data.split,
@@ -516,7 +622,7 @@ class Pipeline:
         if arm.method == FULL:
             raise ValueError("arm 'full' trains on all data; it has no coreset to export (pick a pruned arm)")
         out = out_dir or self.root / "export" / arm.label()
-        rows = coreset_rows(self.dataset, self.select(arm), self.reweight(arm), self.cfg.arm_train_config(arm).weighting)
+        rows = coreset_rows(self.dataset, self.select(arm)[0], self.reweight(arm)[0], self.train_config(arm).weighting)
         write_coreset(out, rows)
         model = self.root / "train" / arm.label() / "model"
         if (model / "config.json").is_file():
@@ -537,11 +643,58 @@ class Pipeline:
         self.console.print(f"[green]report[/]  {path}")
         return path
 
+    def check(self, arms: Iterable[ArmConfig] | None = None) -> None:
+        """Every config and environment check (devices, tracker packages, image size vs model presets) of
+        ``arms`` (default: all), before any stage computes: a failed start leaves finished stages cached."""
+        from diffprune.pipeline.checks import check_run
+
+        check_run(self.cfg, list(arms) if arms is not None else self.cfg.arms, self.dataset.resolution)
+
+    def plan(self, arms: Iterable[str] | None = None, until: str = "evaluate") -> list[dict[str, Any]]:
+        """``dry_run``: every stage up to ``until`` of every arm (or the named arms) with its resolved config and
+        status (``cached``, ``run``, ``extend``, ``resume``; ``after <stage>`` when an upstream stage would
+        compute first), computing nothing. Returns the entries also printed to the console."""
+        if not self.dry_run:
+            raise RuntimeError("plan() needs Pipeline(..., dry_run=True)")
+        order = ("embed", "select", "reference", "reweight", "train", "sample", "evaluate")
+        order = order[:order.index(until) + 1]
+        chosen = [self.arm(a) for a in arms] if arms else list(self.cfg.arms)
+        if until == "embed":
+            chosen = chosen[:1]  # shared by every arm
+        for arm in chosen:
+            if (until == "select" and arm.method == FULL) or (until == "reweight" and not arm.reweight):
+                continue
+            self.console.rule(f"arm {arm.label()}")
+            seen = len(self.planned)
+            try:
+                self.embed() if until == "embed" else getattr(self, until)(arm)
+            except Pending as p:
+                done = {e["stage"] for e in self.planned[seen:]}
+                for name in order[order.index(p.stage) + 1 if p.stage in order else 1:]:
+                    if name in done or (name in ("reference", "reweight") and not arm.reweight) or \
+                            (name == "select" and arm.method == FULL):
+                        continue
+                    self._print_plan({"stage": name, "path": f"(after {p.stage}: its inputs are not computed yet)",
+                                      "status": "run", "after": p.stage, "config": self._stage_config(name, arm)})
+            for entry in self.planned[seen:]:
+                entry.setdefault("arm", arm.label())
+        return self.planned
+
+    def _stage_config(self, name: str, arm: ArmConfig) -> dict[str, Any]:
+        """The resolved config of stage ``name`` of ``arm`` as the stage will record it."""
+        if name == "reference":  # the recipe does not depend on which images it trains on
+            return self.reference_config(self.dataset)
+        get = {"embed": self.embed_config, "select": lambda: self.select_config(arm),
+               "reweight": lambda: self.reweight_config(arm), "train": lambda: self.train_config(arm),
+               "sample": self.sample_config, "evaluate": self.evaluate_config}[name]
+        return get().model_dump(mode="json")
+
     def run_all(self, arms: Iterable[str] | None = None) -> Path:
-        """Every stage for every arm (or the named arms), then the report."""
+        """Every stage for every arm (or the named arms), then the report; the checks (``check``) first."""
+        chosen = [self.arm(a) for a in arms] if arms else list(self.cfg.arms)
+        self.check(chosen)
         remove_stale_temps(self.root)  # what writers killed mid-write left (their pid is dead)
         self.write_run_files()
-        chosen = [self.arm(a) for a in arms] if arms else list(self.cfg.arms)
         for arm in chosen:
             self.console.rule(f"arm {arm.label()}")
             self.evaluate(arm)

@@ -1,7 +1,7 @@
 """The ``reweight`` section of a run config: the DRO proxy run and where its reference comes from."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
@@ -29,8 +29,7 @@ class ReweightConfig(StrictModel):
     Defaults follow DoReMi (eta 1, smoothing 1e-3); the proxy trains with Adam, grad clip 1 and, when ``lr``
     and ``warmup_steps`` are unset, the learning rate and linear warm-up of its preset's recipe.
     ``reference`` is a local diffusers folder, a diffprune checkpoint or a Hugging Face hub id; when it is
-    unset a reference is trained on the given dataset with uniform weights first (DoReMi's step 1), which
-    is what ``train_reference`` resolves to by default. A trained reference shares the proxy's preset and
+    unset a reference is trained on the given dataset with uniform weights first (DoReMi's step 1). A trained reference shares the proxy's preset and
     budget (``reference_preset`` and ``reference_steps`` unset: DoReMi's setting) and uses EMA warm-up.
 
     The proxy trains through ``diffusion.train`` (accelerate: one process or ``accelerate launch``, the launch's
@@ -41,6 +40,9 @@ class ReweightConfig(StrictModel):
     ``null_seed`` standing in for the proxy (true excess zero): its weights show how far the estimator's noise
     alone moves the weights from uniform (the null band of the report).
     """
+
+    # run_dro continues a checkpoint when only these differ (reweighting.runner._RESUMABLE_FIELDS)
+    RESUME_MUTABLE: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "device"})
 
     proxy_preset: str = "ddpm-tiny"  # the proxy's architecture (sized to the data's resolution and channels)
     model_overrides: dict[str, Any] = Field(default_factory=dict)  # UNet2DModel options for the proxy
@@ -58,7 +60,6 @@ class ReweightConfig(StrictModel):
         default="example", validation_alias=AliasChoices("estimator", "excess"))
     update_every: int = Field(default=1, ge=1)  # accumulate per-class statistics over N steps per update
     reference: str | None = None  # diffusers folder, diffprune train dir or hub id; None: train one
-    train_reference: bool | None = None  # None: train one exactly when no reference is given
     reference_steps: int | None = Field(default=None, ge=1)  # steps of a trained reference; None: steps
     reference_cost: ReferenceCost | None = None  # a given reference's training cost (diffprune-trained: its manifest)
     reference_preset: str | None = None  # a trained reference's architecture; None: proxy_preset
@@ -92,16 +93,9 @@ class ReweightConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_reference_source(self) -> "ReweightConfig":
-        if self.train_reference and self.reference is not None:
-            raise ValueError(
-                "reference and train_reference: true exclude each other; unset reference to train one, "
-                "or set train_reference: false to use the given one"
-            )
         if self.reference_cost is not None and self.reference is None:
             raise ValueError("reference_cost states what a given reference cost to train; this run trains its "
                              "reference (its manifest has the cost): drop reference_cost or set reference")
-        if self.train_reference is False and self.reference is None:
-            raise ValueError("train_reference: false needs a reference (a diffusers folder or hub id)")
         if self.null_reference is not None and self.reference is None:
             raise ValueError("null_reference is the second of two given references: set reference too, or unset "
                              "null_reference to train the null reference with null_seed")
