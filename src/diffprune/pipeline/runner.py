@@ -466,7 +466,8 @@ class Pipeline:
     def reweight(self, arm: ArmConfig) -> tuple[dict[str, float] | None, str | None]:
         """The arm's DRO class weights and their fingerprint; ``(None, None)`` for an arm without DRO."""
         from diffprune.reweighting import ReweightError, load_class_weights, run_dro
-        from diffprune.reweighting.runner import checkpoint_step
+        from diffprune.diffusion.trainer import checkpoint_step
+        from diffprune.reweighting.runner import PROXY_DIR
 
         if not arm.reweight:
             return None, None
@@ -485,7 +486,7 @@ class Pipeline:
         if rc.null_control:
             null_ref, inputs["null_reference"] = self.reference(arm, null=True)
         # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
-        step = checkpoint_step(out)
+        step = checkpoint_step(out / PROXY_DIR)  # the proxy trains in the trainer's folder layout
         stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs,
                          mutable=type(rc).RESUME_MUTABLE, resumable=step is None or step <= rc.steps)
 
