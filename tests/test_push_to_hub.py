@@ -64,7 +64,7 @@ def test_push_after_training_once_per_weights(tmp_path, hub):
     from diffprune.pipeline.runner import Pipeline
 
     pipe = Pipeline(_cfg(tmp_path, push_to_hub=True, hub_model_id="me/digits-{arm}"), progress=False)
-    model = pipe.train(pipe.arm("full+all"))
+    model, _ = pipe.train(pipe.arm("full+all"))  # (path, fingerprint), the stage contract
     out = model.parent
     assert [c[0] for c in hub] == ["init", "create_repo", "upload_folder"]
     assert hub[0] == ("init", "hf_fake_token")
