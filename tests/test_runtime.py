@@ -124,3 +124,18 @@ def test_hub_snapshot_asks_for_safetensors_and_configs_only(monkeypatch, tmp_pat
     assert calls[1] == ["config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.bin"]
     with pytest.raises(ValueError, match="neither an existing directory nor a hub id"):
         hub.snapshot("./local/dir")
+
+
+def test_cli_shows_where_an_interrupted_stage_checkpointed(monkeypatch, capsys):
+    from diffprune import cli
+    from diffprune.diffusion import TrainingInterrupted
+
+    def app():
+        raise TrainingInterrupted("training stopped by signal at step 3/6; checkpoint saved in runs/x/state [a]")
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli.sys, "argv", ["diffprune"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    out = " ".join(capsys.readouterr().err.split())  # the console writes to stderr, wrapped
+    assert info.value.code == 130 and "checkpoint saved in runs/x/state [a]" in out and "Interrupted." in out

@@ -424,8 +424,14 @@ def main() -> None:
     debug = os.environ.get("DIFFPRUNE_DEBUG", "") not in ("", "0")
     try:
         app()
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted.[/] Finished stages are kept; run the same command again to resume.")
+    except KeyboardInterrupt as e:
+        from rich.markup import escape
+
+        from diffprune.runtime import Interrupted
+
+        detail = f" {escape(str(e))}" if isinstance(e, Interrupted) else ""  # where the checkpoint is
+        console.print(f"[yellow]Interrupted.[/]{detail} Finished stages are kept; run the same command again to "
+                      "resume.")
         sys.exit(130)
     except Exception as e:
         if debug:
