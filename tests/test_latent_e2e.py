@@ -116,11 +116,11 @@ def test_hflip_on_latents_is_refused(tmp_path):
 
 def test_pretrained_plain_dit_gets_a_side_interpolater_for_masked_fine_tuning():
     from diffprune.diffusion import create_model
-    from diffprune.diffusion.trainer import _with_side_interpolater
+    from diffprune.diffusion.build import with_side_interpolater
 
     torch.manual_seed(0)
     plain = create_model("dit-tiny", num_class_embeds=4)
-    masked = _with_side_interpolater(plain, 2)
+    masked = with_side_interpolater(plain, 2)
     theirs, ours = plain.state_dict(), masked.state_dict()
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)  # every pre-trained weight carried over
     assert {k for k in ours if k not in theirs} and all("side" in k or "mask" in k for k in ours if k not in theirs)

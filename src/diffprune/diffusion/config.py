@@ -21,6 +21,10 @@ _RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorbo
                    "log_with", "sample_every", *PUSH_FIELDS}
 
 
+class TrainError(ValueError):
+    """Training cannot start (bad data/config combination, incompatible checkpoint); the message says why."""
+
+
 class TrainConfig(StrictModel):
     """Training options. Fields left at None take the preset's recipe (``PRESETS[preset].recipe``)."""
 

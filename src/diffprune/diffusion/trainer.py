@@ -44,7 +44,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler
 from diffusers.optimization import get_constant_schedule_with_warmup
 from safetensors.torch import load_file, save_file
 
@@ -59,16 +59,13 @@ from diffprune.diffusion.batches import (
     stream_seed,
     to_model_input,
 )
-from diffprune.diffusion.config import _RESUME_MUTABLE, TrainConfig
+from diffprune.diffusion.build import build_training_model
+from diffprune.diffusion.config import _RESUME_MUTABLE, TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
-from diffprune.diffusion.loading import load_model, save_model
+from diffprune.diffusion.loading import save_model
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
-from diffprune.diffusion.models import (
-    SD_PRESET,
-    count_parameters,
-    create_model,
-    create_scheduler,
-)
+from diffprune.diffusion.tracking import sample_grid, scalar_config, trackers_of
+from diffprune.diffusion.models import count_parameters
 from diffprune.diffusion.objective import diffusion_loss
 from diffprune.io import DiskSpaceError, atomic_write_json, config_hash
 from diffprune.runtime import Interrupted, StopOnSignal, process_state, progress_bar
@@ -99,10 +96,6 @@ class StepHook(Protocol):
     def identity(self) -> Mapping[str, Any]: ...
     def save(self, folder: Path) -> None: ...
     def load(self, folder: Path) -> None: ...
-
-
-class TrainError(ValueError):
-    """Training cannot start (bad data/config combination, incompatible checkpoint); the message says why."""
 
 
 class TrainingInterrupted(Interrupted):
@@ -170,7 +163,7 @@ def train(
         )
 
     _allow_precision_change(cfg.mixed_precision)
-    trackers = _trackers(cfg)
+    trackers = trackers_of(cfg)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,  # None: accelerate's launch flag / config / environment decides
         gradient_accumulation_steps=cfg.grad_accum,
@@ -221,7 +214,7 @@ def train(
     if cfg.mask_ratio > 0:
         overrides["side_interpolater_depth"] = 2  # MDT's side-interpolater (model_overrides may change it)
     overrides.update(cfg.model_overrides)
-    model, scheduler = _build_model(cfg, dataset, overrides, device)
+    model, scheduler = build_training_model(cfg, dataset, overrides, device)
     if model.config.sample_size != dataset.resolution or model.config.in_channels != dataset.channels:
         raise TrainError(
             f"model expects {model.config.in_channels} x {model.config.sample_size} px images but the dataset has "
@@ -269,7 +262,7 @@ def train(
     shape = dataset.images.shape[1:]
 
     if trackers:
-        accelerator.init_trackers("diffprune", config=_scalar_config(cfg))  # TensorBoard: logs/diffprune/
+        accelerator.init_trackers("diffprune", config=scalar_config(cfg))  # TensorBoard: logs/diffprune/
     stop = StopOnSignal()
     run_loss = torch.zeros((), device=device)
     last_loss = float("nan")
@@ -355,7 +348,7 @@ def train(
                     t_log, step_log = now, step
                     bar.update(task, loss=last_loss, ips=ips)
                 if cfg.sample_every and step % cfg.sample_every == 0:
-                    _sample_grid(accelerator, ema.module, scheduler, cfg, out_dir, step, trackers)
+                    sample_grid(accelerator, ema.module, scheduler, cfg, out_dir, step, trackers)
                 bar.update(task, completed=step)
                 interrupted = stop.requested_by_any(accelerator, sync=step % cfg.log_every == 0)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
@@ -508,39 +501,6 @@ def _trajectory_hash(cfg: TrainConfig, dataset: ImageDataset, class_weights: Map
     return config_hash({"config": fixed, "data": dataset.fingerprint, "class_weights": weights})
 
 
-def _build_model(cfg: TrainConfig, dataset: ImageDataset, overrides: dict[str, Any],
-                 device: torch.device) -> tuple[Any, DDPMScheduler]:
-    """The model to train and its noise schedule: a fresh preset, ``init_from`` weights, or (preset "sd") the
-    Stable Diffusion UNet of ``init_from`` conditioned on one prompt per class."""
-    if cfg.preset == SD_PRESET:
-        from diffprune.diffusion.sd import build_class_prompt_unet, load_sd_scheduler
-
-        # sample_size follows the data (SD 1.5's config says 64 = 512 px; the UNet itself is size-agnostic)
-        names = [cfg.prompt_names.get(name, name) for name in dataset.class_names]
-        model = build_class_prompt_unet(cfg.init_from, names, template=cfg.prompt_template,
-                                        device=device, sample_size=dataset.resolution)
-        return model, load_sd_scheduler(cfg.init_from)
-    if cfg.init_from:
-        model, _ = load_model(cfg.init_from)
-        _check_init_model(model, overrides)
-        if cfg.mask_ratio > 0 and getattr(model.config, "side_interpolater_depth", None) == 0:
-            model = _with_side_interpolater(model, overrides["side_interpolater_depth"])
-    else:
-        model = create_model(cfg.preset, **overrides)
-    return model, create_scheduler(cfg.preset)
-
-
-def _with_side_interpolater(model: Any, depth: int) -> Any:
-    """A pre-trained plain DiT with MDT's side-interpolater added (fresh), for masked fine-tuning."""
-    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
-    masked = type(model)(**{**config, "side_interpolater_depth": depth})
-    missing, unexpected = masked.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any("side" not in k and "mask" not in k and "decoder_pos" not in k for k in missing):
-        raise TrainError(f"cannot add a side-interpolater to {type(model).__name__}: unmatched weights "
-                         f"{sorted(unexpected)[:3]} {sorted(missing)[:3]}")
-    return masked
-
-
 def _mask_generator(cfg: TrainConfig, step: int, micro: int, rank: int,
                     device: torch.device) -> torch.Generator | None:
     """The generator of MDT token masks for one micro-batch of one process (None when masking is off).
@@ -549,58 +509,3 @@ def _mask_generator(cfg: TrainConfig, step: int, micro: int, rank: int,
         return None
     index = (step * 4096 + micro) * 4096 + rank
     return torch.Generator(device=device).manual_seed(stream_seed(cfg.seed, _STREAM_MASK, index))
-
-
-def _check_init_model(model: UNet2DModel, overrides: Mapping[str, Any]) -> None:
-    for key in ("sample_size", "in_channels", "num_class_embeds"):
-        if key in overrides and getattr(model.config, key) != overrides[key]:
-            raise TrainError(
-                f"init_from model has {key}={getattr(model.config, key)} but training needs {overrides[key]}; "
-                f"initialise from a compatible model"
-            )
-
-
-# ---- trackers and sample grids ----------------------------------------------------------------------------
-
-
-def _trackers(cfg: TrainConfig) -> list[str]:
-    """accelerate trackers to log to (``log_with`` plus ``tensorboard: true``), each checked to be installed."""
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-    names = list(dict.fromkeys([*cfg.log_with, *(["tensorboard"] if cfg.tensorboard else [])]))
-    checks = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
-    for name in names:
-        if name in checks and not checks[name]():
-            raise TrainError(f"log_with {name} needs the {name} package: pip install {name} "
-                             f"(or pip install diffprune[{name}])")
-    return names
-
-
-def _scalar_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The config's scalar fields (what every tracker's hyper-parameter table accepts)."""
-    return {k: v for k, v in cfg.model_dump(mode="json").items() if isinstance(v, (int, float, str, bool))}
-
-
-def _sample_grid(accelerator: Accelerator, model: Any, scheduler: DDPMScheduler, cfg: TrainConfig, out_dir: Path,
-                 step: int, trackers: list[str]) -> None:
-    """``samples/step-<step>.png``: 16 DDIM-50 samples of the EMA model (fixed seed, so grids compare across
-    steps), sharded over every process; logged to image-capable trackers as well."""
-    from PIL import Image
-
-    from diffprune.diffusion.config import SampleConfig
-    from diffprune.diffusion.sampling import sample_images, save_grid
-
-    images = sample_images(model, scheduler, SampleConfig(num_samples=16, sampler="ddim", steps=50, seed=cfg.seed),
-                           progress=False, device=accelerator.device)
-    if not accelerator.is_main_process:
-        return
-    (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    grid = np.asarray(Image.open(save_grid(out_dir / "samples" / f"step-{step}.png", images)))
-    for name in trackers:
-        tracker = accelerator.get_tracker(name, unwrap=True)
-        if name == "tensorboard":
-            tracker.add_image("samples", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
-        elif name == "wandb":
-            import wandb
-
-            tracker.log({"samples": wandb.Image(grid)}, step=step)

@@ -46,14 +46,14 @@ def check_run(cfg: "RunConfig", arms: Iterable["ArmConfig"], resolution: int) ->
 
     Raises ``ConfigError`` (one line naming the field and the fix) or the trainer's ``TrainError`` (a tracker
     package that is not installed)."""
-    from diffprune.diffusion.trainer import _trackers
+    from diffprune.diffusion.tracking import trackers_of
 
     arms = list(arms)
     for field, value in (("embed.device", cfg.embed.device), ("select.device", cfg.select.device),
                          ("reweight.device", cfg.reweight.device), ("evaluate.device", cfg.evaluate.device),
                          *((("latent.device", cfg.latent.device),) if cfg.latent is not None else ())):
         check_device(field, value)
-    _trackers(cfg.train)  # log_with / tensorboard: the package must be installed
+    trackers_of(cfg.train)  # log_with / tensorboard: the package must be installed
     if cfg.latent is not None:
         return  # the latent side follows the VAE: the trainer checks it against the model
     tc = cfg.train

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from diffprune.evaluation import DEFAULT_TOLERANCES, fid_curve
+from diffprune.evaluation import DEFAULT_TOLERANCES
 from diffprune.io import atomic_write_text
 from diffprune.report.collect import FULL, ArmResult, RunSummary, collect_run
 from diffprune.report.document import (
