@@ -117,7 +117,7 @@ def test_clear_errors_and_skip_bad(tmp_path):
     _write_shards([{"__key__": "a", "txt": b"caption"}], str(tmp_path / "text%d.tar"), per_shard=1)
     with pytest.raises(DatasetError, match=r"shard '.*text0.tar' holds no 'png' members"):
         load_dataset(f"webdataset:{tmp_path}/{{ok0,text0}}.tar")
-    # one sample missing its image, one with broken bytes: refused, or skipped and listed with --skip-bad
+    # one sample missing its image, one with broken bytes: refused, or skipped and listed with data.skip_bad
     samples[1] = {"__key__": "noimg", "cls": b"ant"}
     samples[2] = {"__key__": "broken", "png": b"not a png", "cls": b"ant"}
     _write_shards(samples, str(tmp_path / "bad%d.tar"), per_shard=6)

@@ -133,7 +133,7 @@ def read_shards(pattern: str, image_key: str | None, label_key: str | None, skip
                 if not skip_bad:
                     raise _error(f"sample '{sid}' has no '{image_key}' member (members: "
                                  f"{', '.join(k for k in sample if not k.startswith('__'))}); set "
-                                 "data.image_column, or skip such samples with --skip-bad")
+                                 "data.image_column, or skip such samples with --set data.skip_bad=true")
                 raw.skipped.append(f"{sid} (no {image_key})")
                 continue
             if labelled:
@@ -194,13 +194,14 @@ def load_shards(spec: str, pattern: str, dec: _Decode, image_key: str | None, la
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             if not skip_bad:
                 raise _error(f"cannot read the image of sample '{raw.ids[i]}': {e}; fix the shard, or skip "
-                             "unreadable images with --skip-bad") from None
+                             "unreadable images with --set data.skip_bad=true") from None
             skipped.append(f"{raw.ids[i]} ({e})")
     if not arrays:
         raise _error(f"none of the {len(raw.blobs)} images of '{pattern}' could be read")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise _error(f"images of '{pattern}' differ in size {sorted(shapes)[:3]}...; pass resolution=")
+        raise _error(f"images of '{pattern}' differ in size {sorted(shapes)[:3]}...; "
+                     "set data.resolution to bring them to one size")
     labels, names = None, []
     if raw.labels is not None:
         labels, names = _classes(spec, [raw.labels[i] for i in keep])

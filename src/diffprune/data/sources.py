@@ -273,7 +273,8 @@ def _image_files(
         raise DatasetError(f"{name}: none of the {len(files)} images could be read")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise DatasetError(f"imagefolder: images under '{root}' differ in size {sorted(shapes)[:3]}...; pass resolution=")
+        raise DatasetError(f"imagefolder: images under '{root}' differ in size {sorted(shapes)[:3]}...; "
+                           "set data.resolution to bring them to one size")
     lab = np.asarray(labels, dtype=np.int64) if class_names else None
     return ImageDataset(np.stack(arrays), lab, class_names, name=name, skipped=skipped,
                         source_ids=_relative(root, files, skipped_index))
@@ -403,12 +404,14 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
             keep.append(i)
         except (OSError, ValueError, AttributeError) as e:  # AttributeError: a row without an image
             if not skip_bad:
-                raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; skip unreadable rows with --set data.skip_bad=true") from None
+                raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; skip unreadable rows with "
+                                   "--set data.skip_bad=true") from None
     if not arrays:
         raise DatasetError(f"{spec}: none of the {len(ds)} images could be read")
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise DatasetError(f"{spec}: images differ in size {sorted(shapes)[:3]}...; pass resolution=")
+        raise DatasetError(f"{spec}: images differ in size {sorted(shapes)[:3]}...; "
+                           "set data.resolution to bring them to one size")
     labels, names = None, []
     if label_column is not None:
         labels = np.asarray(ds[label_column], dtype=np.int64)[keep]
