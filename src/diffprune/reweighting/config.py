@@ -41,7 +41,7 @@ class ReweightConfig(StrictModel):
     alone moves the weights from uniform (the null band of the report).
     """
 
-    # run_dro continues a checkpoint when only these differ (reweighting.runner._RESUMABLE_FIELDS)
+    # changing only these extends a finished DRO stage from its checkpoint (run_dro adds rounds, rounds_tol)
     RESUME_MUTABLE: ClassVar[frozenset[str]] = frozenset({"steps", "checkpoint_every", "device"})
 
     proxy_preset: str = "ddpm-tiny"  # the proxy's architecture (sized to the data's resolution and channels)

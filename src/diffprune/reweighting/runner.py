@@ -32,8 +32,10 @@ from diffprune.reweighting.sampling import ClassBalancedBatches
 
 logger = logging.getLogger("diffprune.reweighting")
 
-# Fields that do not change what a proxy run computes: a checkpoint stays valid when only these differ.
-_RESUMABLE_FIELDS = ("steps", "checkpoint_every", "device", "rounds", "rounds_tol")
+# Fields that do not change what one proxy run computes: its checkpoint stays valid when only these differ. The
+# pipeline extends a finished stage for RESUME_MUTABLE only; a change of rounds reruns the stage, whose rounds
+# then resume from their own checkpoints.
+_RESUMABLE_FIELDS = ReweightConfig.RESUME_MUTABLE | {"rounds", "rounds_tol"}
 PROXY_DIR = "proxy"  # the trainer's folder of the proxy run (state/ is its checkpoint) inside the stage folder
 _NUMBERS = ("entropy", "normalized_entropy", "max_weight", "min_weight", "collapsed", "last_weights_collapsed",
             "steps", "updates", "seconds", "final_loss")
