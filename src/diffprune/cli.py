@@ -339,12 +339,11 @@ def push(run_dir: RunDirArg = None, config: ConfigOpt = None, set_: SetOpt = Non
          public: Annotated[bool, typer.Option("--public", help="Create the repository public (default private).")] = False,
          no_progress: QuietOpt = False) -> None:
     """Upload an arm's diffusers pipeline folder to the Hugging Face hub (needs HF_TOKEN or a login)."""
-    from diffprune.export.pipeline import hub_token, push as push_folder
+    from diffprune.export.pipeline import check_push, push as push_folder
 
     if not arm or not repo_id:
         raise typer.BadParameter("push needs --arm ARM and --repo-id USER/NAME")
-    if not hub_token():  # refuse before loading anything
-        raise typer.BadParameter("pushing needs a Hugging Face token: set HF_TOKEN or run `huggingface-cli login`")
+    check_push()  # no token, or offline: refuse before loading anything
     pipe = _run_pipeline(run_dir, config, set_, name, no_progress)
     folder = pipe.export(pipe.arm(arm)) / "pipeline"
     console.print(f"pushed {folder} to {push_folder(folder, repo_id, private=not public)}")
