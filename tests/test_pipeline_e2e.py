@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from diffprune.cli import app
@@ -135,6 +136,8 @@ def test_null_control_from_the_cli_writes_null_weights_and_the_report_shows_the_
     real = load_class_weights(out / "class_weights.json")  # the plain {class: weight} contract is unchanged
     null = load_class_weights(out / "null_weights.json", list(real))
     band = json.loads((out / "null_control.json").read_text())
+    # the recorded null seed is the one the null reference was trained with
+    assert band["null_seed"] == yaml.safe_load((demo_run / "reference-null/config.yaml").read_text())["seed"]
     assert json.loads((demo_run / "reference-null/manifest.json").read_text())["stage"] == "reference"
     # the band recomputed from the two weight files (the oracle)
     a, a0 = np.array(list(real.values())), np.array(list(null.values()))

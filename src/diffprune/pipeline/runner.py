@@ -465,8 +465,8 @@ class Pipeline:
 
     def reweight(self, arm: ArmConfig) -> tuple[dict[str, float] | None, str | None]:
         """The arm's DRO class weights and their fingerprint; ``(None, None)`` for an arm without DRO."""
-        from diffprune.reweighting import ReweightError, load_class_weights, run_dro
         from diffprune.diffusion.trainer import checkpoint_step
+        from diffprune.reweighting import ReweightError, load_class_weights, run_dro
         from diffprune.reweighting.runner import PROXY_DIR
 
         if not arm.reweight:
@@ -485,6 +485,8 @@ class Pipeline:
         null_ref = None
         if rc.null_control:
             null_ref, inputs["null_reference"] = self.reference(arm, null=True)
+            if not rc.null_reference:  # the run's one null reference, whose seed is the run's, not the arm's
+                rc = rc.model_copy(update={"null_seed": self.cfg.reweight.null_reference_seed})
         # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
         step = checkpoint_step(out / PROXY_DIR)  # the proxy trains in the trainer's folder layout
         stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs,
