@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from diffprune.data.dataset import ImageDataset
-from diffprune.data.sources import DatasetError, _Decode, _pil_array, _shape
+from diffprune.data.sources import DatasetError, _Decode, _pil_array, _shape, stack_decoded
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif")  # tried in this order
 LABEL_KEYS = ("cls", "cls.txt", "class", "label")  # text members holding a class id or name
@@ -196,15 +196,10 @@ def load_shards(spec: str, pattern: str, dec: _Decode, image_key: str | None, la
                 raise _error(f"cannot read the image of sample '{raw.ids[i]}': {e}; fix the shard, or skip "
                              "unreadable images with --set data.skip_bad=true") from None
             skipped.append(f"{raw.ids[i]} ({e})")
-    if not arrays:
-        raise _error(f"none of the {len(raw.blobs)} images of '{pattern}' could be read")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise _error(f"images of '{pattern}' differ in size {sorted(shapes)[:3]}...; "
-                     "set data.resolution to bring them to one size")
+    images = stack_decoded(arrays, len(raw.blobs), f"webdataset: '{pattern}'")
     labels, names = None, []
     if raw.labels is not None:
         labels, names = _classes(spec, [raw.labels[i] for i in keep])
     raw.blobs.clear()  # the encoded bytes are no longer needed
-    return ImageDataset(np.stack(arrays), labels, names, name=spec, skipped=skipped,
+    return ImageDataset(images, labels, names, name=spec, skipped=skipped,
                         source_ids=[raw.ids[i] for i in keep])

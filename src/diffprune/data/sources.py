@@ -149,6 +149,18 @@ def _shape(a: np.ndarray, dec: _Decode) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def stack_decoded(arrays: list[np.ndarray], total: int, what: str) -> np.ndarray:
+    """uint8 N x C x H x W of the decoded images of ``what`` (a spec or folder, for the messages), refusing none
+    readable out of ``total`` and images that differ in size."""
+    if not arrays:
+        raise DatasetError(f"{what}: none of the {total} images could be read")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DatasetError(f"{what}: images differ in size {sorted(shapes)[:3]}...; "
+                           "set data.resolution to bring them to one size")
+    return np.stack(arrays)
+
+
 def _decode_stream(
     files: list[tuple[Path, int]], dec: _Decode, skip_bad: bool, start: int = 0
 ) -> Iterator[tuple[int, np.ndarray | None]]:
@@ -269,14 +281,9 @@ def _image_files(
             continue
         arrays.append(a)
         labels.append(files[i][1])
-    if not arrays:
-        raise DatasetError(f"{name}: none of the {len(files)} images could be read")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise DatasetError(f"imagefolder: images under '{root}' differ in size {sorted(shapes)[:3]}...; "
-                           "set data.resolution to bring them to one size")
+    images = stack_decoded(arrays, len(files), name)
     lab = np.asarray(labels, dtype=np.int64) if class_names else None
-    return ImageDataset(np.stack(arrays), lab, class_names, name=name, skipped=skipped,
+    return ImageDataset(images, lab, class_names, name=name, skipped=skipped,
                         source_ids=_relative(root, files, skipped_index))
 
 
@@ -406,12 +413,7 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
             if not skip_bad:
                 raise DatasetError(f"{spec}: cannot read the image of row {i}: {e}; skip unreadable rows with "
                                    "--set data.skip_bad=true") from None
-    if not arrays:
-        raise DatasetError(f"{spec}: none of the {len(ds)} images could be read")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise DatasetError(f"{spec}: images differ in size {sorted(shapes)[:3]}...; "
-                           "set data.resolution to bring them to one size")
+    images = stack_decoded(arrays, len(ds), spec)
     labels, names = None, []
     if label_column is not None:
         labels = np.asarray(ds[label_column], dtype=np.int64)[keep]
@@ -419,7 +421,7 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
         names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else [str(k) for k in range(int(labels.max()) + 1)]
     ids = [str(v) for v in (ds[id_column] if id_column else range(len(ds)))]
     ids = [ids[i] for i in keep]
-    return ImageDataset(np.stack(arrays), labels, names, name=spec, source_ids=ids,
+    return ImageDataset(images, labels, names, name=spec, source_ids=ids,
                         skipped=[f"row {i}" for i in sorted(set(range(len(ds))) - set(keep))])
 
 
