@@ -45,6 +45,16 @@ def _distributed() -> tuple[int, bool]:
     return world, rank == 0
 
 
+def _continuable(checkpoint: int | Path | None, budget: int) -> bool:
+    """Whether a trainer checkpoint (its step, or the run folder whose ``state/`` holds it; None: no checkpoint)
+    can be continued to ``budget`` steps: a checkpoint cannot be rewound, so one past a lowered budget means
+    retraining from step 0."""
+    from diffprune.diffusion.trainer import checkpoint_step
+
+    step = checkpoint_step(checkpoint) if isinstance(checkpoint, Path) else checkpoint
+    return step is None or step <= budget
+
+
 def model_fingerprint(path: str | Path) -> str:
     """Hash of a diffusers model folder's weights, or of the hub id when it is not a local folder."""
     weights = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
@@ -433,7 +443,6 @@ class Pipeline:
         and its fingerprint; ``null``: the null control's second reference (``reference-null/``: the same
         recipe with ``reweight.null_seed``, or ``reweight.null_reference``)."""
         from diffprune.diffusion import TrainConfig
-        from diffprune.diffusion.trainer import checkpoint_step
         from diffprune.reweighting import prepare_reference
 
         rc = self.cfg.reweight
@@ -446,10 +455,9 @@ class Pipeline:
             out = self.root / folder
         given = rc.null_reference if null else rc.reference
         ref_config = self.reference_config(data, null=null)
-        step = checkpoint_step(out)
         stage = StageDir(out, "reference", ref_config, {"data": data_fp},
                          mutable=frozenset() if given else TrainConfig.RESUME_MUTABLE,
-                         resumable=step is None or step <= int(ref_config.get("steps") or 0))
+                         resumable=_continuable(out, int(ref_config.get("steps") or 0)))
 
         def compute(resume: bool):
             if not resume:  # the trainer resumes any checkpoint it finds; a changed config starts afresh
@@ -490,7 +498,7 @@ class Pipeline:
         # the stated reference cost is bookkeeping for the report: changing it does not rerun DRO
         step = checkpoint_step(out / PROXY_DIR)  # the proxy trains in the trainer's folder layout
         stage = StageDir(out, "reweight", rc.model_dump(mode="json", exclude={"reference_cost"}), inputs,
-                         mutable=type(rc).RESUME_MUTABLE, resumable=step is None or step <= rc.steps)
+                         mutable=type(rc).RESUME_MUTABLE, resumable=_continuable(step, rc.steps))
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import dro_flops
@@ -514,10 +522,9 @@ class Pipeline:
         """The arm's trained model folder (``train/<arm>/model``) and its fingerprint."""
         from diffprune.diffusion import train, total_steps
         from diffprune.diffusion.config import PUSH_FIELDS
-        from diffprune.diffusion.trainer import checkpoint_step
         from diffprune.export.pipeline import check_push, hub_repo_id, pipeline_kind, push_trained, write_pipeline
 
-        tc = self.cfg.arm_train_config(arm)
+        tc = self.train_config(arm)
         if tc.push_to_hub:
             check_push()  # no token: stop before selecting and training, not after
         data, data_fp = self.training_set(arm)
@@ -526,11 +533,9 @@ class Pipeline:
         inputs = {"data": data_fp}
         if weights is not None:
             inputs["class_weights"] = weights_fp
-        tc = self.train_config(arm)
-        step = checkpoint_step(out)  # a checkpoint cannot be rewound: a shorter budget retrains from step 0
         # where the weights are pushed is not part of the result: changing it neither retrains nor extends
         stage = StageDir(out, "train", tc.model_dump(mode="json", exclude=set(PUSH_FIELDS)), inputs,
-                         mutable=type(tc).RESUME_MUTABLE, resumable=step is None or step <= total_steps(tc, len(data)))
+                         mutable=type(tc).RESUME_MUTABLE, resumable=_continuable(out, total_steps(tc, len(data))))
 
         def compute(resume: bool):
             from diffprune.pipeline.flops import training_flops
