@@ -64,9 +64,9 @@ from diffprune.diffusion.config import _RESUME_MUTABLE, TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.loading import save_model
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
-from diffprune.diffusion.tracking import sample_grid, scalar_config, trackers_of
 from diffprune.diffusion.models import count_parameters
 from diffprune.diffusion.objective import diffusion_loss
+from diffprune.diffusion.tracking import sample_grid, scalar_config, trackers_of
 from diffprune.io import DiskSpaceError, atomic_write_json, config_hash
 from diffprune.runtime import Interrupted, StopOnSignal, process_state, progress_bar
 

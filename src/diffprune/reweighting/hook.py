@@ -66,6 +66,18 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def accumulate_and_update(acc: ExcessAccumulator, dro: ClassDRO, log: RunLog, step: int, sums: torch.Tensor,
+                          counts: torch.Tensor, update_every: int) -> None:
+    """Add one step's per-class excess ``sums`` / ``counts`` (float K each); every ``update_every`` steps move
+    the DRO weights with their mean and record the update in ``log`` (the real DRO and the null control alike)."""
+    acc.add(sums, counts)
+    if acc.steps == update_every:
+        excess, present = acc.pop()
+        dro.update(excess, present)
+        log.update_steps.append(step)
+        log.present.append(present)
+
+
 class DROHook:
     """The DRO state of one proxy run and its per-step hook.
 
@@ -116,12 +128,7 @@ class DROHook:
         per_example = loss.detach().double().reshape(len(labels), -1).mean(dim=1)
         loss_sums = torch.zeros(k, dtype=torch.float64, device=device).index_add_(0, labels, per_example)
         stats = reduce_sum(torch.cat([sums, counts, loss_sums])).cpu()
-        self.acc.add(stats[:k], stats[k:2 * k])
-        if self.acc.steps == self.config.update_every:
-            excess, present = self.acc.pop()
-            self.dro.update(excess, present)
-            self.log.update_steps.append(step)
-            self.log.present.append(present)
+        accumulate_and_update(self.acc, self.dro, self.log, step, stats[:k], stats[k:2 * k], self.config.update_every)
 
         n = np.bincount(self.labels[self._global_batch(step)], minlength=k).astype(np.float64)
         a = self.dro.weights

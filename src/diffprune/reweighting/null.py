@@ -29,7 +29,7 @@ from diffprune.reweighting.checkpoint import RunLog
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.dro import ClassDRO
 from diffprune.reweighting.excess import ExcessAccumulator, TimestepNormaliser, per_class_excess_sums
-from diffprune.reweighting.hook import class_labels_for
+from diffprune.reweighting.hook import accumulate_and_update, class_labels_for
 from diffprune.reweighting.runner import PairedBatches, ReweightError, check_reference
 from diffprune.reweighting.weights import save_class_weights, weights_to_dict
 from diffprune.runtime import progress_bar
@@ -88,13 +88,9 @@ def run_null_dro(
             x0, y, t, noise = batches(step)
             ref_loss = diffusion_loss(reference, scheduler, x0, t, noise, class_labels_for(reference, y, k))
             null_loss = diffusion_loss(other, scheduler, x0, t, noise, class_labels_for(other, y, k))
-            acc.add(*per_class_excess_sums(null_loss, ref_loss, y, k, mode=config.estimator, timesteps=t,
-                                           num_timesteps=t_max, normaliser=normaliser))
-            if acc.steps == config.update_every:
-                excess, present = acc.pop()
-                dro.update(excess, present)
-                log.update_steps.append(step)
-                log.present.append(present)
+            sums, counts = per_class_excess_sums(null_loss, ref_loss, y, k, mode=config.estimator, timesteps=t,
+                                                 num_timesteps=t_max, normaliser=normaliser)
+            accumulate_and_update(acc, dro, log, step, sums, counts, config.update_every)
             bar.update(task, advance=1)
     if not log.update_steps:
         raise ReweightError(f"no null DRO update happened: steps ({config.steps}) < update_every "
