@@ -115,15 +115,15 @@ def test_report_contains_the_numbers_and_the_accounted_speedups(tmp_path):
     # 75 s / 7,500) crosses it at 9/11 of that interval: 70.45 s, 7,045.45 images. Its overheads without the
     # reference's training: embed 20 + select 2 + DRO 8 = 30 s, 4,000 + 0 + 2,000 images; with it: +30 s, +8,000.
     ttt = md.split("### Time to target FID")[1].split("###")[0]
-    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro | 5% |"))
+    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro | full | 5% |"))
     t_hit, i_hit = 50 + 25 * 9 / 11, 5000 + 2500 * 9 / 11
     for speedup in (390 / (t_hit + 30), 39000 / (i_hit + 6000), 390 / (t_hit + 60), 39000 / (i_hit + 14000)):
         assert f"| {speedup:.2f}x" in row, (speedup, row)
     assert "| 21.000 | yes | 2.8 | 70.5 | 7,045 |" in row
     # random's curve 54, 34, 27.3, 24 (FID 14 + 40/step) never gets to 21 or 23: said so, with its best point
-    rnd = [line for line in ttt.splitlines() if line.startswith("| random |")]
+    rnd = [line for line in ttt.splitlines() if line.startswith("| random | full |")]
     assert len(rnd) == 2 and all("no (best FID 24.000 at step 4, 100.0 s)" in line for line in rnd)
-    assert "| full | 15% | 23.000 | yes |" in ttt and "| 1.00x |" in ttt
+    assert "| full | full | 15% | 23.000 | yes |" in ttt and "| 1.00x |" in ttt
     for png in ("fid_vs_compute.png", "fid_vs_training_compute.png", "class_weights.png", "grid-gaussian_dro.png"):
         assert (run / "report" / png).is_file()
         assert f"({png})" in md or png in md
@@ -187,6 +187,35 @@ def test_run_without_a_full_data_arm_still_reports_costs(tmp_path):
     assert (run / "report" / "fid_vs_compute.png").is_file()
 
 
+def test_a_sweep_measures_each_seed_against_the_full_arm_of_that_seed(tmp_path):
+    import shutil
+
+    run = fabricate_run(tmp_path / "runs" / "sweep")
+    arms = json.loads((run / "arms.json").read_text())
+    for a in arms:
+        a["seed"] = 0
+    for name in ("full", "gaussian+dro"):  # seed 1 copies; its full arm trains twice as long (800 s, 80,000 images)
+        entry = {**next(a for a in arms if a["arm"] == name), "arm": f"{name}-s1", "seed": 1}
+        for key in ("train", "samples", "eval"):
+            entry[key] = f"{key}/{name}-s1"
+            shutil.copytree(run / f"{key}/{name}", run / entry[key])
+        arms.append(entry)
+    _write(run / "train/full-s1/manifest.json", _manifest("train", 800.0, 80_000))
+    log = [{"step": s, "fid": f, "seconds": 200.0 * s, "images_seen": 20_000 * s}
+           for s, f in zip((1, 2, 3, 4), (60.0, 40.0, 30.0, 16.0))]
+    (run / "train/full-s1/metrics.jsonl").write_text("\n".join(json.dumps(e) for e in log) + "\n")
+    _write(run / "arms.json", arms)
+    md = build_report(run).read_text()
+    table = md.split("## Results")[1].split("##")[0]
+    s0 = next(line for line in table.splitlines() if line.startswith("| gaussian+dro |"))
+    s1 = next(line for line in table.splitlines() if line.startswith("| gaussian+dro-s1 |"))
+    assert f"{400 / 160:.2f}x" in s0 and f"{800 / 160:.2f}x" in s1  # each against its own seed's full arm
+    ttt = md.split("### Time to target FID")[1].split("###")[0]
+    # seed 1's target at 5%: 16 x 1.05 = 16.8, which gaussian+dro (best 15 at step 4) reaches; seed 0's is 21
+    assert "| gaussian+dro-s1 | full-s1 | 5% | 16.800 | yes |" in ttt
+    assert "| gaussian+dro | full | 5% | 21.000 | yes |" in ttt
+
+
 def test_a_given_references_stated_cost_appears_in_the_reference_and_time_to_target_tables(tmp_path):
     run = fabricate_run(tmp_path / "runs" / "given")
     # a pre-trained reference: the reference stage only loaded it (1 s, 0 images); its training cost is stated
@@ -201,7 +230,7 @@ def test_a_given_references_stated_cost_appears_in_the_reference_and_time_to_tar
     assert "| given | 40,000 | n/a |" in row and "Ho et al. 2020" in row
     assert f"| {400 / 131:.2f}x | {40000 / 16000:.2f}x | n/a | {40000 / (16000 + 40_000):.2f}x |" in row
     ttt = md.split("### Time to target FID")[1].split("###")[0]
-    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro | 5% |"))
+    row = next(line for line in ttt.splitlines() if line.startswith("| gaussian+dro | full | 5% |"))
     i_hit = 5000 + 2500 * 9 / 11  # as in the first test: FID 21 crossed at 9/11 of the step-2..3 interval
     assert row.endswith(f"| n/a | {39000 / (i_hit + 6000 + 40_000):.2f}x |")
     rnd = next(line for line in table.splitlines() if line.startswith("| random |")) if "| random |" in table else ""

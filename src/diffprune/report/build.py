@@ -289,16 +289,17 @@ def _ttt_table(arms: list[ArmResult], multi: bool) -> Table:
                 reached = f"no (best FID {fmt(b['fid'])} at step {fmt(b['step'])}, {fmt(b['seconds'], 1)} s)"
                 at = ["n/a"] * 3
             rows.append(([a.run] if multi else []) + [
-                a.arm, f"{100 * entry['tolerance']:g}%", fmt(avail["target_fid"]), reached, *at,
+                a.arm, str(a.baseline), f"{100 * entry['tolerance']:g}%", fmt(avail["target_fid"]), reached, *at,
                 _x(avail["speedup"]["seconds"]), _x(avail["speedup"]["images"]),
                 _x(trained["speedup"]["seconds"]), _x(trained["speedup"]["images"])])
     header = (["run"] if multi else []) + [
-        "arm", "tolerance", "target FID", "reached", "at step", "at train s", "at train images",
+        "arm", "against", "tolerance", "target FID", "reached", "at step", "at train s", "at train images",
         "speed-up (time, reference available)", "speed-up (images, reference available)",
         "speed-up (time, reference trained)", "speed-up (images, reference trained)"]
     return Table(header, rows, caption="Train seconds exclude evaluation; images are training images. A "
-                 "speed-up is n/a where the full-data arm itself never reached the target or a cost is unknown.",
-                 align_right_from=2 if multi else 1)
+                 "speed-up is n/a where the full-data arm itself never reached the target or a cost is unknown. "
+                 "\"against\": the full-data arm of the same seed that sets the target.",
+                 align_right_from=3 if multi else 2)
 
 
 def _reference_table(arms: list[ArmResult], multi: bool) -> Table:
@@ -423,7 +424,8 @@ def _classwise_blocks(runs: list[RunSummary], out: Path, multi: bool) -> list:
             for before, after in pairs:
                 series = ([(f"{before.arm} (uniform)", _rows(before))] if before else []) + [
                     (f"{after.arm} (DRO)", _rows(after))]
-                full = next((a for a in run.arms if a.method == FULL), None)
+                full = next((a for a in run.arms if a.arm == after.baseline), None) or next(
+                    (a for a in run.arms if a.method == FULL), None)
                 if full is not None:
                     series.append((f"{full.arm} (all data)", _rows(full)))
                 series_sets.append((after, series))

@@ -34,6 +34,8 @@ class ArmResult:
     ratio: float | None
     reweighted: bool
     paths: dict[str, str | None]
+    seed: int | None = None  # the arm's training seed (a sweep pairs each arm with the full arm of its seed)
+    baseline: str | None = None  # the full-data arm its speed-ups and time to target are measured against
     selection: dict[str, Any] | None = None
     class_weights: dict[str, float] | None = None
     null_control: dict[str, Any] | None = None  # reweight/<sel>/null_control.json: the null band and flags
@@ -117,7 +119,7 @@ def _collect_arm(root: Path, entry: dict[str, Any], stages: dict[str, str], note
     name = str(entry.get("arm"))
     paths = {k: entry.get(k) for k in ("selection", "reweight", "train", "samples", "eval")}
     arm = ArmResult(run=root.name, arm=name, method=str(entry.get("method", "?")), ratio=entry.get("ratio"),
-                    reweighted=bool(entry.get("reweight")), paths=paths)
+                    reweighted=bool(entry.get("reweight")), paths=paths, seed=entry.get("seed"))
     if paths["selection"]:
         arm.selection = _read(root / paths["selection"] / "selection.json", notes, f"selection of {name}")
         arm.manifests["select"] = _manifest(root, paths["selection"], notes, "select")
@@ -221,17 +223,22 @@ def _account(arms: list[ArmResult], shared: dict[str, dict[str, Any]], notes: li
                 arm.cost = summarise_cost(cost)
             except EvaluationError as e:
                 notes.append(f"cost of {arm.arm}: {e}")
-    full = next((a for a in arms if a.method == FULL and "train" in a.manifests), None)
-    if full is None:
+    fulls = [a for a in arms if a.method == FULL and "train" in a.manifests]
+    if not fulls:
         notes.append("no full-data arm with a training manifest in this run: speed-ups are not computed")
         return
-    full_has_curve = bool(fid_curve(full.train_log))
-    if not full_has_curve:
-        notes.append(f"no time to target: the full-data arm {full.arm} logged no FID during training "
-                     "(train it with train.eval_every / --eval-every N)")
+    by_seed = {}
+    for a in fulls:
+        by_seed.setdefault(a.seed, a)
+        if not fid_curve(a.train_log):
+            notes.append(f"no time to target against {a.arm}: that full-data arm logged no FID during training "
+                         "(train it with train.eval_every / --eval-every N)")
     for arm in arms:
         if "train" not in arm.manifests:
             continue
+        full = by_seed.get(arm.seed, fulls[0])  # same seed: the seeds' spread is not counted as a speed-up
+        arm.baseline = full.arm
+        full_has_curve = bool(fid_curve(full.train_log))
         stages = arm_cost(arm, shared)
         try:
             arm.speedup = compute_speedup({"train": full.manifests["train"]}, stages)
