@@ -287,6 +287,16 @@ def test_evaluation_time_is_not_a_training_cost():
     assert s["seconds"] == pytest.approx(70.0)
 
 
+def test_flops_add_up_and_a_stage_without_network_work_counts_zero():
+    train = {"seconds": 10.0, "images_processed": 10, "flops": 3e9}
+    select = {"seconds": 1.0, "images_processed": 0}  # scores features: no image through a network
+    assert summarise_cost({"select": select, "train": train})["flops"] == 3e9
+    failed = {"seconds": 1.0, "images_processed": 0, "flops": None, "flops_error": "RuntimeError: x"}
+    assert summarise_cost({"select": failed, "train": train})["flops"] is None  # unmeasured is not zero
+    embed = {"seconds": 2.0, "images_processed": 5}  # images went through an encoder, FLOPs not recorded
+    assert summarise_cost({"embed": embed, "train": train})["flops"] is None
+
+
 def test_classifier_training_is_deterministic(digits):
     cfg = ClassifierConfig(epochs=1, width=8)
     a = train_classifier(digits, cfg, seed=3, progress=False)

@@ -64,8 +64,11 @@ def _summarise(stages: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         if images is None:
             missing.append(name)
         seconds = max(0.0, float(m["seconds"]) - float(m.get("eval_seconds") or 0.0))  # evaluation is not a cost
+        flops = m.get("flops")
+        if flops is None and images == 0 and "flops_error" not in m:
+            flops = 0.0  # no image went through a network (selection scores features): no network FLOPs
         per_stage[name] = {"seconds": seconds, "images_processed": images, "device": m.get("device"),
-                           "flops": m.get("flops"), "flops_kind": m.get("flops_kind")}
+                           "flops": flops, "flops_kind": m.get("flops_kind")}
     total_images = None if missing else int(sum(int(s["images_processed"]) for s in per_stage.values()))
     flops = [s["flops"] for s in per_stage.values()]
     return {
