@@ -140,9 +140,11 @@ def figure(arms: list[ArmResult], path: Path) -> None:
 
     groups = _groups(arms)
     ratios = sorted({r for (_, r) in groups if r != 1.0})
-    fig, axes = plt.subplots(1, len(ratios), figsize=(5.2 * len(ratios), 4.0), sharey=True, squeeze=False)
+    colors = {"full": "k", "random": "C1", "gaussian": "C2", "gaussian+dro": "C3", "moderate": "C4", "kcenter": "C5"}
+    fig, axes = plt.subplots(1, len(ratios), figsize=(5.2 * len(ratios), 4.0), sharex=True, sharey=True,
+                             squeeze=False)
     for ax, ratio in zip(axes[0], ratios):
-        for i, (method, r) in enumerate(k for k in groups if k[1] in (1.0, ratio)):
+        for method, r in (k for k in groups if k[1] in (1.0, ratio)):
             curves = []
             for m in groups[(method, r)]:
                 fpi = (m.manifests.get("train") or {}).get("flops_per_image")
@@ -154,13 +156,13 @@ def figure(arms: list[ArmResult], path: Path) -> None:
                 continue
             xs = [statistics.mean(c[j][0] for c in curves) for j in range(n)]
             ys = [statistics.mean(c[j][1] for c in curves) for j in range(n)]
-            ax.plot(xs, ys, "o-", color="k" if method == FULL else f"C{i}", label=method, markersize=4)
+            ax.plot(xs, ys, "o-", color=colors.get(method, "C9"), label=method, markersize=4)
         ax.set_xscale("log")
         ax.set_title(f"keep ratio {ratio:g} (full data in black)")
+        ax.legend(fontsize=8)
         ax.set_xlabel("training FLOPs + overheads (reference available)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("FID during training (EMA samples)")
-    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
