@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from diffprune.evaluation.speedup import fid_curve, summarise_cost
+from diffprune.evaluation.speedup import fid_curve, plateau_change, summarise_cost
 from diffprune.report.collect import FULL, ArmResult, collect_run
 
 
@@ -49,12 +49,8 @@ def curves_table(arms: list[ArmResult]) -> str:
         pts = fid_curve(a.train_log)
         if not pts:
             continue
-        change = "-"
-        if a.method == FULL and len(pts) >= 2:
-            last = pts[-1]["step"]
-            q = [p for p in pts if p["step"] <= 0.75 * last + 1e-9]
-            if q and abs(q[-1]["step"] - 0.75 * last) < 1e-9:
-                change = f"{100 * (pts[-1]['fid'] / q[-1]['fid'] - 1):+.1f}%"
+        plateau = plateau_change(pts) if a.method == FULL else None
+        change = "-" if plateau is None else f"{100 * plateau['change']:+.1f}%"
         lines.append(f"| {a.arm} | " + ", ".join(f"{p['step']}: {p['fid']:.1f}" for p in pts) + f" | {change} |")
     return "\n".join(lines)
 

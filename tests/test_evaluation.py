@@ -21,6 +21,7 @@ from diffprune.evaluation import (
     extract_features,
     fid_from_features,
     load_ref_stats,
+    plateau_change,
     read_metrics_jsonl,
     summarise_cost,
     time_to_target,
@@ -280,6 +281,19 @@ def test_time_to_target_never_reached_says_where_it_got(tmp_path):
         time_to_target([{"step": 1, "loss": 0.3}], pruned)
     with pytest.raises(EvaluationError, match="tolerance"):
         time_to_target(full, pruned, tolerance=-0.1)
+
+
+def test_plateau_change_interpolates_the_start_of_the_last_quarter():
+    curve = [{"step": 100, "fid": 80.0}, {"step": 200, "fid": 40.0}, {"step": 400, "fid": 28.0}]
+    # the last quarter starts at step 300, between 40 (200) and 28 (400): 34; 34 -> 28 is -6/34
+    p = plateau_change(curve)
+    assert p["from_step"] == 300.0 and p["fid_from"] == pytest.approx(34.0)
+    assert p["change"] == pytest.approx(-6.0 / 34.0)
+    assert plateau_change(curve, fraction=0.5)["change"] == pytest.approx((28.0 - 40.0) / 40.0)  # from step 200
+    assert plateau_change(curve, fraction=0.8) is None  # step 80 precedes the first evaluation
+    assert plateau_change(curve[:1]) is None
+    with pytest.raises(EvaluationError, match="fraction"):
+        plateau_change(curve, fraction=1.0)
 
 
 def test_evaluation_time_is_not_a_training_cost():

@@ -214,6 +214,8 @@ def test_a_sweep_measures_each_seed_against_the_full_arm_of_that_seed(tmp_path):
     # seed 1's target at 5%: 16 x 1.05 = 16.8, which gaussian+dro (best 15 at step 4) reaches; seed 0's is 21
     assert "| gaussian+dro-s1 | full-s1 | 5% | 16.800 | yes |" in ttt
     assert "| gaussian+dro | full | 5% | 21.000 | yes |" in ttt
+    # full-s1's last quarter starts at step 3 (0.75 x 4): FID 30 -> 16 is -46.7%, far from a plateau
+    assert "full-s1: FID 30.000 -> 16.000 over steps 3-4 (-46.7%)" in ttt
 
 
 def test_a_given_references_stated_cost_appears_in_the_reference_and_time_to_target_tables(tmp_path):

@@ -187,6 +187,38 @@ def cost_to_reach(points: Sequence[Mapping[str, Any]], target: float, unit: str)
     return None
 
 
+def plateau_change(points: Sequence[Mapping[str, Any]], fraction: float = 0.25) -> dict[str, float] | None:
+    """How much a FID curve still moved over its last ``fraction`` of training steps: is the run converged?
+
+    FID at step ``(1 - fraction) x last step`` is interpolated linearly between the evaluations around it;
+    ``change`` = (final FID - that FID) / that FID (-0.05: 5% better over the last quarter). None when the
+    curve has fewer than two evaluations or does not reach back that far.
+
+    Returns:
+        ``{"fraction", "from_step", "to_step", "fid_from", "fid_to", "change"}``.
+    """
+    if not 0 < fraction < 1:
+        raise EvaluationError(f"fraction must be in (0, 1) (0.25 = the last quarter), got {fraction}")
+    pts = [p for p in points if isinstance(p.get("step"), (int, float))]
+    if len(pts) < 2:
+        return None
+    last = pts[-1]
+    start = (1.0 - fraction) * float(last["step"])
+    if start < pts[0]["step"]:
+        return None
+    fid_from = None
+    for prev, cur in zip(pts, pts[1:]):
+        if prev["step"] <= start <= cur["step"]:
+            frac = (start - prev["step"]) / (cur["step"] - prev["step"])
+            fid_from = prev["fid"] + frac * (cur["fid"] - prev["fid"])
+            break
+    if fid_from is None:
+        return None
+    return {"fraction": float(fraction), "from_step": start, "to_step": float(last["step"]),
+            "fid_from": float(fid_from), "fid_to": float(last["fid"]),
+            "change": (float(last["fid"]) - fid_from) / fid_from}
+
+
 def time_to_target(
     full_log: Iterable[Mapping[str, Any]],
     pruned_log: Iterable[Mapping[str, Any]],

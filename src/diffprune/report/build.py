@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from diffprune.evaluation import DEFAULT_TOLERANCES
+from diffprune.evaluation import DEFAULT_TOLERANCES, fid_curve, plateau_change
 from diffprune.io import atomic_write_text
 from diffprune.report.collect import FULL, ArmResult, RunSummary, collect_run
 from diffprune.report.document import (
@@ -94,6 +94,9 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
             "the target / (the arm's cost to the target + its overheads). \"reference available\" leaves the "
             "reference model's training out (a given model's load time stays in); \"reference trained\" adds it "
             "(this run's reference stage, or the cost stated for a given model)."), _ttt_table(ttt, multi))
+        converged = _convergence_note(arms, multi)
+        if converged:
+            doc.add(converged)
         if fig:
             doc.add(Image(fig, "FID during training against training compute"))
     elif any(a.train_log for a in arms):
@@ -300,6 +303,27 @@ def _ttt_table(arms: list[ArmResult], multi: bool) -> Table:
                  "speed-up is n/a where the full-data arm itself never reached the target or a cost is unknown. "
                  "\"against\": the full-data arm of the same seed that sets the target.",
                  align_right_from=3 if multi else 2)
+
+
+def _convergence_note(arms: list[ArmResult], multi: bool) -> Paragraph | None:
+    """How far each full-data arm's FID still moved over its last quarter: the target is only as meaningful
+    as the baseline is converged."""
+    parts = []
+    for a in arms:
+        if a.method != FULL:
+            continue
+        p = plateau_change(fid_curve(a.train_log))
+        if p is None:
+            continue
+        name = f"{a.run}/{a.arm}" if multi else a.arm
+        parts.append(f"{name}: FID {fmt(p['fid_from'])} -> {fmt(p['fid_to'])} over steps {p['from_step']:.0f}-"
+                     f"{p['to_step']:.0f} ({100 * p['change']:+.1f}%)")
+    if not parts:
+        return None
+    return Paragraph("Is the baseline converged? Change of the full-data FID over its last quarter of training: "
+                     + "; ".join(parts) + ". A baseline that still improves by more than a few percent makes "
+                     "the target a point on a rising curve: the speed-up is then one at that budget, not at "
+                     "convergence.")
 
 
 def _reference_table(arms: list[ArmResult], multi: bool) -> Table:
