@@ -3,15 +3,12 @@
 Each case of issue 16 runs through the real entry point (``sys.argv`` + ``diffprune.cli.main``), in-process.
 """
 import errno
-import json
 import os
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from diffprune.cli import main

@@ -140,7 +140,7 @@ def test_null_control_from_the_cli_writes_null_weights_and_the_report_shows_the_
     assert band["null_seed"] == yaml.safe_load((demo_run / "reference-null/config.yaml").read_text())["seed"]
     assert json.loads((demo_run / "reference-null/manifest.json").read_text())["stage"] == "reference"
     # the band recomputed from the two weight files (the oracle)
-    a, a0 = np.array(list(real.values())), np.array(list(null.values()))
+    a0 = np.array(list(null.values()))
     d = np.abs(a0 - 0.1).max()
     assert band["band_halfwidth"] == pytest.approx(d, rel=1e-9)
     assert band["distinguishable"] == [n for n, w in real.items() if abs(w - 0.1) > d]

@@ -322,7 +322,7 @@ def _convergence_note(arms: list[ArmResult], multi: bool) -> Paragraph | None:
         return None
     return Paragraph("Is the baseline converged? Change of the full-data FID over its last quarter of training: "
                      + "; ".join(parts) + ". A baseline that still improves by more than a few percent makes "
-                     "the target a point on a rising curve: the speed-up is then one at that budget, not at "
+                     "the target a point on a still-falling curve: the speed-up is then one at that budget, not at "
                      "convergence.")
 
 
