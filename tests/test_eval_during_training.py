@@ -13,7 +13,7 @@ from diffprune.config import ConfigError, validate_config
 from diffprune.data import ImageDataset
 from diffprune.diffusion import TrainConfig, TrainError, create_model, create_scheduler, train
 from diffprune.diffusion.sampling import sample_images
-from diffprune.diffusion.trainer import _trajectory_hash
+from diffprune.diffusion.checkpoint import trajectory_hash as _trajectory_hash
 from diffprune.evaluation import EvalConfig, evaluate
 from diffprune.evaluation.config import TrainEvalConfig
 from diffprune.evaluation.during_training import TrainingEvaluator

@@ -123,7 +123,7 @@ def test_full_disk_during_a_checkpoint_names_the_folder_and_removes_the_partial_
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "t" / ".state.tmp" / "x"))
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    monkeypatch.setattr("diffprune.diffusion.trainer.save_file", full)
+    monkeypatch.setattr("diffprune.diffusion.checkpoint.save_file", full)
     ds = load_dataset("digits", "train", resolution=8, limit=16)
     with pytest.raises(DiskSpaceError) as e:
         train(TrainConfig(preset="ddpm-tiny", steps=2, batch_size=8), ds, tmp_path / "t", progress=False)

@@ -113,7 +113,7 @@ def test_push_fields_do_not_change_the_resume_hash():
     import numpy as np
 
     from diffprune.data import ImageDataset
-    from diffprune.diffusion.trainer import _trajectory_hash
+    from diffprune.diffusion.checkpoint import trajectory_hash as _trajectory_hash
 
     ds = ImageDataset(np.zeros((4, 1, 8, 8), np.uint8), None, [])
     plain = TrainConfig(**TRAIN)

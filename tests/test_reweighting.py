@@ -413,7 +413,7 @@ def test_iterated_doremi_rounds(digits, tmp_path) -> None:
         assert row["max_change"] == pytest.approx(np.abs(a - previous).max(), abs=1e-12)
         changes.append(row["max_change"])
         if r > 1:  # the round's reference was trained with the previous round's weights (its trajectory hash)
-            from diffprune.diffusion.trainer import _trajectory_hash
+            from diffprune.diffusion.checkpoint import trajectory_hash as _trajectory_hash
             from diffprune.reweighting.reference import reference_train_config
 
             meta = json.loads((tmp_path / "it" / f"round-{r}" / "reference" / "state" / "trainer_state.json")

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import diffprune.diffusion.trainer as train_mod
 from diffprune.config import ConfigError, validate_config
 from diffprune.data import ImageDataset
+from diffprune.diffusion.checkpoint import checkpoint_step
 from diffprune.diffusion import (
     TrainConfig,
     TrainError,
@@ -148,7 +149,7 @@ def test_sigterm_checkpoints_then_resume_equals_straight(dataset, straight_run, 
 
 def test_resume_refuses_a_checkpoint_past_the_budget(dataset, straight_run, tmp_path):
     cfg, straight, _ = straight_run
-    assert train_mod.checkpoint_step(straight) == 6 and train_mod.checkpoint_step(tmp_path) is None
+    assert checkpoint_step(straight) == 6 and checkpoint_step(tmp_path) is None
     import shutil
 
     shutil.copytree(straight, tmp_path / "run")

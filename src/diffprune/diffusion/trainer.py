@@ -28,16 +28,15 @@ Files in ``out_dir``:
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -46,7 +45,6 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_constant_schedule_with_warmup
-from safetensors.torch import load_file, save_file
 
 from diffprune.data import ImageDataset
 from diffprune.diffusion.batches import (
@@ -60,21 +58,19 @@ from diffprune.diffusion.batches import (
     to_model_input,
 )
 from diffprune.diffusion.build import build_training_model
-from diffprune.diffusion.config import _RESUME_MUTABLE, TrainConfig, TrainError
+from diffprune.diffusion.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, trajectory_hash
+from diffprune.diffusion.config import TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
-from diffprune.diffusion.loading import save_model
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
 from diffprune.diffusion.models import count_parameters
 from diffprune.diffusion.objective import diffusion_loss
 from diffprune.diffusion.tracking import sample_grid, scalar_config, trackers_of
-from diffprune.io import DiskSpaceError, atomic_write_json, config_hash
+from diffprune.io import config_hash
 from diffprune.runtime import Interrupted, StopOnSignal, process_state, progress_bar
 
 log = logging.getLogger("diffprune.train")
 
 _STREAM_MASK = 4  # the MDT masks' random stream (batches.py uses 1-3)
-STATE_FILE = "trainer_state.json"
-EMA_FILE = "ema.safetensors"
 # evaluator(EMA model, noise scheduler, step) -> values for the metrics line (fid, kid, ...); see
 # ``diffprune.evaluation.during_training.TrainingEvaluator``
 Evaluator = Callable[[Any, DDPMScheduler, int], Mapping[str, Any]]
@@ -100,14 +96,6 @@ class StepHook(Protocol):
 
 class TrainingInterrupted(Interrupted):
     """Raised after SIGINT/SIGTERM once the checkpoint is safely written; rerun with ``resume=True``."""
-
-
-def checkpoint_step(out_dir: str | os.PathLike) -> int | None:
-    """The step of the checkpoint in ``out_dir/state`` (None when there is none or it is unreadable)."""
-    try:
-        return int(json.loads((Path(out_dir) / "state" / STATE_FILE).read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def total_steps(config: TrainConfig, num_examples: int) -> int:
@@ -146,6 +134,124 @@ def train(
     """
     cfg = config.resolved()
     out_dir = Path(out_dir)
+    steps_total = _check_inputs(cfg, dataset, evaluator)
+    run = _set_up(cfg, dataset, out_dir, class_weights, step_hook)
+    accelerator = run.accelerator
+    trajectory = trajectory_hash(cfg, dataset, class_weights)
+    if step_hook is not None:
+        trajectory = config_hash({"train": trajectory, "hook": step_hook.identity()})
+    state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
+    saved = _resume(run, state_dir, trajectory, steps_total, step_hook) if resume else None
+    start_step = 0 if saved is None else int(saved["step"])
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(metrics_path, keep_through_step=start_step)
+    accelerator.wait_for_everyone()
+    if run.trackers:
+        accelerator.init_trackers("diffprune", config=scalar_config(cfg))  # TensorBoard: logs/diffprune/
+
+    # the metrics line in progress at the checkpoint and the training clock travel with it
+    step = start_step
+    step_log = start_step if saved is None else int(saved.get("log_window_start", start_step))
+    run_loss = torch.full((), 0.0 if saved is None else float(saved.get("log_window_loss", 0.0)),
+                          device=accelerator.device)
+    seconds_before = 0.0 if saved is None else float(saved.get("train_seconds", 0.0))
+    last_loss, eval_seconds = float("nan"), 0.0
+    t_start = t_log = time.perf_counter()
+
+    def train_seconds() -> float:  # training time of the whole run so far, evaluation excluded
+        return seconds_before + time.perf_counter() - t_start - eval_seconds
+
+    def checkpoint(at_step: int) -> None:
+        save_checkpoint(accelerator, run.ema, cfg, dataset, out_dir, at_step, trajectory, run.scheduler,
+                        log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
+                        train_seconds=train_seconds(), hook=step_hook)
+
+    saved_step = -1 if saved is None else start_step
+    stop = StopOnSignal()
+    bar = progress_bar("loss {task.fields[loss]:.4f}", "{task.fields[ips]:.1f} img/s",
+                       enabled=progress and accelerator.is_local_main_process)
+    task = bar.add_task("train", total=steps_total, completed=start_step, loss=float("nan"), ips=0.0)
+    run.model.train()
+    try:
+        with stop, bar:
+            while step < steps_total:
+                batch = _global_batch(run, cfg, step, step_hook)
+                for k in range(cfg.grad_accum):
+                    run_loss += _micro_step(run, cfg, batch, step, k, step_hook) / cfg.grad_accum
+                run.lr_schedule.step()
+                run.ema.update()
+                step += 1
+                if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == steps_total):
+                    eval_seconds += _evaluate_during_training(evaluator, run.ema, run.scheduler, step, cfg,
+                                                              accelerator, metrics_path, train_seconds())
+                if step % cfg.log_every == 0 or step == steps_total:  # the only host sync of a step
+                    last_loss = accelerator.reduce(run_loss, "mean").item() / (step - step_log)
+                    now = time.perf_counter()
+                    ips = cfg.batch_size * (step - step_log) / max(now - t_log, 1e-9)
+                    _log_line(run, metrics_path, step, cfg.batch_size, last_loss, ips, now - t_start)
+                    run_loss.zero_()
+                    t_log, step_log = now, step
+                    bar.update(task, loss=last_loss, ips=ips)
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    sample_grid(accelerator, run.ema.module, run.scheduler, cfg, out_dir, step, run.trackers)
+                bar.update(task, completed=step)
+                interrupted = stop.requested_by_any(accelerator, sync=step % cfg.log_every == 0)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
+                    checkpoint(step)
+                    saved_step = step
+                if interrupted:
+                    raise TrainingInterrupted(
+                        f"training stopped by signal at step {step}/{steps_total}; checkpoint saved in {state_dir}; "
+                        f"rerun with resume=True to continue"
+                    )
+            if saved_step != step:
+                checkpoint(step)
+    finally:
+        if run.trackers:
+            accelerator.end_training()
+    seconds = time.perf_counter() - t_start
+    return {
+        "steps": step,
+        "images_seen": step * cfg.batch_size,
+        "seconds": seconds,
+        "train_seconds": train_seconds(),
+        "eval_seconds": eval_seconds,
+        "img_per_s": (step - start_step) * cfg.batch_size / max(seconds, 1e-9),
+        "final_loss": last_loss,
+        "params": count_parameters(run.ema.module),
+        "resumed_from": None if saved is None else start_step,
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+
+
+# ---- set-up ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What the training loop works with, built once by ``_set_up``."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped under several processes)
+    forward_model: Callable[..., Any]  # ``model``, compiled when asked
+    params: list[torch.nn.Parameter]
+    optimizer: Any
+    lr_schedule: Any
+    ema: EMA
+    scheduler: DDPMScheduler
+    images: torch.Tensor  # uint8 (or float latents) on the device, or pinned host memory when too large
+    labels: torch.Tensor | None  # on ``images.device`` when the step needs them
+    loss_multiplier: torch.Tensor | None  # float32 K, a_k / p_k on the device
+    sample_probs: torch.Tensor | None  # float64 N, class-resampling probabilities
+    null_label: int | None  # the label of the unconditional class (conditional models)
+    micro: int  # images per process per forward pass
+    trackers: list[str]
+
+
+def _check_inputs(cfg: TrainConfig, dataset: ImageDataset, evaluator: Evaluator | None) -> int:
+    """Every check that needs no accelerator; the number of optimizer steps."""
     n = len(dataset)
     if n == 0:
         raise TrainError("the dataset is empty; nothing to train on")
@@ -161,7 +267,20 @@ def train(
             cfg.ema_decay, round(1 / (1 - cfg.ema_decay)), steps_total, 100 * cfg.ema_decay**steps_total,
             max(0.0, 1 - 3.0 / steps_total),
         )
+    if cfg.conditional and dataset.labels is None:
+        raise TrainError("conditional=True needs a labelled dataset; set conditional=False or provide labels")
+    latent = latent_meta(dataset)
+    if latent is not None and cfg.hflip:
+        raise TrainError("hflip flips training tensors, and these are VAE latents, not images; set hflip: false")
+    if latent is not None and cfg.sample_every:
+        raise TrainError("sample_every draws pixel grids during training; latent runs decode in `diffprune sample` "
+                         "instead: set sample_every: 0")
+    return steps_total
 
+
+def _set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weights: Mapping[str, float] | None,
+            step_hook: StepHook | None) -> _Run:
+    """The accelerator, class weighting, model, EMA, optimizer, LR schedule and the data on the device."""
     _allow_precision_change(cfg.mixed_precision)
     trackers = trackers_of(cfg)
     accelerator = Accelerator(
@@ -179,38 +298,14 @@ def train(
         )
     if step_hook is not None and cfg.grad_accum != 1:
         raise TrainError("a step hook (DRO) sees one micro-batch per optimizer step: set grad_accum: 1")
-    micro = cfg.batch_size // (world * cfg.grad_accum)  # images per process per forward pass
     device = accelerator.device
     set_seed(cfg.seed)  # model init and dropout; data order and noise come from batches.py streams
+    loss_multiplier, sample_probs = _class_weighting(cfg, dataset, class_weights, device)
 
-    # ---- class weights -> per-example loss multipliers or sampling probabilities --------------------------
-    labels = None if dataset.labels is None else torch.from_numpy(dataset.labels)
-    num_classes = dataset.num_classes
-    loss_multiplier = None  # float32 K, a_k / p_k
-    sample_probs = None  # float64 N
-    if class_weights is not None:
-        if labels is None:
-            raise TrainError("class_weights need a labelled dataset (labels or cluster ids); this one has none")
-        a = class_weight_vector(class_weights, dataset.class_names)
-        if cfg.weighting == "loss":
-            loss_multiplier = torch.tensor(class_loss_multipliers(dataset.labels, a), dtype=torch.float32,
-                                           device=device)
-        else:
-            sample_probs = torch.from_numpy(example_probabilities(dataset.labels, a))
-    if cfg.conditional and labels is None:
-        raise TrainError("conditional=True needs a labelled dataset; set conditional=False or provide labels")
-    latent = latent_meta(dataset)
-    if latent is not None and cfg.hflip:
-        raise TrainError("hflip flips training tensors, and these are VAE latents, not images; set hflip: false")
-    if latent is not None and cfg.sample_every:
-        raise TrainError("sample_every draws pixel grids during training; latent runs decode in `diffprune sample` "
-                         "instead: set sample_every: 0")
-
-    # ---- model, EMA, optimizer, LR schedule -------------------------------------------------------------
     overrides = {"sample_size": dataset.resolution, "in_channels": dataset.channels,
                  "out_channels": dataset.channels}
     if cfg.conditional:
-        overrides["num_class_embeds"] = num_classes + 1  # the last index is the null (unconditional) label
+        overrides["num_class_embeds"] = dataset.num_classes + 1  # the last index is the null (unconditional) label
     if cfg.mask_ratio > 0:
         overrides["side_interpolater_depth"] = 2  # MDT's side-interpolater (model_overrides may change it)
     overrides.update(cfg.model_overrides)
@@ -220,7 +315,6 @@ def train(
             f"model expects {model.config.in_channels} x {model.config.sample_size} px images but the dataset has "
             f"{dataset.channels} x {dataset.resolution}; drop the sample_size/in_channels overrides or resize the data"
         )
-    null_label = num_classes if cfg.conditional else None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.to(device)
@@ -229,156 +323,126 @@ def train(
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cuda", "cpu"))  # fused: 5x faster step
     lr_schedule = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
-    forward_model = torch.compile(model) if cfg.compile else model
 
-    # ---- resume ------------------------------------------------------------------------------------------
-    state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
-    trajectory_hash = _trajectory_hash(cfg, dataset, class_weights)
-    if step_hook is not None:
-        trajectory_hash = config_hash({"train": trajectory_hash, "hook": step_hook.identity()})
-    start_step, resumed_from, seconds_before = 0, None, 0.0
-    log_window = (0, 0.0)  # (first step, loss sum) of the metrics line in progress at the checkpoint
-    if resume and (state_dir / STATE_FILE).exists():
-        saved = _load_checkpoint(accelerator, ema, state_dir, trajectory_hash)
-        start_step = resumed_from = int(saved["step"])
-        if start_step > steps_total:  # a checkpoint cannot be rewound: extending only goes forward
-            raise TrainError(f"the checkpoint in {state_dir} is at step {start_step}, past this run's {steps_total} "
-                             f"steps; raise steps (or epochs), or start afresh with resume=False (--force)")
-        log_window = (int(saved.get("log_window_start", start_step)), float(saved.get("log_window_loss", 0.0)))
-        seconds_before = float(saved.get("train_seconds", 0.0))
-        if step_hook is not None:
-            step_hook.load(state_dir)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics(metrics_path, keep_through_step=start_step)
-    accelerator.wait_for_everyone()
-
-    # ---- data on device (uint8 images, ~150 MB for CIFAR-10; or float latents) or pinned host memory ----------
-    images = torch.from_numpy(np.ascontiguousarray(dataset.images))
+    images = torch.from_numpy(np.ascontiguousarray(dataset.images))  # ~150 MB of uint8 for CIFAR-10
     if device.type != "cpu":
         images = images.to(device) if images.numel() < (1 << 31) else images.pin_memory()
     need_labels = cfg.conditional or loss_multiplier is not None or step_hook is not None
-    labels_dev = labels.to(images.device) if need_labels else None
-    shape = dataset.images.shape[1:]
+    labels = torch.from_numpy(dataset.labels).to(images.device) if need_labels else None
+    return _Run(
+        accelerator=accelerator, model=model, forward_model=torch.compile(model) if cfg.compile else model,
+        params=params, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema, scheduler=scheduler,
+        images=images, labels=labels, loss_multiplier=loss_multiplier, sample_probs=sample_probs,
+        null_label=dataset.num_classes if cfg.conditional else None,
+        micro=cfg.batch_size // (world * cfg.grad_accum), trackers=trackers,
+    )
 
-    if trackers:
-        accelerator.init_trackers("diffprune", config=scalar_config(cfg))  # TensorBoard: logs/diffprune/
-    stop = StopOnSignal()
-    run_loss = torch.zeros((), device=device)
-    last_loss = float("nan")
-    t_start = t_log = time.perf_counter()
-    eval_seconds = 0.0
 
-    def train_seconds() -> float:  # training time of the whole run so far, evaluation excluded
-        return seconds_before + time.perf_counter() - t_start - eval_seconds
-    def checkpoint(at_step: int) -> None:  # the metrics line in progress and the clock travel with it
-        _save_checkpoint(accelerator, ema, cfg, dataset, out_dir, at_step, trajectory_hash, scheduler,
-                         log_window=(step_log, accelerator.reduce(run_loss, "mean").item()),
-                         train_seconds=train_seconds(), hook=step_hook)
+def _class_weighting(cfg: TrainConfig, dataset: ImageDataset, class_weights: Mapping[str, float] | None,
+                     device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Class weights as per-class loss multipliers a_k / p_k ("loss") or per-example probabilities ("resample")."""
+    if class_weights is None:
+        return None, None
+    if dataset.labels is None:
+        raise TrainError("class_weights need a labelled dataset (labels or cluster ids); this one has none")
+    a = class_weight_vector(class_weights, dataset.class_names)
+    if cfg.weighting == "loss":
+        return torch.tensor(class_loss_multipliers(dataset.labels, a), dtype=torch.float32, device=device), None
+    return None, torch.from_numpy(example_probabilities(dataset.labels, a))
 
-    step = start_step
-    step_log = log_window[0] if resumed_from is not None else start_step
-    run_loss.fill_(log_window[1])  # so a resumed metrics line averages the same steps as an uninterrupted one
-    saved_step = start_step if resumed_from is not None else -1
-    bar = progress_bar("loss {task.fields[loss]:.4f}", "{task.fields[ips]:.1f} img/s",
-                       enabled=progress and accelerator.is_local_main_process)
-    task = bar.add_task("train", total=steps_total, completed=start_step, loss=float("nan"), ips=0.0)
-    model.train()
-    try:
-        with stop, bar:
-            while step < steps_total:
-                # -- the global batch of this step, identical on every process --------------------------
-                idx = None if step_hook is None else step_hook.batch_indices(step)
-                if idx is None:
-                    idx = global_batch_indices(step, cfg.batch_size, n, cfg.seed, sample_probs)
-                g = noise_generator(cfg.seed, step, device)
-                t_all = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), device=device,
-                                      generator=g)
-                noise_all = torch.randn((cfg.batch_size, *shape), device=device, generator=g)
-                flip_all = torch.rand(cfg.batch_size, device=device, generator=g) < 0.5
-                drop_all = torch.rand(cfg.batch_size, device=device, generator=g) < cfg.cfg_dropout
-                for k in range(cfg.grad_accum):
-                    lo = (k * world + accelerator.process_index) * micro  # this process' micro-batch
-                    sl = slice(lo, lo + micro)
-                    x0 = to_model_input(images[idx[sl].to(images.device)].to(device, non_blocking=True))
-                    if cfg.hflip:
-                        x0 = torch.where(flip_all[sl, None, None, None], x0.flip(3), x0)
-                    if cfg.channels_last:
-                        x0 = x0.contiguous(memory_format=torch.channels_last)
-                    y = None if labels_dev is None else labels_dev[idx[sl].to(labels_dev.device)].to(device)
-                    cond = None
-                    if cfg.conditional:
-                        cond = torch.where(drop_all[sl], torch.full_like(y, null_label), y)
-                    with accelerator.accumulate(model):
-                        unreduced = diffusion_loss(
-                            forward_model, scheduler, x0, t_all[sl], noise_all[sl], cond, mask_ratio=cfg.mask_ratio,
-                            mask_generator=_mask_generator(cfg, step, k, accelerator.process_index, device),
-                        )
-                        per_example = unreduced.mean(dim=(1, 2, 3))
-                        if step_hook is not None:
-                            per_example = per_example * step_hook(step, x0, y, t_all[sl], noise_all[sl], unreduced)
-                        if loss_multiplier is not None:
-                            per_example = per_example * loss_multiplier[y]
-                        loss = per_example.mean()
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and cfg.grad_clip is not None:
-                            accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    run_loss += loss.detach() / cfg.grad_accum
-                lr_schedule.step()
-                ema.update()
-                step += 1
-                if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == steps_total):
-                    eval_seconds += _evaluate_during_training(evaluator, ema, scheduler, step, cfg, accelerator,
-                                                              metrics_path, train_seconds())
 
-                # -- logging, checkpoints, interruption ------------------------------------------------
-                if step % cfg.log_every == 0 or step == steps_total:
-                    last_loss = accelerator.reduce(run_loss, "mean").item() / (step - step_log)
-                    now = time.perf_counter()
-                    ips = cfg.batch_size * (step - step_log) / max(now - t_log, 1e-9)
-                    row = {"step": step, "loss": last_loss, "lr": lr_schedule.get_last_lr()[0],
-                           "img_per_s": ips, "images_seen": step * cfg.batch_size, "seconds": now - t_start}
-                    if accelerator.is_main_process:
-                        append_jsonl(metrics_path, row)
-                    if trackers:
-                        accelerator.log({f"train/{key}": row[key] for key in ("loss", "lr", "img_per_s")}, step=step)
-                    run_loss.zero_()
-                    t_log, step_log = now, step
-                    bar.update(task, loss=last_loss, ips=ips)
-                if cfg.sample_every and step % cfg.sample_every == 0:
-                    sample_grid(accelerator, ema.module, scheduler, cfg, out_dir, step, trackers)
-                bar.update(task, completed=step)
-                interrupted = stop.requested_by_any(accelerator, sync=step % cfg.log_every == 0)
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or interrupted:
-                    checkpoint(step)
-                    saved_step = step
-                if interrupted:
-                    raise TrainingInterrupted(
-                        f"training stopped by signal at step {step}/{steps_total}; checkpoint saved in {state_dir}; "
-                        f"rerun with resume=True to continue"
-                    )
-            if saved_step != step:
-                checkpoint(step)
-    finally:
-        if trackers:
-            accelerator.end_training()
-    seconds = time.perf_counter() - t_start
-    done = step - start_step
-    return {
-        "steps": step,
-        "images_seen": step * cfg.batch_size,
-        "seconds": seconds,
-        "train_seconds": train_seconds(),
-        "eval_seconds": eval_seconds,
-        "img_per_s": done * cfg.batch_size / max(seconds, 1e-9),
-        "final_loss": last_loss,
-        "params": count_parameters(ema.module),
-        "resumed_from": resumed_from,
-        "processes": world,
-        "mixed_precision": accelerator.mixed_precision,
-    }
+def _resume(run: _Run, state_dir: Path, trajectory: str, steps_total: int,
+            step_hook: StepHook | None) -> dict[str, Any] | None:
+    """Load the checkpoint in ``state_dir`` into ``run`` (and the hook); its trainer state, None without one."""
+    if not (state_dir / STATE_FILE).exists():
+        return None
+    saved = load_checkpoint(run.accelerator, run.ema, state_dir, trajectory)
+    if int(saved["step"]) > steps_total:  # a checkpoint cannot be rewound: extending only goes forward
+        raise TrainError(f"the checkpoint in {state_dir} is at step {saved['step']}, past this run's {steps_total} "
+                         f"steps; raise steps (or epochs), or start afresh with resume=False (--force)")
+    if step_hook is not None:
+        step_hook.load(state_dir)
+    return saved
+
+
+# ---- one step ----------------------------------------------------------------------------------------------
+
+
+class _GlobalBatch(NamedTuple):
+    """One optimizer step's draws for the whole global batch, identical on every process."""
+
+    indices: torch.Tensor  # int64 dataset rows, on ``images.device``
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    flips: torch.Tensor  # bool: flip this example horizontally
+    drops: torch.Tensor  # bool: replace this example's label by the null label
+
+
+def _global_batch(run: _Run, cfg: TrainConfig, step: int, step_hook: StepHook | None) -> _GlobalBatch:
+    idx = None if step_hook is None else step_hook.batch_indices(step)
+    if idx is None:
+        idx = global_batch_indices(step, cfg.batch_size, len(run.images), cfg.seed, run.sample_probs)
+    device = run.accelerator.device
+    g = noise_generator(cfg.seed, step, device)
+    timesteps = torch.randint(0, run.scheduler.config.num_train_timesteps, (cfg.batch_size,), device=device,
+                              generator=g)
+    noise = torch.randn((cfg.batch_size, *run.images.shape[1:]), device=device, generator=g)
+    flips = torch.rand(cfg.batch_size, device=device, generator=g) < 0.5
+    drops = torch.rand(cfg.batch_size, device=device, generator=g) < cfg.cfg_dropout
+    return _GlobalBatch(to_device_async(idx, run.images.device), timesteps, noise, flips, drops)
+
+
+def _micro_step(run: _Run, cfg: TrainConfig, batch: _GlobalBatch, step: int, k: int,
+                step_hook: StepHook | None) -> torch.Tensor:
+    """Forward, backward and (at the last micro-batch) the optimizer step of this process' micro-batch ``k``.
+    Returns its loss, detached and left on the device: nothing here waits for the device."""
+    accelerator, device = run.accelerator, run.accelerator.device
+    lo = (k * accelerator.num_processes + accelerator.process_index) * run.micro
+    sl = slice(lo, lo + run.micro)
+    x0 = to_model_input(to_device_async(run.images[batch.indices[sl]], device))
+    if cfg.hflip:
+        x0 = torch.where(batch.flips[sl, None, None, None], x0.flip(3), x0)
+    if cfg.channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    y = None if run.labels is None else to_device_async(run.labels[batch.indices[sl]], device)
+    cond = None if not cfg.conditional else torch.where(batch.drops[sl], torch.full_like(y, run.null_label), y)
+    with accelerator.accumulate(run.model):
+        unreduced = diffusion_loss(
+            run.forward_model, run.scheduler, x0, batch.timesteps[sl], batch.noise[sl], cond,
+            mask_ratio=cfg.mask_ratio, mask_generator=_mask_generator(cfg, step, k, accelerator.process_index, device),
+        )
+        per_example = unreduced.mean(dim=(1, 2, 3))
+        if step_hook is not None:
+            per_example = per_example * step_hook(step, x0, y, batch.timesteps[sl], batch.noise[sl], unreduced)
+        if run.loss_multiplier is not None:
+            per_example = per_example * run.loss_multiplier[y]
+        loss = per_example.mean()
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.grad_clip is not None:
+            accelerator.clip_grad_norm_(run.params, cfg.grad_clip)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without making the host wait: a host tensor bound for an accelerator is pinned
+    first, so the copy is asynchronous (a pageable copy synchronises the stream with the host)."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _log_line(run: _Run, metrics_path: Path, step: int, batch_size: int, loss: float, ips: float,
+              seconds: float) -> None:
+    row = {"step": step, "loss": loss, "lr": run.lr_schedule.get_last_lr()[0], "img_per_s": ips,
+           "images_seen": step * batch_size, "seconds": seconds}
+    if run.accelerator.is_main_process:
+        append_jsonl(metrics_path, row)
+    if run.trackers:
+        run.accelerator.log({f"train/{key}": row[key] for key in ("loss", "lr", "img_per_s")}, step=step)
 
 
 def _evaluate_during_training(evaluator: Evaluator, ema: EMA, scheduler: DDPMScheduler, step: int,
@@ -397,86 +461,6 @@ def _evaluate_during_training(evaluator: Evaluator, ema: EMA, scheduler: DDPMSch
     return seconds
 
 
-# ---- checkpoints ------------------------------------------------------------------------------------------
-
-
-def _load_checkpoint(accelerator: Accelerator, ema: EMA, state_dir: Path, trajectory_hash: str) -> dict[str, Any]:
-    """Restore ``state_dir`` (written by ``_save_checkpoint``) into the accelerator and EMA; its trainer state.
-
-    A damaged checkpoint (truncated safetensors, corrupt JSON, a pickle that weights-only loading refuses)
-    raises ``TrainError`` naming the file and how to start over, instead of the library's bare message."""
-    try:
-        saved = json.loads((state_dir / STATE_FILE).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TrainError(f"checkpoint file {state_dir / STATE_FILE} is corrupt ({e}); delete {state_dir} to "
-                         f"restart this training from step 0, or rerun with --force") from None
-    if saved.get("trajectory_hash") != trajectory_hash:
-        raise TrainError(
-            f"{state_dir} was written with a different config or dataset (only {sorted(_RESUME_MUTABLE)} may "
-            f"change on resume); saved config: {saved.get('config')}"
-        )
-    try:
-        accelerator.load_state(str(state_dir))
-        ema.load_state_dict(load_file(state_dir / EMA_FILE, device="cpu"), saved["ema_updates"])  # copied to device
-    except Exception as e:  # safetensors, pickle refusal, torch's RuntimeError on a short file, KeyError
-        first = " ".join(str(e).split())[:200] or type(e).__name__
-        raise TrainError(f"checkpoint {state_dir} cannot be loaded ({type(e).__name__}: {first}); delete "
-                         f"{state_dir} to restart this training from step 0, or rerun with --force") from None
-    return saved
-
-
-def _save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset,
-                     out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler,
-                     log_window: tuple[int, float] = (0, 0.0), train_seconds: float = 0.0,
-                     hook: StepHook | None = None) -> None:
-    """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
-    and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state);
-    ``hook`` saves its state into the same folder (main process).
-
-    ``log_window``: first step and loss sum of the metrics line in progress, restored on resume. A failed
-    save (a full disk) removes ``.state.tmp`` and says how much space is free."""
-    state_dir, tmp = out_dir / "state", out_dir / ".state.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(tmp))
-        if accelerator.is_main_process:
-            save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / EMA_FILE)
-            atomic_write_json(tmp / STATE_FILE, {
-                "step": step, "ema_updates": ema.updates, "images_seen": step * cfg.batch_size,
-                "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
-                "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
-                "log_window_start": int(log_window[0]), "log_window_loss": float(log_window[1]),
-                "train_seconds": train_seconds,
-            })
-            if hook is not None:
-                hook.save(tmp)
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        free = shutil.disk_usage(out_dir).free
-        if isinstance(e, OSError) or free < (64 << 20):  # torch reports a full disk as "unexpected pos N vs M"
-            raise DiskSpaceError(errno.ENOSPC, f"cannot save the checkpoint of step {step} in {out_dir} "
-                                 f"({type(e).__name__}: {' '.join(str(e).split())[:120]}; {free / 1e6:.1f} MB "
-                                 f"free); free some space or move runs_dir (--set runs_dir=...), then rerun "
-                                 f"to resume from the last checkpoint", str(tmp)) from e
-        raise
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        old = out_dir / ".state.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if state_dir.exists():
-            os.replace(state_dir, old)
-        os.replace(tmp, state_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        save_model(out_dir / "model", ema.module, scheduler, meta={
-            "preset": cfg.preset, "steps": step, "images_seen": step * cfg.batch_size, "weights": "ema",
-            "ema_decay": cfg.ema_decay, "class_names": list(dataset.class_names),
-            "null_class_label": dataset.num_classes if cfg.conditional else None,
-            "dataset_fingerprint": dataset.fingerprint, "latent": latent_meta(dataset),
-        })
-    accelerator.wait_for_everyone()
-
 
 def _allow_precision_change(mixed_precision: str | None) -> None:
     """accelerate fixes the precision once per process. A single (non-launched) process may run several
@@ -493,12 +477,6 @@ def _allow_precision_change(mixed_precision: str | None) -> None:
             f"use the same precision for every training in one `accelerate launch`, or launch separately"
         )
     AcceleratorState._reset_state()
-
-
-def _trajectory_hash(cfg: TrainConfig, dataset: ImageDataset, class_weights: Mapping[str, float] | None) -> str:
-    fixed = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUME_MUTABLE}
-    weights = None if class_weights is None else {k: float(v) for k, v in sorted(class_weights.items())}
-    return config_hash({"config": fixed, "data": dataset.fingerprint, "class_weights": weights})
 
 
 def _mask_generator(cfg: TrainConfig, step: int, micro: int, rank: int,

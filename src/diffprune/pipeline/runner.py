@@ -49,7 +49,7 @@ def _continuable(checkpoint: int | Path | None, budget: int) -> bool:
     """Whether a trainer checkpoint (its step, or the run folder whose ``state/`` holds it; None: no checkpoint)
     can be continued to ``budget`` steps: a checkpoint cannot be rewound, so one past a lowered budget means
     retraining from step 0."""
-    from diffprune.diffusion.trainer import checkpoint_step
+    from diffprune.diffusion.checkpoint import checkpoint_step
 
     step = checkpoint_step(checkpoint) if isinstance(checkpoint, Path) else checkpoint
     return step is None or step <= budget
@@ -473,7 +473,7 @@ class Pipeline:
 
     def reweight(self, arm: ArmConfig) -> tuple[dict[str, float] | None, str | None]:
         """The arm's DRO class weights and their fingerprint; ``(None, None)`` for an arm without DRO."""
-        from diffprune.diffusion.trainer import checkpoint_step
+        from diffprune.diffusion.checkpoint import checkpoint_step
         from diffprune.reweighting import ReweightError, load_class_weights, run_dro
         from diffprune.reweighting.runner import PROXY_DIR
 
