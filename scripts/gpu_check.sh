@@ -17,6 +17,47 @@ cd "$(dirname "$0")/.."
 
 source scripts/env.sh
 
+if [[ "${1:-}" == "--offline" ]]; then
+  # A bare GPU machine: only what was carried (.gpu-carry/ from scripts/gpu_carry.sh), every result under $OUT,
+  # each part under its own time limit (about 8 minutes in all) so that a slow part costs only itself.
+  # --offline --dry-run: the same parts at toy sizes on a CPU, to check the script itself.
+  OUTDIR="${OUT:-benchmarks/results/gpu-offline}"; mkdir -p "$OUTDIR"
+  LOG="$OUTDIR/log.txt"; : > "$LOG"
+  if compgen -G ".gpu-carry/wheels/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-deps --no-index --target /tmp/diffprune-carried .gpu-carry/wheels/*.whl >>"$LOG" 2>&1
+    export PYTHONPATH="$PYTHONPATH:/tmp/diffprune-carried"
+  fi
+  if [[ "${2:-}" == "--dry-run" ]]; then
+    M=(--preset ddpm-tiny --resolution 16 --batch 8 --precision no); T=(--preset ddpm-tiny --resolution 16
+       --batch 8 --steps 4 --warmup 2 --repeats 1 --device cpu --threads 1 --sample-steps 2 --sample-n 4)
+    D=(--preset dit-tiny --sample-size 8 --batch-size 4 --iters 1 --warmup 1 --repeats 1 --device cpu --threads 1)
+    S=(--steps 4 --samples 8 --sample-steps 2 --data random); MODES=(fp32 fp32); LIMITS=(120 120 300 300 120 300)
+  else
+    M=(--preset ddpm-cifar10 --resolution 32 --batch 128 --precision bf16); T=(--preset ddpm-cifar10 --resolution 32
+       --batch 128 --steps 40 --warmup 10 --repeats 1 --device cuda --sample-steps 100 --sample-n 256 --sample-bf16)
+    D=(--preset dit-s-2 --sample-size 32 --batch-size 64 --iters 10 --warmup 3 --repeats 3 --device cuda --bf16)
+    S=(--steps 2000 --samples 1000 --sample-steps 100 --channels-last --data .gpu-carry/fashion-mnist-30k.npz)
+    MODES=(bf16 bf16-cl-compile); LIMITS=(60 50 90 150 50 150)
+  fi
+  part() {  # part NAME LIMIT COMMAND...: runs, logs, never stops the script
+    local name=$1 limit=$2; shift 2
+    echo "== $name ($(date -u +%T), limit ${limit}s): $*" >>"$LOG"
+    timeout "$limit" "$@" >>"$LOG" 2>&1 || echo "!! $name exited $?" >>"$LOG"
+  }
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+    "$PY" -c "import torch, diffusers; print('torch', torch.__version__, '| diffusers', diffusers.__version__)"; } >>"$LOG" 2>&1
+  part syncs "${LIMITS[0]}" "$PY" benchmarks/gpu_offline.py syncs "${M[@]}" --steps 10 --out "$OUTDIR/syncs.json"
+  part breakdown "${LIMITS[1]}" "$PY" benchmarks/gpu_offline.py breakdown "${M[@]}" --steps 10 --out "$OUTDIR/breakdown.json"
+  part train-eager "${LIMITS[2]}" "$PY" benchmarks/bench_train.py "${T[@]}" --modes "${MODES[0]}" --out "$OUTDIR/train_eager.json"
+  part train-compiled "${LIMITS[3]}" "$PY" benchmarks/bench_train.py "${T[@]}" --modes "${MODES[1]}" --no-sampling \
+    --out "$OUTDIR/train_compiled.json"
+  part dit "${LIMITS[4]}" "$PY" benchmarks/bench_dit.py "${D[@]}" --out "$OUTDIR/dit.json"
+  part short-run "${LIMITS[5]}" "$PY" benchmarks/gpu_offline.py short-run "${M[@]}" "${S[@]}" --out "$OUTDIR"
+  echo "== done $(date -u +%T)" >>"$LOG"
+  tail -n 40 "$LOG"
+  exit 0
+fi
+
 if [[ "${1:-}" == "--latent" ]]; then
   if [[ "${2:-}" == "--smoke" ]]; then
     LARGS=(--sample-size 8 --batch-size 4 --iters 1 --warmup 1 --repeats 1 --device cpu --threads 1)

@@ -108,14 +108,12 @@ def global_batch_indices(
     if probs is not None:
         g = torch.Generator().manual_seed(stream_seed(seed, _STREAM_RESAMPLE, step))
         return torch.multinomial(probs, batch_size, replacement=True, generator=g)
-    positions = step * batch_size + torch.arange(batch_size, dtype=torch.int64)
-    epochs = positions // num_examples
-    out = torch.empty(batch_size, dtype=torch.int64)
-    for epoch in torch.unique(epochs).tolist():
-        perm = _epoch_permutation(seed, epoch, num_examples)
-        mask = epochs == epoch
-        out[mask] = perm[positions[mask] % num_examples]
-    return out
+    start = step * batch_size  # host-side integer arithmetic: nothing here waits for a device
+    parts = []
+    for epoch in range(start // num_examples, (start + batch_size - 1) // num_examples + 1):
+        lo, hi = max(start, epoch * num_examples), min(start + batch_size, (epoch + 1) * num_examples)
+        parts.append(_epoch_permutation(seed, epoch, num_examples)[lo - epoch * num_examples:hi - epoch * num_examples])
+    return torch.cat(parts)
 
 
 @functools.lru_cache(maxsize=2)
