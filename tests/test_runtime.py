@@ -14,6 +14,8 @@ from diffprune.runtime import (
     WEIGHT_SUM_TOLERANCE,
     DeviceError,
     StopOnSignal,
+    available_cpus,
+    configure_threads,
     launch_world,
     progress_bar,
     resolve_device,
@@ -139,3 +141,39 @@ def test_cli_shows_where_an_interrupted_stage_checkpointed(monkeypatch, capsys):
         cli.main()
     out = " ".join(capsys.readouterr().err.split())  # the console writes to stderr, wrapped
     assert info.value.code == 130 and "checkpoint saved in runs/x/state [a]" in out and "Interrupted." in out
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 1),  # v2: 1.5 CPUs' worth of quota -> 1 thread
+    ({"cpu.max": "max 100000\n"}, None),  # v2: no quota
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1: no quota
+    ({}, None),
+])
+def test_available_cpus_is_the_affinity_capped_by_the_cgroup_quota(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(str(tmp_path)) == (affinity if expected is None else min(affinity, expected))
+
+
+def test_configure_threads_follows_omp_num_threads_else_the_available_cpus(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert configure_threads() == 1 == torch.get_num_threads()
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert configure_threads() == available_cpus() == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_diffprune_first_makes_openmp_threads_wait_passively():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import diffprune, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"

@@ -1,6 +1,14 @@
 """diffprune: data-efficient diffusion training by pruning then reweighting the training set."""
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# OpenMP worker threads that spin while they wait for a core collapse training on a shared CPU (11x slower beside
+# one busy process, measured in docs/benchmarks.md); sleeping waiters cost little alone. OpenMP reads this when
+# torch loads it, so it takes effect only where diffprune is imported before torch (the CLI, scripts that import
+# diffprune first); export it yourself otherwise.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def coreset(*args, **kwargs):

@@ -421,6 +421,10 @@ def main() -> None:
             sys.argv = [a for i, a in enumerate(sys.argv) if i == 0 or a != flag]
             os.environ[var] = "1"
     debug = os.environ.get("DIFFPRUNE_DEBUG", "") not in ("", "0")
+    if not any(a in ("--help", "-h") for a in sys.argv[1:]):
+        from diffprune.runtime import configure_threads  # imports torch: not for --help
+
+        configure_threads()
     try:
         app()
     except KeyboardInterrupt as e:

@@ -81,6 +81,46 @@ def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
+# ---- CPU threads ---------------------------------------------------------------------------------------
+
+
+def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota (a container's
+    ``--cpus``), which torch's default thread count ignores. At least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cpus, int(quota)) if quota is not None else cpus)
+
+
+def _cgroup_cpu_quota(root: str) -> float | None:
+    """CPUs' worth of the cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None
+    when there is none or it cannot be read."""
+    try:
+        quota, period = open(os.path.join(root, "cpu.max")).read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(open(os.path.join(root, "cpu", "cpu.cfs_quota_us")).read())
+        period = int(open(os.path.join(root, "cpu", "cpu.cfs_period_us")).read())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def configure_threads() -> int:
+    """Set torch's intra-op threads to ``OMP_NUM_THREADS`` when given, else to ``available_cpus()``; return it.
+
+    Threads beyond the CPUs a process gets wait on each other at every parallel region; see
+    docs/benchmarks.md ("CPU threads under contention") for the measurements behind this and behind
+    ``OMP_WAIT_POLICY=PASSIVE``, which ``import diffprune`` sets when the environment does not."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else available_cpus()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 # ---- class weights -------------------------------------------------------------------------------------
 
 # Class weights ({class: a_k}) must sum to 1 within this; the trainer then divides them by their sum. 1e-3, not 1e-6: weights
@@ -183,5 +223,5 @@ class StopOnSignal:
         return bool(accelerator.reduce(flag, "max").item() > 0)
 
 
-__all__ = ["WEIGHT_SUM_TOLERANCE", "DeviceError", "Interrupted", "StopOnSignal", "check_weight_sum",
-           "distributed_state", "launch_world", "process_state", "progress_bar", "resolve_device"]
+__all__ = ["WEIGHT_SUM_TOLERANCE", "DeviceError", "Interrupted", "StopOnSignal", "available_cpus", "check_weight_sum",
+           "configure_threads", "distributed_state", "launch_world", "process_state", "progress_bar", "resolve_device"]

@@ -57,7 +57,9 @@ class TrainConfig(StrictModel):
     init_from: str | None = None  # initialise from a diffusers dir, a diffprune train dir or a hub id
     # (preset "sd": the Stable Diffusion pipeline dir or hub id whose unet, text encoder and scheduler are used)
     channels_last: bool = False
-    compile: bool = False  # torch.compile the UNet
+    # torch.compile the model; "auto": on for long runs, where compiling costs little of the training time
+    # (diffusion.trainer.AUTO_COMPILE_MIN_STEPS: CUDA and CPU thresholds, measured in docs/benchmarks.md)
+    compile: bool | Literal["auto"] = "auto"
     tensorboard: bool = False  # shorthand for log_with: [tensorboard]
     log_with: list[str] = []  # accelerate trackers (tensorboard, wandb, comet_ml, mlflow, ...): loss, lr, img/s
     sample_every: int = 0  # steps between sample grids in samples/ (and to the trackers); 0 = off

@@ -32,10 +32,11 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, NamedTuple, Protocol
 
 import numpy as np
@@ -135,7 +136,7 @@ def train(
     cfg = config.resolved()
     out_dir = Path(out_dir)
     steps_total = _check_inputs(cfg, dataset, evaluator)
-    run = _set_up(cfg, dataset, out_dir, class_weights, step_hook)
+    run = _set_up(cfg, dataset, out_dir, class_weights, step_hook, steps_total)
     accelerator = run.accelerator
     trajectory = trajectory_hash(cfg, dataset, class_weights)
     if step_hook is not None:
@@ -223,6 +224,7 @@ def train(
         "resumed_from": None if saved is None else start_step,
         "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
+        "compiled": run.forward_model is not run.model,
     }
 
 
@@ -279,7 +281,7 @@ def _check_inputs(cfg: TrainConfig, dataset: ImageDataset, evaluator: Evaluator 
 
 
 def _set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weights: Mapping[str, float] | None,
-            step_hook: StepHook | None) -> _Run:
+            step_hook: StepHook | None, steps_total: int) -> _Run:
     """The accelerator, class weighting, model, EMA, optimizer, LR schedule and the data on the device."""
     _allow_precision_change(cfg.mixed_precision)
     trackers = trackers_of(cfg)
@@ -330,12 +332,27 @@ def _set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weight
     need_labels = cfg.conditional or loss_multiplier is not None or step_hook is not None
     labels = torch.from_numpy(dataset.labels).to(images.device) if need_labels else None
     return _Run(
-        accelerator=accelerator, model=model, forward_model=torch.compile(model) if cfg.compile else model,
+        accelerator=accelerator, model=model,
+        forward_model=torch.compile(model) if should_compile(cfg.compile, device, steps_total) else model,
         params=params, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema, scheduler=scheduler,
         images=images, labels=labels, loss_multiplier=loss_multiplier, sample_probs=sample_probs,
         null_label=dataset.num_classes if cfg.conditional else None,
         micro=cfg.batch_size // (world * cfg.grad_accum), trackers=trackers,
     )
+
+
+# ``compile: auto`` compiles runs of at least this many steps, where compiling (minutes, once per process and
+# model shape; inductor caches it on disk) costs little next to the steps it speeds up (docs/benchmarks.md)
+AUTO_COMPILE_MIN_STEPS = {"cuda": 10_000, "cpu": 20_000}
+
+
+def should_compile(setting: bool | str, device: torch.device, steps: int) -> bool:
+    """Whether ``train.compile`` (True, False or "auto") compiles a run of ``steps`` steps on ``device``."""
+    if setting != "auto":
+        return bool(setting)
+    min_steps = AUTO_COMPILE_MIN_STEPS.get(device.type)
+    has_compiler = device.type != "cpu" or shutil.which("c++") is not None  # inductor builds C++ on a CPU
+    return min_steps is not None and steps >= min_steps and has_compiler
 
 
 def _class_weighting(cfg: TrainConfig, dataset: ImageDataset, class_weights: Mapping[str, float] | None,
