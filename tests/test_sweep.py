@@ -1,10 +1,19 @@
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from diffprune.config import ConfigError
 from diffprune.pipeline.config import load_run_config
 from diffprune.pipeline.sweep import _mean_std, parse_method, sweep_config
+from diffprune.pipeline.workers import WorkersError, worker_env, worker_order
+from diffprune.runtime import available_cpus
+from test_pipeline_e2e import TINY
 
 
 def test_grid_has_one_arm_per_cell_plus_full_per_seed():
@@ -31,3 +40,41 @@ def test_mean_std_uses_sample_std():
     assert _mean_std(vals) == f"{mean:.3g} ± {std:.2g}"
     assert _mean_std([None, 3.0]) == "3"
     assert _mean_std([]) == "-"
+
+
+def test_worker_order_starts_with_its_own_share_then_the_rest():
+    labels = ["a", "b", "c", "d", "e"]
+    assert worker_order(labels, 0, 2) == ["a", "c", "e", "b", "d"]
+    assert worker_order(labels, 1, 2) == ["b", "d", "a", "c", "e"]
+    for i in range(3):  # every worker visits every arm once
+        assert sorted(worker_order(labels, i, 3)) == labels
+
+
+def test_worker_env_gives_each_worker_one_gpu_or_a_share_of_the_cpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    env = worker_env(1, 2, {})
+    assert env["DIFFPRUNE_WAIT"] == "1" and env["OMP_NUM_THREADS"] == str(max(1, available_cpus() // 2))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert worker_env(2, 4, {})["CUDA_VISIBLE_DEVICES"] == "2"
+    assert worker_env(1, 2, {"CUDA_VISIBLE_DEVICES": "5,7"})["CUDA_VISIBLE_DEVICES"] == "7"
+    with pytest.raises(WorkersError, match="--devices 8 but 4 GPU"):
+        worker_env(0, 8, {})
+
+
+def test_sweep_on_two_devices_trains_every_arm_once_then_reports(tmp_path):
+    """Two CPU worker processes share the run directory: each arm is trained by one of them, the other reuses it."""
+    sets = [x for item in [*TINY, f"runs_dir={tmp_path}"] for x in ("--set", item)]
+    cmd = [sys.executable, "-c", "from diffprune.cli import main; main()", "sweep", "configs/demo.yaml",
+           "--methods", "random", "--ratios", "0.5", "--seeds", "0", "--devices", "2", "--no-progress",
+           "--name", "grid", *sets]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    logs = sorted((tmp_path / "grid" / "workers").glob("worker-*.log"))
+    assert len(logs) == 2
+    trained = [line.split()[-3] for log in logs for line in log.read_text().splitlines()
+               if line.startswith("done") and line.split()[1] == "train"]
+    assert sorted(trained) == ["train/full-s0", "train/random-r0.5-s0"], trained  # once each, none twice
+    results = json.loads((tmp_path / "grid" / "results.json").read_text())
+    assert {r["arm"] for r in results} == {"full-s0", "random-r0.5-s0"}
+    assert (tmp_path / "grid" / "report" / "report.md").exists()

@@ -363,10 +363,13 @@ def sweep(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", 
           ratios: Annotated[str, typer.Option(help="Comma-separated keep ratios.")] = "0.1,0.3",
           seeds: Annotated[str, typer.Option(help="Comma-separated seeds (training, random selection, DRO).")] = "0",
           full: Annotated[bool, typer.Option("--full/--no-full", help="Also train on all data (the speed-up baseline).")] = True,
+          devices: Annotated[int, typer.Option(min=1, help="Run arms concurrently, one process per device (GPU, or a share of the CPU cores).")] = 1,
+          worker: Annotated[Optional[int], typer.Option(hidden=True)] = None,
           set_: SetOpt = None, name: NameOpt = None, force: ForceOpt = False, no_progress: QuietOpt = False) -> None:
     """Run a methods x ratios x seeds grid as one run: shared stages run once, finished cells are cached."""
     from diffprune.pipeline import Pipeline, load_run_config
     from diffprune.pipeline.sweep import collect_results, sweep_config, write_results
+    from diffprune.pipeline.workers import run_workers, worker_order
 
     if config_arg and config:
         raise typer.BadParameter("give the config once: as the argument or as -c/--config")
@@ -375,6 +378,12 @@ def sweep(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", 
                        _csv(seeds, int, "--seeds"), full=full)
     pipe = Pipeline(cfg, force=force, progress=not no_progress, console=console)
     pipe.command = sys.argv[1:]
+    if worker is not None:  # one of --devices processes: its share of the arms first, no report
+        pipe.run_all(worker_order([a.label() for a in cfg.arms], worker, devices), report=False)
+        return
+    if devices > 1:
+        logs = run_workers(sys.argv[1:], devices, pipe.root / "workers")
+        console.print(f"{devices} workers finished (logs: {logs[0].parent}); building the report")
     report_path = pipe.run_all()
     table = write_results(pipe.root, collect_results(pipe.root))
     Console().print(table.read_text())

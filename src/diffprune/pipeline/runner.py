@@ -697,8 +697,9 @@ class Pipeline:
                "sample": self.sample_config, "evaluate": self.evaluate_config}[name]
         return get().model_dump(mode="json")
 
-    def run_all(self, arms: Iterable[str] | None = None) -> Path:
-        """Every stage for every arm (or the named arms), then the report; the checks (``check``) first."""
+    def run_all(self, arms: Iterable[str] | None = None, report: bool = True) -> Path | None:
+        """Every stage for every arm (or the named arms, in that order), then the report (unless ``report`` is
+        False: None is returned); the checks (``check``) first."""
         chosen = [self.arm(a) for a in arms] if arms else list(self.cfg.arms)
         self.check(chosen)
         remove_stale_temps(self.root)  # what writers killed mid-write left (their pid is dead)
@@ -706,4 +707,4 @@ class Pipeline:
         for arm in chosen:
             self.console.rule(f"arm {arm.label()}")
             self.evaluate(arm)
-        return self.report()
+        return self.report() if report else None
