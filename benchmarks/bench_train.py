@@ -48,6 +48,8 @@ from diffprune.io import atomic_write_json  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_train.json"
 MODES = {  # name: (mixed_precision, channels_last, compile)
     "fp32": ("no", False, False),
+    "fp32-cl": ("no", True, False),
+    "fp32-compile": ("no", False, True),
     "bf16": ("bf16", False, False),
     "bf16-cl-compile": ("bf16", True, True),
     "fp16": ("fp16", False, False),
