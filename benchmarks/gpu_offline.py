@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from diffprune.data import ImageDataset  # noqa: E402
 from diffprune.diffusion import SampleConfig, TrainConfig, sample_images, train  # noqa: E402
-from diffprune.diffusion import trainer  # noqa: E402
+from diffprune.diffusion import setup, trainer  # noqa: E402
 from diffprune.diffusion.ema import EMA  # noqa: E402
 from diffprune.diffusion.loading import load_model  # noqa: E402
 from diffprune.diffusion.objective import diffusion_loss  # noqa: E402
@@ -55,7 +55,7 @@ def syncs(args) -> dict:
     cfg = _config(args, steps=args.steps).resolved()
     weights = {c: 0.1 for c in ds.class_names}
     with tempfile.TemporaryDirectory() as tmp:
-        run = trainer._set_up(cfg, ds, Path(tmp), weights, None, cfg.steps)
+        run = setup.set_up(cfg, ds, Path(tmp), weights, None, cfg.steps)
         for step in range(3):  # warm-up: compilation, allocator, cuDNN autotuning may synchronise
             _one_step(run, cfg, step)
         counts = []
@@ -80,7 +80,7 @@ def breakdown(args) -> dict:
     ds = _random_dataset(args.resolution, args.channels)
     cfg = _config(args, steps=args.steps).resolved()
     with tempfile.TemporaryDirectory() as tmp:
-        run = trainer._set_up(cfg, ds, Path(tmp), None, None, cfg.steps)
+        run = setup.set_up(cfg, ds, Path(tmp), None, None, cfg.steps)
     device = run.accelerator.device
     ema = EMA(run.model, 0.9999)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.accelerator.mixed_precision)

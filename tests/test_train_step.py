@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffprune.data import ImageDataset
-from diffprune.diffusion import TrainConfig, trainer
+from diffprune.diffusion import TrainConfig, setup, trainer
 from diffprune.diffusion.batches import _epoch_permutation, global_batch_indices
 from diffprune.testing import count_host_syncs
 
@@ -23,7 +23,7 @@ def _conditional_weighted_run(tmp_path):
     ds = ImageDataset(images, np.arange(24) % 4, list("abcd"), name="toy")
     cfg = TrainConfig(preset="ddpm-tiny", steps=6, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9,
                       checkpoint_every=0, seed=3, hflip=True, conditional=True, compile=False).resolved()
-    run = trainer._set_up(cfg, ds, tmp_path, {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}, None, cfg.steps)
+    run = setup.set_up(cfg, ds, tmp_path, {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}, None, cfg.steps)
     return run, cfg
 
 
@@ -46,18 +46,18 @@ def test_a_training_step_hands_no_value_back_to_the_host(tmp_path):
 
 @pytest.mark.parametrize("setting, device, steps, expected", [
     (True, "cpu", 1, True), (False, "cuda", 10**6, False),
-    ("auto", "cuda", trainer.AUTO_COMPILE_MIN_STEPS["cuda"], True),
-    ("auto", "cuda", trainer.AUTO_COMPILE_MIN_STEPS["cuda"] - 1, False),
-    ("auto", "cpu", trainer.AUTO_COMPILE_MIN_STEPS["cpu"] - 1, False),
+    ("auto", "cuda", setup.AUTO_COMPILE_MIN_STEPS["cuda"], True),
+    ("auto", "cuda", setup.AUTO_COMPILE_MIN_STEPS["cuda"] - 1, False),
+    ("auto", "cpu", setup.AUTO_COMPILE_MIN_STEPS["cpu"] - 1, False),
     ("auto", "mps", 10**6, False),
 ])
 def test_compile_auto_compiles_long_runs_only(setting, device, steps, expected):
-    assert trainer.should_compile(setting, torch.device(device), steps) is expected
+    assert setup.should_compile(setting, torch.device(device), steps) is expected
 
 
 def test_compile_auto_needs_a_cpp_compiler_on_a_cpu(monkeypatch):
-    steps = trainer.AUTO_COMPILE_MIN_STEPS["cpu"]
-    monkeypatch.setattr(trainer.shutil, "which", lambda name: "/usr/bin/c++")
-    assert trainer.should_compile("auto", torch.device("cpu"), steps)
-    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
-    assert not trainer.should_compile("auto", torch.device("cpu"), steps)
+    steps = setup.AUTO_COMPILE_MIN_STEPS["cpu"]
+    monkeypatch.setattr(setup.shutil, "which", lambda name: "/usr/bin/c++")
+    assert setup.should_compile("auto", torch.device("cpu"), steps)
+    monkeypatch.setattr(setup.shutil, "which", lambda name: None)
+    assert not setup.should_compile("auto", torch.device("cpu"), steps)

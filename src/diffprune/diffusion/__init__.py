@@ -26,7 +26,8 @@ from diffprune.diffusion.models import (
 )
 from diffprune.diffusion.objective import diffusion_loss
 from diffprune.diffusion.sampling import generate, image_grid, sample_images, save_samples
-from diffprune.diffusion.trainer import TrainError, TrainingInterrupted, total_steps, train
+from diffprune.diffusion.setup import total_steps
+from diffprune.diffusion.trainer import TrainError, TrainingInterrupted, train
 
 __all__ = [
     "DiT",

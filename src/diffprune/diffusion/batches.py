@@ -127,6 +127,16 @@ def to_model_input(batch: torch.Tensor) -> torch.Tensor:
     return batch.float() / 127.5 - 1.0 if batch.dtype == torch.uint8 else batch.float()
 
 
+def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without making the host wait: a host tensor bound for an accelerator is pinned
+    first, so the copy is asynchronous (a pageable copy synchronises the stream with the host)."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def latent_meta(dataset: object) -> dict | None:
     """How to decode a latent dataset's examples back to images ({vae, scaling_factor, shift_factor,
     image_channels}), or None for an image dataset."""

@@ -58,7 +58,7 @@ class TrainConfig(StrictModel):
     # (preset "sd": the Stable Diffusion pipeline dir or hub id whose unet, text encoder and scheduler are used)
     channels_last: bool = False
     # torch.compile the model; "auto": on for long runs, where compiling costs little of the training time
-    # (diffusion.trainer.AUTO_COMPILE_MIN_STEPS: CUDA and CPU thresholds, measured in docs/benchmarks.md)
+    # (diffusion.setup.AUTO_COMPILE_MIN_STEPS: CUDA and CPU thresholds, measured in docs/benchmarks.md)
     compile: bool | Literal["auto"] = "auto"
     tensorboard: bool = False  # shorthand for log_with: [tensorboard]
     log_with: list[str] = []  # accelerate trackers (tensorboard, wandb, comet_ml, mlflow, ...): loss, lr, img/s

@@ -28,46 +28,35 @@ Files in ``out_dir``:
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Protocol
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_constant_schedule_with_warmup
 
 from diffprune.data import ImageDataset
 from diffprune.diffusion.batches import (
-    class_loss_multipliers,
-    class_weight_vector,
-    example_probabilities,
     global_batch_indices,
-    latent_meta,
     noise_generator,
     stream_seed,
+    to_device_async,
     to_model_input,
 )
-from diffprune.diffusion.build import build_training_model
 from diffprune.diffusion.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, trajectory_hash
 from diffprune.diffusion.config import TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
 from diffprune.diffusion.models import count_parameters
 from diffprune.diffusion.objective import diffusion_loss
-from diffprune.diffusion.tracking import sample_grid, scalar_config, trackers_of
+from diffprune.diffusion.setup import TrainingRun, check_inputs, set_up
+from diffprune.diffusion.tracking import sample_grid, scalar_config
 from diffprune.io import config_hash
-from diffprune.runtime import Interrupted, StopOnSignal, process_state, progress_bar
+from diffprune.runtime import Interrupted, StopOnSignal, progress_bar
 
 log = logging.getLogger("diffprune.train")
 
@@ -99,13 +88,6 @@ class TrainingInterrupted(Interrupted):
     """Raised after SIGINT/SIGTERM once the checkpoint is safely written; rerun with ``resume=True``."""
 
 
-def total_steps(config: TrainConfig, num_examples: int) -> int:
-    """Optimizer steps of the budget (``config`` resolved)."""
-    if config.steps is not None:
-        return config.steps
-    return max(1, math.ceil(config.epochs * num_examples / config.batch_size))
-
-
 def train(
     config: TrainConfig,
     dataset: ImageDataset,
@@ -135,8 +117,8 @@ def train(
     """
     cfg = config.resolved()
     out_dir = Path(out_dir)
-    steps_total = _check_inputs(cfg, dataset, evaluator)
-    run = _set_up(cfg, dataset, out_dir, class_weights, step_hook, steps_total)
+    steps_total = check_inputs(cfg, dataset, has_evaluator=evaluator is not None)
+    run = set_up(cfg, dataset, out_dir, class_weights, step_hook, steps_total)
     accelerator = run.accelerator
     trajectory = trajectory_hash(cfg, dataset, class_weights)
     if step_hook is not None:
@@ -228,147 +210,7 @@ def train(
     }
 
 
-# ---- set-up ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    """What the training loop works with, built once by ``_set_up``."""
-
-    accelerator: Accelerator
-    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped under several processes)
-    forward_model: Callable[..., Any]  # ``model``, compiled when asked
-    params: list[torch.nn.Parameter]
-    optimizer: Any
-    lr_schedule: Any
-    ema: EMA
-    scheduler: DDPMScheduler
-    images: torch.Tensor  # uint8 (or float latents) on the device, or pinned host memory when too large
-    labels: torch.Tensor | None  # on ``images.device`` when the step needs them
-    loss_multiplier: torch.Tensor | None  # float32 K, a_k / p_k on the device
-    sample_probs: torch.Tensor | None  # float64 N, class-resampling probabilities
-    null_label: int | None  # the label of the unconditional class (conditional models)
-    micro: int  # images per process per forward pass
-    trackers: list[str]
-
-
-def _check_inputs(cfg: TrainConfig, dataset: ImageDataset, evaluator: Evaluator | None) -> int:
-    """Every check that needs no accelerator; the number of optimizer steps."""
-    n = len(dataset)
-    if n == 0:
-        raise TrainError("the dataset is empty; nothing to train on")
-    steps_total = total_steps(cfg, n)
-    if cfg.eval_every and evaluator is None:
-        raise TrainError("train.eval_every needs an evaluator (diffprune.evaluation.during_training."
-                         "TrainingEvaluator; `diffprune train/run` pass one); set eval_every: 0 to train without")
-    if cfg.ema_decay and not cfg.ema_warmup and cfg.ema_decay**steps_total > 0.1:
-        # constant-decay EMA starts at the initial weights: after S steps they still weigh decay**S
-        log.warning(
-            "ema_decay %.4g averages over ~%d steps but this run has %d: the saved EMA weights keep %.0f%% of the "
-            "random initialisation; set train.ema_warmup=true or lower train.ema_decay (e.g. %.3g) for short runs",
-            cfg.ema_decay, round(1 / (1 - cfg.ema_decay)), steps_total, 100 * cfg.ema_decay**steps_total,
-            max(0.0, 1 - 3.0 / steps_total),
-        )
-    if cfg.conditional and dataset.labels is None:
-        raise TrainError("conditional=True needs a labelled dataset; set conditional=False or provide labels")
-    latent = latent_meta(dataset)
-    if latent is not None and cfg.hflip:
-        raise TrainError("hflip flips training tensors, and these are VAE latents, not images; set hflip: false")
-    if latent is not None and cfg.sample_every:
-        raise TrainError("sample_every draws pixel grids during training; latent runs decode in `diffprune sample` "
-                         "instead: set sample_every: 0")
-    return steps_total
-
-
-def _set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weights: Mapping[str, float] | None,
-            step_hook: StepHook | None, steps_total: int) -> _Run:
-    """The accelerator, class weighting, model, EMA, optimizer, LR schedule and the data on the device."""
-    _allow_precision_change(cfg.mixed_precision)
-    trackers = trackers_of(cfg)
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,  # None: accelerate's launch flag / config / environment decides
-        gradient_accumulation_steps=cfg.grad_accum,
-        step_scheduler_with_optimizer=False,  # we step it once per optimizer step (batch_size is global)
-        log_with=trackers or None,
-        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
-    )
-    world = accelerator.num_processes
-    if cfg.batch_size % (world * cfg.grad_accum):
-        raise TrainError(
-            f"batch_size {cfg.batch_size} (global) must be divisible by processes x grad_accum = "
-            f"{world} x {cfg.grad_accum}; pick a multiple of {world * cfg.grad_accum}"
-        )
-    if step_hook is not None and cfg.grad_accum != 1:
-        raise TrainError("a step hook (DRO) sees one micro-batch per optimizer step: set grad_accum: 1")
-    device = accelerator.device
-    set_seed(cfg.seed)  # model init and dropout; data order and noise come from batches.py streams
-    loss_multiplier, sample_probs = _class_weighting(cfg, dataset, class_weights, device)
-
-    overrides = {"sample_size": dataset.resolution, "in_channels": dataset.channels,
-                 "out_channels": dataset.channels}
-    if cfg.conditional:
-        overrides["num_class_embeds"] = dataset.num_classes + 1  # the last index is the null (unconditional) label
-    if cfg.mask_ratio > 0:
-        overrides["side_interpolater_depth"] = 2  # MDT's side-interpolater (model_overrides may change it)
-    overrides.update(cfg.model_overrides)
-    model, scheduler = build_training_model(cfg, dataset, overrides, device)
-    if model.config.sample_size != dataset.resolution or model.config.in_channels != dataset.channels:
-        raise TrainError(
-            f"model expects {model.config.in_channels} x {model.config.sample_size} px images but the dataset has "
-            f"{dataset.channels} x {dataset.resolution}; drop the sample_size/in_channels overrides or resize the data"
-        )
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.to(device)
-    ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)  # starts at the initial weights
-    params = list(model.parameters())  # collected once: walking the module tree every step is measurable
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cuda", "cpu"))  # fused: 5x faster step
-    lr_schedule = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
-    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
-
-    images = torch.from_numpy(np.ascontiguousarray(dataset.images))  # ~150 MB of uint8 for CIFAR-10
-    if device.type != "cpu":
-        images = images.to(device) if images.numel() < (1 << 31) else images.pin_memory()
-    need_labels = cfg.conditional or loss_multiplier is not None or step_hook is not None
-    labels = torch.from_numpy(dataset.labels).to(images.device) if need_labels else None
-    return _Run(
-        accelerator=accelerator, model=model,
-        forward_model=torch.compile(model) if should_compile(cfg.compile, device, steps_total) else model,
-        params=params, optimizer=optimizer, lr_schedule=lr_schedule, ema=ema, scheduler=scheduler,
-        images=images, labels=labels, loss_multiplier=loss_multiplier, sample_probs=sample_probs,
-        null_label=dataset.num_classes if cfg.conditional else None,
-        micro=cfg.batch_size // (world * cfg.grad_accum), trackers=trackers,
-    )
-
-
-# ``compile: auto`` compiles runs of at least this many steps, where compiling (minutes, once per process and
-# model shape; inductor caches it on disk) costs little next to the steps it speeds up (docs/benchmarks.md)
-AUTO_COMPILE_MIN_STEPS = {"cuda": 10_000, "cpu": 20_000}
-
-
-def should_compile(setting: bool | str, device: torch.device, steps: int) -> bool:
-    """Whether ``train.compile`` (True, False or "auto") compiles a run of ``steps`` steps on ``device``."""
-    if setting != "auto":
-        return bool(setting)
-    min_steps = AUTO_COMPILE_MIN_STEPS.get(device.type)
-    has_compiler = device.type != "cpu" or shutil.which("c++") is not None  # inductor builds C++ on a CPU
-    return min_steps is not None and steps >= min_steps and has_compiler
-
-
-def _class_weighting(cfg: TrainConfig, dataset: ImageDataset, class_weights: Mapping[str, float] | None,
-                     device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Class weights as per-class loss multipliers a_k / p_k ("loss") or per-example probabilities ("resample")."""
-    if class_weights is None:
-        return None, None
-    if dataset.labels is None:
-        raise TrainError("class_weights need a labelled dataset (labels or cluster ids); this one has none")
-    a = class_weight_vector(class_weights, dataset.class_names)
-    if cfg.weighting == "loss":
-        return torch.tensor(class_loss_multipliers(dataset.labels, a), dtype=torch.float32, device=device), None
-    return None, torch.from_numpy(example_probabilities(dataset.labels, a))
-
-
-def _resume(run: _Run, state_dir: Path, trajectory: str, steps_total: int,
+def _resume(run: TrainingRun, state_dir: Path, trajectory: str, steps_total: int,
             step_hook: StepHook | None) -> dict[str, Any] | None:
     """Load the checkpoint in ``state_dir`` into ``run`` (and the hook); its trainer state, None without one."""
     if not (state_dir / STATE_FILE).exists():
@@ -395,7 +237,7 @@ class _GlobalBatch(NamedTuple):
     drops: torch.Tensor  # bool: replace this example's label by the null label
 
 
-def _global_batch(run: _Run, cfg: TrainConfig, step: int, step_hook: StepHook | None) -> _GlobalBatch:
+def _global_batch(run: TrainingRun, cfg: TrainConfig, step: int, step_hook: StepHook | None) -> _GlobalBatch:
     idx = None if step_hook is None else step_hook.batch_indices(step)
     if idx is None:
         idx = global_batch_indices(step, cfg.batch_size, len(run.images), cfg.seed, run.sample_probs)
@@ -409,7 +251,7 @@ def _global_batch(run: _Run, cfg: TrainConfig, step: int, step_hook: StepHook | 
     return _GlobalBatch(to_device_async(idx, run.images.device), timesteps, noise, flips, drops)
 
 
-def _micro_step(run: _Run, cfg: TrainConfig, batch: _GlobalBatch, step: int, k: int,
+def _micro_step(run: TrainingRun, cfg: TrainConfig, batch: _GlobalBatch, step: int, k: int,
                 step_hook: StepHook | None) -> torch.Tensor:
     """Forward, backward and (at the last micro-batch) the optimizer step of this process' micro-batch ``k``.
     Returns its loss, detached and left on the device: nothing here waits for the device."""
@@ -442,17 +284,7 @@ def _micro_step(run: _Run, cfg: TrainConfig, batch: _GlobalBatch, step: int, k: 
     return loss.detach()
 
 
-def to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` on ``device`` without making the host wait: a host tensor bound for an accelerator is pinned
-    first, so the copy is asynchronous (a pageable copy synchronises the stream with the host)."""
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu" and device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def _log_line(run: _Run, metrics_path: Path, step: int, batch_size: int, loss: float, ips: float,
+def _log_line(run: TrainingRun, metrics_path: Path, step: int, batch_size: int, loss: float, ips: float,
               seconds: float) -> None:
     row = {"step": step, "loss": loss, "lr": run.lr_schedule.get_last_lr()[0], "img_per_s": ips,
            "images_seen": step * batch_size, "seconds": seconds}
@@ -477,23 +309,6 @@ def _evaluate_during_training(evaluator: Evaluator, ema: EMA, scheduler: DDPMSch
                                      "train_seconds": train_seconds, "eval_seconds": seconds, **values})
     return seconds
 
-
-
-def _allow_precision_change(mixed_precision: str | None) -> None:
-    """accelerate fixes the precision once per process. A single (non-launched) process may run several
-    trainings with different precisions (e.g. a reference model then the arms), so reset its state then;
-    under ``accelerate launch`` a change is an error, as accelerate would raise."""
-    state = AcceleratorState._shared_state
-    if not state or (mixed_precision is not None and state.get("_mixed_precision") in (None, mixed_precision)):
-        return
-    if process_state().num_processes > 1:
-        if mixed_precision is None:  # the launch's precision stays
-            return
-        raise TrainError(
-            f"this launched process already trains with mixed_precision={state.get('_mixed_precision')!r}; "
-            f"use the same precision for every training in one `accelerate launch`, or launch separately"
-        )
-    AcceleratorState._reset_state()
 
 
 def _mask_generator(cfg: TrainConfig, step: int, micro: int, rank: int,
