@@ -75,6 +75,7 @@ class Pipeline:
             result) instead of stopping with a one-line error (default: the ``DIFFPRUNE_WAIT`` variable).
         dry_run: compute nothing: each stage prints its resolved config and whether it would be ``cached``,
             ``run``, ``extend`` (continue a finished checkpoint) or ``resume`` (``plan`` collects them).
+        dataset: the images to use instead of loading ``cfg.data`` (``diffprune.prune_and_reweight``).
 
     Every stage method takes the stage's resolved config (``<stage>_config``) and returns
     ``(result, fingerprint)``; the fingerprint identifies the output for the stages downstream.
@@ -88,8 +89,11 @@ class Pipeline:
         console: Console | None = None,
         wait: bool | None = None,
         dry_run: bool = False,
+        dataset: ImageDataset | None = None,
     ) -> None:
         self.cfg = cfg
+        if dataset is not None:
+            self.__dict__["dataset"] = dataset  # fills the cached property
         self.wait = bool(os.environ.get("DIFFPRUNE_WAIT")) if wait is None else wait
         self.root = cfg.run_dir
         self.force = set(STAGES) if force is True else set(force or ())
