@@ -160,7 +160,9 @@ def test_coreset_of_a_plain_torch_dataset():
         def __getitem__(self, i):  # diffusers-style: a dict, images in [-1, 1]
             return {"input": torch.full((1, 4, 4), i / 11 * 2 - 1), "label": i % 3}
 
-    core = diffprune.coreset(Plain(), method="random", ratio=0.5, encoder="pixels")
+    with pytest.raises(ValueError, match="value_range"):  # float pixels: the range is declared, never guessed
+        diffprune.coreset(Plain(), method="random", ratio=0.5, encoder="pixels")
+    core = diffprune.coreset(Plain(), method="random", ratio=0.5, encoder="pixels", value_range=(-1, 1))
     assert len(core) == 6 and sorted(set(core.groups.tolist())) == [0, 1, 2]
     item = core.subset()[0]
     assert torch.equal(item["input"], Plain()[int(core.indices[0])]["input"])  # the user's own items
