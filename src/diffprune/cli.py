@@ -74,11 +74,23 @@ def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str 
         name = run_name_for(data)
     cfg = load_run_config(resolve_config(config), overrides or [], name=name)
     pipe = Pipeline(cfg, force=force, progress=not quiet, console=console, dry_run=dry_run)
+    print_provenance(pipe.provenance)
     if arms is not None:
         pipe.check(_arms(pipe, arms))
     if not dry_run:
         pipe.write_run_files()  # config.yaml + arms.json first, so `export RUN` / `report RUN` find the run
     return pipe
+
+
+def print_provenance(record: dict) -> None:
+    """The start line of every command: devices, processes, training and sampling precision, threads, launcher."""
+    from rich.markup import escape
+
+    from diffprune.provenance import provenance_line
+    from diffprune.runtime import launch_world
+
+    if launch_world()[0] == 0:
+        console.print(f"[dim]ran on[/]  {escape(provenance_line(record))}")
 
 
 def run_name_for(data: str) -> str:
@@ -112,9 +124,11 @@ def datasets() -> None:
     """List the dataset specs that ``data.spec`` accepts."""
     from diffprune.data import available_datasets
 
+    from rich.markup import escape
+
     table = Table("spec", "description", title="datasets")
-    for spec, desc in available_datasets().items():
-        table.add_row(spec, desc)
+    for spec, desc in available_datasets().items():  # "[hf]" in a description is text, not rich markup
+        table.add_row(escape(spec), escape(desc))
     Console().print(table)
 
 
@@ -240,8 +254,13 @@ def fid(a: Annotated[str, typer.Argument(help="Reference side: image folder, .np
     from diffprune.evaluation.compare import compare
     from diffprune.io import atomic_write_json
 
-    ec = load_run_config_section(config, set_, "evaluate")
-    result = compare(a, b, ec, cache_dir=cache_dir, resolution=resolution, progress=not no_progress)
+    from diffprune.pipeline import load_run_config
+    from diffprune.provenance import provenance
+
+    cfg = load_run_config(resolve_config(config), set_ or [])
+    print_provenance(provenance(None, cfg.sample.mixed_precision))
+    result = compare(a, b, cfg.evaluate, cache_dir=cache_dir, resolution=resolution, progress=not no_progress,
+                     skip_bad=cfg.data.skip_bad)
     table = Table("metric", "value", title=f"{a}  vs  {b}")
     for key, value in result.items():
         if key != "inputs":
@@ -249,13 +268,6 @@ def fid(a: Annotated[str, typer.Argument(help="Reference side: image folder, .np
     Console().print(table)
     if out is not None:
         atomic_write_json(out, result)
-
-
-def load_run_config_section(config: str | None, overrides: list[str] | None, section: str):
-    """One section of a run config (default: the demo config's), with ``--set`` overrides."""
-    from diffprune.pipeline import load_run_config
-
-    return getattr(load_run_config(resolve_config(config), overrides or []), section)
 
 
 @app.command()

@@ -24,7 +24,8 @@ from diffprune.io import (
 )
 from diffprune.pipeline.config import FULL, ArmConfig, RunConfig
 from diffprune.pipeline.manifest import StageDir
-from diffprune.runtime import launch_world, resolve_device
+from diffprune.provenance import full_command, provenance
+from diffprune.runtime import launch_precision, launch_world, resolve_device
 
 T = TypeVar("T")
 STAGES = ("embed", "select", "reference", "reweight", "train", "sample", "evaluate", "report")
@@ -103,6 +104,8 @@ class Pipeline:
         self.planned: list[dict[str, Any]] = []  # dry_run: every stage's status and resolved config
         self._coresets: dict[str, tuple[ImageDataset, str]] = {}
         self.command: list[str] | None = None  # the CLI arguments that made this run (for command.json)
+        # devices, processes, precisions, threads, launcher: printed by the CLI, kept in command.json and manifests
+        self.provenance = provenance(cfg.train.mixed_precision, cfg.sample.mixed_precision)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _stage(
@@ -193,7 +196,8 @@ class Pipeline:
             files = tuple(o for pattern in outputs for o in sorted(str(p.relative_to(stage.path))
                                                                   for p in stage.path.glob(pattern)))
             attempt = extra.pop("attempt", None)
-            manifest = stage.finish(fingerprint, outputs=files, world_size=world, attempt_extra=attempt, **extra)
+            manifest = stage.finish(fingerprint, outputs=files, world_size=world, attempt_extra=attempt,
+                                    provenance=self.provenance, **extra)
             self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
         return result, fingerprint
 
@@ -212,7 +216,9 @@ class Pipeline:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.root / "config.yaml", self.cfg.model_dump(mode="json"))
         if self.command is not None:  # set by the command line; the report shows it
-            atomic_write_json(self.root / "command.json", {"argv": ["diffprune", *self.command], "cwd": os.getcwd()})
+            atomic_write_json(self.root / "command.json", {"argv": ["diffprune", *self.command], "cwd": os.getcwd(),
+                                                           "command": full_command(self.provenance),
+                                                           "provenance": self.provenance})
         arms = []
         for arm in self.cfg.arms:
             label = arm.label()
@@ -298,8 +304,9 @@ class Pipeline:
         return self.cfg.arm_train_config(arm).resolved()
 
     def sample_config(self):
-        sc = self.cfg.sample
-        return sc.model_copy(update={"steps": sc.num_steps})
+        sc = self.cfg.sample  # unset precision: the launch's, resolved so that the cache key records it
+        precision = sc.mixed_precision or launch_precision()
+        return sc.model_copy(update={"steps": sc.num_steps, "mixed_precision": precision})
 
     def evaluate_config(self):
         return self.cfg.evaluate
