@@ -69,28 +69,18 @@ def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str 
     ``data`` (a verb's ``--data``) without ``-c`` or ``--name`` names the run after the data, so that a verb
     on other data never writes into the default run's folder (``runs/demo``)."""
     from diffprune.pipeline import Pipeline, load_run_config
+    from diffprune.provenance import print_provenance
 
     if data is not None and config is None and name is None:
         name = run_name_for(data)
     cfg = load_run_config(resolve_config(config), overrides or [], name=name)
     pipe = Pipeline(cfg, force=force, progress=not quiet, console=console, dry_run=dry_run)
-    print_provenance(pipe.provenance)
+    print_provenance(console, pipe.provenance)
     if arms is not None:
         pipe.check(_arms(pipe, arms))
     if not dry_run:
         pipe.write_run_files()  # config.yaml + arms.json first, so `export RUN` / `report RUN` find the run
     return pipe
-
-
-def print_provenance(record: dict) -> None:
-    """The start line of every command: devices, processes, training and sampling precision, threads, launcher."""
-    from rich.markup import escape
-
-    from diffprune.provenance import provenance_line
-    from diffprune.runtime import launch_world
-
-    if launch_world()[0] == 0:
-        console.print(f"[dim]ran on[/]  {escape(provenance_line(record))}")
 
 
 def run_name_for(data: str) -> str:
@@ -255,10 +245,10 @@ def fid(a: Annotated[str, typer.Argument(help="Reference side: image folder, .np
     from diffprune.io import atomic_write_json
 
     from diffprune.pipeline import load_run_config
-    from diffprune.provenance import provenance
+    from diffprune.provenance import print_provenance, provenance
 
     cfg = load_run_config(resolve_config(config), set_ or [])
-    print_provenance(provenance(None, cfg.sample.mixed_precision))
+    print_provenance(console, provenance(None, cfg.sample.mixed_precision))
     result = compare(a, b, cfg.evaluate, cache_dir=cache_dir, resolution=resolution, progress=not no_progress,
                      skip_bad=cfg.data.skip_bad)
     table = Table("metric", "value", title=f"{a}  vs  {b}")
@@ -447,7 +437,7 @@ def main() -> None:
 
         configure_threads()
     try:
-        app()
+        app(prog_name="diffprune")  # also under `python -m diffprune`
     except KeyboardInterrupt as e:
         from rich.markup import escape
 

@@ -87,6 +87,14 @@ def provenance_line(record: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def print_provenance(console: Any, record: dict[str, Any]) -> None:
+    """The start line of a command, printed by the main process only."""
+    from rich.markup import escape
+
+    if launch_world()[0] == 0:
+        console.print(f"[dim]ran on[/]  {escape(provenance_line(record))}")
+
+
 def full_command(record: dict[str, Any]) -> str:
     """The launcher, then the command: what to type to run it again."""
     launch = record.get("launcher")

@@ -62,7 +62,7 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header)
 
 
-def _fashion_mnist(split: str, root: str | None, skip_bad: bool) -> ImageDataset:
+def _fashion_mnist(split: str, root: str | None, skip_bad: bool, download: bool = True) -> ImageDataset:
     prefix = {"train": "train", "test": "t10k"}[split]
     dirs = ([root] if root else []) + list(FASHION_MNIST_DIRS)
     for d in dirs:
@@ -75,22 +75,22 @@ def _fashion_mnist(split: str, root: str | None, skip_bad: bool) -> ImageDataset
     try:
         from torchvision.datasets import FashionMNIST
 
-        ds = FashionMNIST(root or "data", train=split == "train", download=True)
+        ds = FashionMNIST(root or "data", train=split == "train", download=download)
     except Exception as e:  # torchvision raises several types when offline
         raise DatasetError(
-            "Fashion-MNIST not found locally and the download failed "
+            f"Fashion-MNIST not found locally and {'the download failed' if download else 'downloads are off'} "
             f"({type(e).__name__}: {e}). Install the Debian package 'dataset-fashion-mnist' "
             "or pass root=DIR holding the four idx .gz files."
         ) from None
     return ImageDataset(ds.data.numpy()[:, None].copy(), ds.targets.numpy(), FASHION_MNIST_CLASSES, name="fashion-mnist")
 
 
-def _cifar10(split: str, root: str | None, skip_bad: bool) -> ImageDataset:
+def _cifar10(split: str, root: str | None, skip_bad: bool, download: bool = True) -> ImageDataset:
     from torchvision.datasets import CIFAR10
 
     root = root or os.environ.get("DIFFPRUNE_DATA", "data")
     try:
-        ds = CIFAR10(root, train=split == "train", download=not os.environ.get("HF_HUB_OFFLINE"))
+        ds = CIFAR10(root, train=split == "train", download=download and not os.environ.get("HF_HUB_OFFLINE"))
     except Exception as e:
         raise DatasetError(
             f"CIFAR-10 could not be loaded from '{root}' ({type(e).__name__}: {e}). Download it once with "
@@ -436,6 +436,8 @@ BUILTIN: dict[str, Callable[[str, str | None, bool], ImageDataset]] = {
     "cifar10": _cifar10,
 }
 EMBEDDED = ("digits", "mnist5k")
+DOWNLOADED = ("fashion-mnist", "cifar10")  # fetched on first use unless download=False
+NATIVE_RESOLUTION = {"digits": 8, "mnist5k": 28, "fashion-mnist": 28, "cifar10": 32}  # side in pixels
 
 
 def available_datasets() -> dict[str, str]:
@@ -468,6 +470,7 @@ def load_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     id_column: str | None = None,
+    download: bool = True,
 ) -> ImageDataset:
     """Load a dataset by spec and bring it to a target resolution.
 
@@ -492,6 +495,7 @@ def load_dataset(
             written to ``coreset.csv`` (default: the row index in the split). ``webdataset`` takes the first
             two as the members holding the image and the class (``json:FIELD`` for a field of a JSON member;
             default: the first image extension, then ``cls``, else ``json:label``); see ``data.shards``.
+        download: fetch a built-in dataset that is not on disk (False: a ``DatasetError`` instead; dry runs).
     """
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
@@ -517,7 +521,8 @@ def load_dataset(
     elif spec in BUILTIN:
         if split == "test" and spec in EMBEDDED:
             raise DatasetError(f"'{spec}' has no test split; use split='train'")
-        ds = BUILTIN[spec](split, root, skip_bad)
+        more = {"download": download} if spec in DOWNLOADED else {}
+        ds = BUILTIN[spec](split, root, skip_bad, **more)
     else:
         raise DatasetError(f"unknown dataset '{spec}'; choose one of: {', '.join(available_datasets())}")
     ds = _apply_limit(ds, limit)

@@ -19,6 +19,7 @@ import numpy as np
 from rich.console import Console
 
 from diffprune.data import ImageDataset
+from diffprune.data.sources import NATIVE_RESOLUTION
 from diffprune.io import (
     atomic_write_json, atomic_write_yaml, folder_lock, hash_arrays, hash_file, read_json, remove_stale_temps,
 )
@@ -269,10 +270,22 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ stages
     @cached_property
     def dataset(self) -> ImageDataset:
-        ds = self.cfg.data.load()
+        ds = self.cfg.data.load(download=not self.dry_run)  # a dry run neither downloads nor needs the data
         if ds.skipped:
             self.console.print(f"[yellow]skipped {len(ds.skipped)} unreadable files[/]: {', '.join(ds.skipped[:5])}")
         return ds
+
+    def dry_data_missing(self) -> str | None:
+        """``dry_run``: why the data cannot be read without downloading it (None: it can, or not a dry run)."""
+        from diffprune.data import DatasetError
+
+        if not self.dry_run:
+            return None
+        try:
+            self.dataset
+        except DatasetError as e:
+            return str(e)
+        return None
 
     # ------------------------------------------------------------------------- resolved stage configs
     # One place per stage turns the run config into the stage's validated, *resolved* config: what the stage
@@ -331,6 +344,13 @@ class Pipeline:
 
         ec = self.embed_config()
         out = self.features_dir()
+        missing = self.dry_data_missing()
+        if missing is not None:  # nothing is known downstream of data that is not there
+            rel = str(out.relative_to(self.root))
+            self._print_plan({"stage": "embed", "path": rel, "status": "run", "config": ec.model_dump(mode="json"),
+                              "data": f"unknown until loaded: {missing}"})
+            self.console.print(f"          data: unknown until loaded ({missing})", markup=False, highlight=False)
+            raise Pending("embed", rel, "run")
         stage = StageDir(out, "embed", ec.model_dump(mode="json"), {"dataset": self.dataset.fingerprint},
                          mutable=type(ec).RESUME_MUTABLE)
 
@@ -404,6 +424,10 @@ class Pipeline:
 
     def full_training_set(self) -> tuple[ImageDataset, str]:
         """Every training image (or its latent) and the fingerprint."""
+        missing = self.dry_data_missing()
+        if missing is not None:
+            self.console.print(f"data      unknown until loaded ({missing})", markup=False, highlight=False)
+            raise Pending("data", self.cfg.data.spec, "load")
         if self.cfg.latent is None:
             return self.dataset, self.dataset.fingerprint
         if FULL not in self._coresets:
@@ -667,7 +691,12 @@ class Pipeline:
         ``arms`` (default: all), before any stage computes: a failed start leaves finished stages cached."""
         from diffprune.pipeline.checks import check_run
 
-        check_run(self.cfg, list(arms) if arms is not None else self.cfg.arms, self.dataset.resolution)
+        size = self.cfg.data.resolution or NATIVE_RESOLUTION.get(self.cfg.data.spec) if self.dry_data_missing() \
+            else self.dataset.resolution
+        if size is None:
+            self.console.print("[yellow]image size unknown until the data is loaded[/]: size checks skipped")
+            return
+        check_run(self.cfg, list(arms) if arms is not None else self.cfg.arms, size)
 
     def plan(self, arms: Iterable[str] | None = None, until: str = "evaluate") -> list[dict[str, Any]]:
         """``dry_run``: every stage up to ``until`` of every arm (or the named arms) with its resolved config and
@@ -702,7 +731,7 @@ class Pipeline:
     def _stage_config(self, name: str, arm: ArmConfig) -> dict[str, Any]:
         """The resolved config of stage ``name`` of ``arm`` as the stage will record it."""
         if name == "reference":  # the recipe does not depend on which images it trains on
-            return self.reference_config(self.dataset)
+            return self.reference_config(None if self.dry_data_missing() else self.dataset)
         get = {"embed": self.embed_config, "select": lambda: self.select_config(arm),
                "reweight": lambda: self.reweight_config(arm), "train": lambda: self.train_config(arm),
                "sample": self.sample_config, "evaluate": self.evaluate_config}[name]
