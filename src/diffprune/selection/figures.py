@@ -46,8 +46,9 @@ def selection_figures(out_dir: Path, images: np.ndarray, selection) -> list[Path
     scores = np.asarray(selection.scores, dtype=np.float64)
     finite = np.isfinite(scores)
     rows, half = example_rows(selection), EXAMPLES // 2
-    fig, axes = plt.subplots(len(rows), 2 * half + 1, figsize=((2 * half + 1) * 0.9, len(rows) * 0.95),
-                             squeeze=False, gridspec_kw={"width_ratios": [1] * half + [0.3] + [1] * half})
+    fig, axes = plt.subplots(len(rows), 2 * half + 1, figsize=((2 * half + 1) * 0.9, len(rows) * 1.15),
+                             squeeze=False, gridspec_kw={"width_ratios": [1] * half + [0.3] + [1] * half,
+                                                         "hspace": 0.45})
     for r, (name, keep_idx, prune_idx) in enumerate(rows):
         for c in range(2 * half + 1):
             axes[r][c].axis("off")
