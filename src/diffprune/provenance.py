@@ -34,7 +34,7 @@ def launcher() -> str | None:
     if "ACCELERATE_MIXED_PRECISION" not in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ:
         return None
     parent = _parent_command()
-    if parent and any(word in parent for word in ("accelerate", "torchrun", "torch.distributed.run")):
+    if parent:
         return parent
     words = ["accelerate", "launch"]
     if launch_precision() != "no":
@@ -47,7 +47,8 @@ def launcher() -> str | None:
 
 
 def _parent_command() -> str | None:
-    """The parent process's command line (Linux /proc), shortened to the launcher's words."""
+    """The parent process's command line (Linux /proc) from the launcher's name on, when the parent is
+    ``accelerate`` or ``torchrun``; None otherwise."""
     try:
         raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
     except OSError:
@@ -56,7 +57,7 @@ def _parent_command() -> str | None:
     for i, word in enumerate(argv):  # drop the interpreter: `python .../accelerate launch ...` -> `accelerate ...`
         if Path(word).name in ("accelerate", "torchrun") or word in ("accelerate.commands.launch",):
             return shlex.join([Path(word).name, *argv[i + 1:]])
-    return shlex.join(argv) if argv else None
+    return None
 
 
 def provenance(train_precision: str | None = None, sample_precision: str | None = None) -> dict[str, Any]:
@@ -95,9 +96,10 @@ def print_provenance(console: Any, record: dict[str, Any]) -> None:
         console.print(f"[dim]ran on[/]  {escape(provenance_line(record))}")
 
 
-def full_command(record: dict[str, Any]) -> str:
-    """The launcher, then the command: what to type to run it again."""
+def full_command(record: dict[str, Any], argv: list[str] | None = None) -> str:
+    """The launcher, then the command (``argv``, default the record's): what to type to run it again."""
+    command = shlex.join(argv) if argv else record["command"]
     launch = record.get("launcher")
     if launch and "diffprune" in launch:  # the parent's own command line already holds the diffprune verb
         return launch
-    return f"{launch} ... {record['command']}" if launch else record["command"]
+    return f"{launch} ... {command}" if launch else command

@@ -217,9 +217,9 @@ class Pipeline:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.root / "config.yaml", self.cfg.model_dump(mode="json"))
         if self.command is not None:  # set by the command line; the report shows it
-            atomic_write_json(self.root / "command.json", {"argv": ["diffprune", *self.command], "cwd": os.getcwd(),
-                                                           "command": full_command(self.provenance),
-                                                           "provenance": self.provenance})
+            argv = ["diffprune", *self.command]
+            atomic_write_json(self.root / "command.json", {"argv": argv, "cwd": os.getcwd(), "provenance": self.provenance,
+                                                           "command": full_command(self.provenance, argv)})
         arms = []
         for arm in self.cfg.arms:
             label = arm.label()
