@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -113,8 +114,6 @@ def _arms(pipe, arms: list[str] | None):
 def datasets() -> None:
     """List the dataset specs that ``data.spec`` accepts."""
     from diffprune.data import available_datasets
-
-    from rich.markup import escape
 
     table = Table("spec", "description", title="datasets")
     for spec, desc in available_datasets().items():  # "[hf]" in a description is text, not rich markup
@@ -243,7 +242,6 @@ def fid(a: Annotated[str, typer.Argument(help="Reference side: image folder, .np
     """FID, KID and precision/recall/density/coverage between A and B (the FID Inception, as `evaluate`)."""
     from diffprune.evaluation.compare import compare
     from diffprune.io import atomic_write_json
-
     from diffprune.pipeline import load_run_config
     from diffprune.provenance import print_provenance, provenance
 
@@ -439,8 +437,6 @@ def main() -> None:
     try:
         app(prog_name="diffprune")  # also under `python -m diffprune`
     except KeyboardInterrupt as e:
-        from rich.markup import escape
-
         from diffprune.runtime import Interrupted
 
         detail = f" {escape(str(e))}" if isinstance(e, Interrupted) else ""  # where the checkpoint is

@@ -182,7 +182,8 @@ def coreset(
 
 
 def _is_user_dataset(source: Any) -> bool:
-    return is_hf_dataset(source) or (isinstance(source, torch.utils.data.Dataset) and not isinstance(source, ImageDataset))
+    torch_dataset = isinstance(source, torch.utils.data.Dataset) and not isinstance(source, ImageDataset)
+    return is_hf_dataset(source) or torch_dataset
 
 
 def load_source(source: Any, *, cache_dir: Path | None = None, resolution: int | None = None,

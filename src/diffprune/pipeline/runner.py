@@ -218,8 +218,9 @@ class Pipeline:
         atomic_write_yaml(self.root / "config.yaml", self.cfg.model_dump(mode="json"))
         if self.command is not None:  # set by the command line; the report shows it
             argv = ["diffprune", *self.command]
-            atomic_write_json(self.root / "command.json", {"argv": argv, "cwd": os.getcwd(), "provenance": self.provenance,
-                                                           "command": full_command(self.provenance, argv)})
+            atomic_write_json(self.root / "command.json", {
+                "argv": argv, "cwd": os.getcwd(), "provenance": self.provenance,
+                "command": full_command(self.provenance, argv)})
         arms = []
         for arm in self.cfg.arms:
             label = arm.label()

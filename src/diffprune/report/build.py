@@ -176,7 +176,8 @@ def _selection_blocks(runs: list[RunSummary], out: Path, multi: bool) -> list:
             if not sel or (run.path / sel) in seen:
                 continue
             seen.add(run.path / sel)
-            for png, what in (("examples.png", "kept and pruned examples of each class"), ("scores.png", "score histogram")):
+            for png, what in (("examples.png", "kept and pruned examples of each class"),
+                              ("scores.png", "score histogram")):
                 if (run.path / sel / png).is_file():
                     dest = out / f"{Path(png).stem}-{_safe((run.name + '-' if multi else '') + Path(sel).name)}.png"
                     shutil.copyfile(run.path / sel / png, dest)

@@ -14,7 +14,8 @@ def _grey_or_rgb(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
-def example_rows(selection, per_side: int = EXAMPLES // 2, max_groups: int = MAX_GROUPS) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def example_rows(selection, per_side: int = EXAMPLES // 2,
+                 max_groups: int = MAX_GROUPS) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Per group (class or cluster; at most ``max_groups``, evenly spread): its name, its ``per_side``
     highest-scored kept examples and its ``per_side`` lowest-scored pruned ones (indices into the dataset).
     Ranked within the group, since per-class selection compares scores only there."""
