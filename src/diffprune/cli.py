@@ -370,6 +370,7 @@ def sweep(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", 
     from diffprune.pipeline import Pipeline, load_run_config
     from diffprune.pipeline.sweep import collect_results, sweep_config, write_results
     from diffprune.pipeline.workers import run_workers, worker_order
+    from diffprune.provenance import print_provenance
 
     if config_arg and config:
         raise typer.BadParameter("give the config once: as the argument or as -c/--config")
@@ -377,6 +378,7 @@ def sweep(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", 
     cfg = sweep_config(base, _csv(methods, str, "--methods"), _csv(ratios, float, "--ratios"),
                        _csv(seeds, int, "--seeds"), full=full)
     pipe = Pipeline(cfg, force=force, progress=not no_progress, console=console)
+    print_provenance(console, pipe.provenance)
     pipe.command = sys.argv[1:]
     if worker is not None:  # one of --devices processes: its share of the arms first, no report
         pipe.run_all(worker_order([a.label() for a in cfg.arms], worker, devices), report=False)
