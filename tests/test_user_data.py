@@ -83,3 +83,33 @@ def test_coreset_of_an_hf_dataset_has_its_classes(tmp_path):
     core = diffprune.coreset(ds, method="random", ratio=0.5, encoder="pixels")
     assert core.group_names == ["cat", "dog", "owl"] and sorted(core.groups.tolist()) == [0, 1, 2]
     assert set(core.subset()[0]) == {"input"}  # the subset goes through the user's transform
+
+
+def test_prune_and_reweight_under_a_two_process_launch(tmp_path, monkeypatch):
+    """Rank 0 computes the stages in a single-process child while the others wait; every rank then reads the
+    same cached coreset (rank 1 computes nothing)."""
+    import json
+    import subprocess
+
+    import diffprune.api as api
+    from diffprune.data import ImageDataset, load_dataset
+
+    digits = load_dataset("digits")
+    rows = np.concatenate([np.flatnonzero(digits.labels == k)[:8] for k in range(3)])
+    data = ImageDataset(digits.images[rows], digits.labels[rows], ["0", "1", "2"])
+    waits = []
+    state = type("State", (), {"wait_for_everyone": lambda self: waits.append(1)})()
+    monkeypatch.setattr(api, "process_state", lambda: state)
+    options = dict(ratio=0.5, encoder="pixels", reweight={"steps": 2, "batch_size": 6}, progress=False)
+    monkeypatch.setattr(api, "launch_world", lambda: (0, 2))
+    main = api.prune_and_reweight(data, tmp_path / "cache", **options)
+    written = json.loads(next((tmp_path / "cache" / "reweight").glob("*/class_weights.json")).read_text())
+    assert main.class_weights == pytest.approx(written) and set(written) == {"0", "1", "2"} and waits == [1]
+    monkeypatch.setattr(api, "launch_world", lambda: (1, 2))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("rank 1 must not compute"))
+    other = api.prune_and_reweight(data, tmp_path / "cache", **options)
+    assert other.class_weights == main.class_weights and other.indices.tolist() == main.indices.tolist()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    env = api._single_process_env()  # the child is no rank of the launch, but keeps its precision
+    assert "WORLD_SIZE" not in env and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
