@@ -135,3 +135,19 @@ def test_fid_honours_skip_bad_for_a_dataset_spec(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_module, "compare", lambda a, b, ec, **kw: seen.update(kw) or {"fid": 0.0})
     result = CliRunner().invoke(app, ["fid", spec, spec, "-s", "data.skip_bad=true"], catch_exceptions=False)
     assert result.exit_code == 0 and seen["skip_bad"] is True
+
+
+def test_dry_run_does_not_build_an_image_cache(tmp_path):
+    from diffprune.data import DatasetError, load_dataset
+
+    folder = tmp_path / "imgs" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    spec, cache = f"imagefolder:{tmp_path / 'imgs'}", tmp_path / "cache"
+    with pytest.raises(DatasetError, match="not built yet"):
+        load_dataset(spec, resolution=8, cache_dir=str(cache), download=False)
+    assert not cache.exists()
+    built = load_dataset(spec, resolution=8, cache_dir=str(cache))  # a real read builds it
+    again = load_dataset(spec, resolution=8, cache_dir=str(cache), download=False)  # then a dry run reads it
+    np.testing.assert_array_equal(again.images, built.images)

@@ -46,11 +46,14 @@ def _cache_key(root: Path, files: list[tuple[Path, int]], size: int, resize: str
 
 def cached_imagefolder(
     root: Path, class_names: list[str], files: list[tuple[Path, int]], skip_bad: bool,
-    size: int, resize: str, channels: int | None, cache_dir: Path,
+    size: int, resize: str, channels: int | None, cache_dir: Path, build: bool = True,
 ) -> ImageDataset:
-    """Open the decoded cache of ``files`` (building or resuming it first if needed) as a read-only memmap."""
+    """Open the decoded cache of ``files`` (building or resuming it first if needed; ``build=False``: a
+    ``DatasetError`` instead) as a read-only memmap."""
     key = _cache_key(root, files, size, resize, channels)
     d = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.resolve().name)}-{key}"
+    if not (d / "meta.json").exists() and not build:
+        raise DatasetError(f"the decoded image cache {d} is not built yet (it is built when the data is first read)")
     if not (d / "meta.json").exists():
         d.mkdir(parents=True, exist_ok=True)
         # processes of one multi-GPU run never decode into one file at once: the others wait, then reuse it

@@ -249,26 +249,30 @@ def _probe_mode(files: list[tuple[Path, int]], channels: int | None = None) -> s
 
 
 def _imagefolder(
-    path: str, skip_bad: bool, size: int | None, resize: str, channels: int | None, cache_dir: str | None
+    path: str, skip_bad: bool, size: int | None, resize: str, channels: int | None, cache_dir: str | None,
+    build: bool = True,
 ) -> ImageDataset:
     """A folder of images, resized (``size``/``resize``) and channel-converted per image while decoding."""
     root = Path(path)
     class_names, files = list_image_files(root)
-    return _image_files(root, class_names, files, skip_bad, size, resize, channels, cache_dir, f"imagefolder:{root}")
+    return _image_files(root, class_names, files, skip_bad, size, resize, channels, cache_dir, f"imagefolder:{root}",
+                        build)
 
 
 def _image_files(
     root: Path, class_names: list[str], files: list[tuple[Path, int]], skip_bad: bool, size: int | None,
-    resize: str, channels: int | None, cache_dir: str | None, name: str,
+    resize: str, channels: int | None, cache_dir: str | None, name: str, build: bool = True,
 ) -> ImageDataset:
-    """Decode ``files`` ((path, label) pairs; ids relative to ``root``), directly or through the memmap cache."""
+    """Decode ``files`` ((path, label) pairs; ids relative to ``root``), directly or through the memmap cache
+    (``build=False``: an existing cache only)."""
     if cache_dir is not None:
         if size is None:
             raise DatasetError("imagefolder: cache_dir needs a fixed resolution (every cached image has one size); "
                                "set resolution=")
         from diffprune.data.imagefolder_cache import cached_imagefolder
 
-        return cached_imagefolder(root, class_names, files, skip_bad, size, resize, channels, Path(cache_dir))
+        return cached_imagefolder(root, class_names, files, skip_bad, size, resize, channels, Path(cache_dir),
+                                  build=build)
     dec = _Decode(_probe_mode(files, channels), size, resize, channels)
     from rich.progress import track
 
@@ -495,7 +499,8 @@ def load_dataset(
             written to ``coreset.csv`` (default: the row index in the split). ``webdataset`` takes the first
             two as the members holding the image and the class (``json:FIELD`` for a field of a JSON member;
             default: the first image extension, then ``cls``, else ``json:label``); see ``data.shards``.
-        download: fetch a built-in dataset that is not on disk (False: a ``DatasetError`` instead; dry runs).
+        download: fetch a built-in dataset that is not on disk and build a ``cache_dir`` that is not there yet
+            (False: a ``DatasetError`` instead, so that nothing is written; dry runs).
     """
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
@@ -503,11 +508,11 @@ def load_dataset(
         raise DatasetError(f"resize must be one of {', '.join(RESIZE_MODES)}, got '{resize}'")
     kind, _, arg = spec.partition(":")
     if kind == "imagefolder" and arg:  # resized and channel-converted per image while decoding
-        return _apply_limit(_imagefolder(arg, skip_bad, resolution, resize, channels, cache_dir), limit)
+        return _apply_limit(_imagefolder(arg, skip_bad, resolution, resize, channels, cache_dir, download), limit)
     if kind == "csv" and arg:
         names, files = list_csv_files(arg)
         return _apply_limit(_image_files(Path(arg).parent, names, files, skip_bad, resolution, resize, channels,
-                                         cache_dir, spec), limit)
+                                         cache_dir, spec, download), limit)
     if kind in HF_KINDS and arg:
         dec = _Decode("RGB", resolution, resize, channels)
         return _apply_limit(_hf(spec, split, image_column, label_column, id_column, dec, skip_bad), limit)
