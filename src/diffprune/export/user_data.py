@@ -86,6 +86,9 @@ def _read_hf(ds: Any, image_column: str | None, label_column: str | None, value_
     """A ``datasets.Dataset`` read from its table (``with_format(None)``: no transform, no torch format)."""
     import datasets  # optional dependency: only a user who passes a datasets.Dataset has it
 
+    if not hasattr(ds, "__len__"):
+        raise CoresetError("a streaming (iterable) datasets.Dataset has no length to select from; load it without "
+                           "streaming=True (or save it to disk first)")
     raw = ds.with_format(None)
     feats = raw.features
     image_column = image_column or next((c for c, f in feats.items() if isinstance(f, datasets.Image)), None)
