@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from diffprune.config import validate_config
 from diffprune.data import ImageDataset
 from diffprune.export.coreset import Coreset, from_selection, load_source
 from diffprune.export.user_data import CoresetError
 from diffprune.io import atomic_save_npy, atomic_write_json, read_json
+from diffprune.pipeline.config import RunConfig
+from diffprune.pipeline.runner import Pipeline
 from diffprune.runtime import launch_world, process_state
 
 IMAGES = "images"  # the pixels, a memory map (export.user_data)
@@ -99,9 +102,6 @@ def _labelled(data: ImageDataset) -> ImageDataset:
 
 def _coreset(config: dict[str, Any], data: ImageDataset, source: Any, progress: bool) -> Coreset:
     """Select and reweight through the pipeline's stages (cached ones are loaded), as a ``Coreset``."""
-    from diffprune.config import validate_config
-    from diffprune.pipeline import Pipeline, RunConfig
-
     cfg = validate_config(RunConfig, config)
     pipe = Pipeline(cfg, progress=progress, dataset=data)
     pipe.console.quiet = not progress

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 
 from diffprune.runtime import launch_precision, launch_world
 
@@ -90,8 +91,6 @@ def provenance_line(record: dict[str, Any]) -> str:
 
 def print_provenance(console: Any, record: dict[str, Any]) -> None:
     """The start line of a command, printed by the main process only."""
-    from rich.markup import escape
-
     if launch_world()[0] == 0:
         console.print(f"[dim]ran on[/]  {escape(provenance_line(record))}")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from diffprune.data import ImageDataset
 from diffprune.data.sources import _Decode, _pil_array, _shape
@@ -150,8 +151,6 @@ def _split_item(item: Any, image_column: str | None, label_column: str | None) -
 def _collect(items: Iterator[tuple[Any, Any]], n: int, value_range, resolution, resize, cache_dir, progress,
              name: str, classes: list[str], key: dict | None = None) -> ImageDataset:
     """Decode ``n`` (image, label) items into one uint8 array (a memmap under ``cache_dir``), row by row."""
-    from rich.progress import track
-
     if n == 0:
         raise CoresetError("the dataset is empty")
     images, labels, mode = None, [], None
