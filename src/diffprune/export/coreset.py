@@ -170,7 +170,7 @@ def coreset(
                                               progress=progress))
         elif len(features) != len(data):
             raise CoresetError(f"features have {len(features)} rows but the dataset has {len(data)} examples")
-        if work_dir is None:
+        if work_dir is None and _is_user_dataset(source):
             data = ImageDataset(np.array(data.images), data.labels, data.class_names, name=data.name,
                                 fingerprint=data.fingerprint, source_ids=data.source_ids)  # off the temporary map
     from diffprune.selection import select
