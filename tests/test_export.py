@@ -259,6 +259,9 @@ def test_readme_training_loop(tmp_path):
     # the sampler gives class k the share a_k (the oracle: summing the draw probabilities per class)
     for k, name in enumerate(core.group_names):
         assert core.probabilities[core.groups == k].sum() == pytest.approx(core.class_weights[name])
+        # uniform draws with these loss weights give class k the same expected share: a_k * n / n_k each
+        in_k = core.groups == k
+        assert core.loss_weights[in_k] == pytest.approx(core.class_weights[name] * len(core) / in_k.sum())
     assert len(core) == 3 * round(0.3 * 8)  # ratio 0.3 of each class
     # the labels came from the table though the transform drops them; the loop saw only the transform's output
     assert core.groups.tolist() == [dataset.with_format(None)[int(i)]["label"] for i in core.indices]
