@@ -437,7 +437,7 @@ def main() -> None:
 
         configure_threads()
     try:
-        app(prog_name="diffprune")  # also under `python -m diffprune`
+        app()
     except KeyboardInterrupt as e:
         from diffprune.runtime import Interrupted
 
