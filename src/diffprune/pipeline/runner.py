@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import numpy as np
 from rich.console import Console
 
-from diffprune.data import ImageDataset
+from diffprune.data import DatasetError, ImageDataset
 from diffprune.data.sources import NATIVE_RESOLUTION
 from diffprune.io import (
     atomic_write_json, atomic_write_yaml, folder_lock, hash_arrays, hash_file, read_json, remove_stale_temps,
@@ -278,8 +278,6 @@ class Pipeline:
 
     def dry_data_missing(self) -> str | None:
         """``dry_run``: why the data cannot be read without downloading it (None: it can, or not a dry run)."""
-        from diffprune.data import DatasetError
-
         if not self.dry_run:
             return None
         try:
