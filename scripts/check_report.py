@@ -32,9 +32,15 @@ DEMO = [
     "evaluate.num_real=24", "evaluate.kid_subset_size=10", "evaluate.kid_subsets=5", "evaluate.prdc_k=3",
     "evaluate.classwise=false", "evaluate.cross_check=false",
 ]
-# every <img>: decoded (naturalWidth > 0) or not, and its alt text to name it
+# every <img>: decoded (naturalWidth > 0) and laid out at a non-zero size, or not; its alt text names it
 IMAGES_JS = ("JSON.stringify([...document.images].map(i => ({alt: i.alt, src: i.src.slice(0, 80), "
-             "ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth, h: i.naturalHeight})))")
+             "ok: i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0 "
+             "&& i.getBoundingClientRect().height > 0, w: i.naturalWidth, h: i.naturalHeight, "
+             "shown: [i.getBoundingClientRect().width, i.getBoundingClientRect().height]})))")
+# every rendered table: its caption or first header cell, its rows, and whether it is laid out with a size
+TABLES_JS = ("JSON.stringify([...document.querySelectorAll('table')].map(t => ({name: (t.caption ? "
+             "t.caption.textContent : t.rows[0].cells[0].textContent).trim().slice(0, 60), rows: t.rows.length, "
+             "visible: t.getBoundingClientRect().height > 0})))")
 # elements sticking out of the page's right edge (a wide table not wrapped in a scrolling box), and the page's width
 OVERFLOW_JS = ("JSON.stringify({page: document.documentElement.scrollWidth, view: document.documentElement.clientWidth, "
                "wide: [...document.querySelectorAll('body > *')].filter(e => e.getBoundingClientRect().right > "
@@ -127,7 +133,8 @@ def find_chromium(given: str | None) -> str:
 
 def check(html: Path, png: Path | None, binary: str, width: int = 1100) -> dict:
     """Load ``html`` at ``width`` CSS pixels and return {"console_errors", "exceptions", "failed_loads", "images",
-    "broken_images", "overflowing", "page_size"}; write the full-page screenshot to ``png``."""
+    "broken_images" (not decoded, or laid out at zero size), "image_sizes", "tables", "overflowing", "page_size"};
+    write the full-page screenshot to ``png``."""
     b = DevTools(binary, width)
     try:
         target = next(t for t in b.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
@@ -138,6 +145,7 @@ def check(html: Path, png: Path | None, binary: str, width: int = 1100) -> dict:
         b.wait_for("Page.loadEventFired")
         images = json.loads(b.send("Runtime.evaluate", expression=IMAGES_JS, returnByValue=True)["result"]["value"])
         overflow = json.loads(b.send("Runtime.evaluate", expression=OVERFLOW_JS, returnByValue=True)["result"]["value"])
+        tables = json.loads(b.send("Runtime.evaluate", expression=TABLES_JS, returnByValue=True)["result"]["value"])
         size = b.send("Page.getLayoutMetrics")["cssContentSize"]
         if png is not None:
             shot = b.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
@@ -155,6 +163,8 @@ def check(html: Path, png: Path | None, binary: str, width: int = 1100) -> dict:
         "failed_loads": [p.get("errorText", "") for m, p in ev if m == "Network.loadingFailed"],
         "images": len(images),
         "broken_images": [i for i in images if not i["ok"]],
+        "image_sizes": [i["shown"] for i in images],  # CSS pixels as laid out
+        "tables": tables,
         "overflowing": overflow["wide"],  # wider than the viewport: cut off in the screenshot, scrolls the page
         "page_size": [overflow["page"], round(size["height"])],
     }

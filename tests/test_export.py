@@ -160,7 +160,9 @@ def test_coreset_of_a_plain_torch_dataset():
         def __getitem__(self, i):  # diffusers-style: a dict, images in [-1, 1]
             return {"input": torch.full((1, 4, 4), i / 11 * 2 - 1), "label": i % 3}
 
-    core = diffprune.coreset(Plain(), method="random", ratio=0.5, encoder="pixels")
+    with pytest.raises(ValueError, match="value_range"):  # float pixels: the range is declared, never guessed
+        diffprune.coreset(Plain(), method="random", ratio=0.5, encoder="pixels")
+    core = diffprune.coreset(Plain(), method="random", ratio=0.5, encoder="pixels", value_range=(-1, 1))
     assert len(core) == 6 and sorted(set(core.groups.tolist())) == [0, 1, 2]
     item = core.subset()[0]
     assert torch.equal(item["input"], Plain()[int(core.indices[0])]["input"])  # the user's own items
@@ -203,8 +205,22 @@ def _worker(rank: int, world: int, init: str, probs: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def _digits_imagefolder(root: Path, classes: int = 3, per_class: int = 8) -> Path:
+    """An imagefolder of scikit-learn digits (8x8 grey PNGs), ``per_class`` images of each of ``classes``."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for k in range(classes):
+        (root / f"digit{k}").mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(d.target == k)[:per_class]):
+            Image.fromarray((d.images[i] * 16).clip(0, 255).astype(np.uint8)).save(root / f"digit{k}" / f"{j}.png")
+    return root
+
+
 def test_readme_training_loop(tmp_path):
-    """The README's few lines, run as written inside a diffusers train_unconditional.py-style setup."""
+    """The README's lines, run as written inside a diffusers train_unconditional.py-style setup: an HF imagefolder
+    whose set_transform yields only normalised "input" tensors (no label), and a DRO of a few steps."""
+    import datasets
     import torch.nn.functional as F
     from accelerate import Accelerator
     from diffusers import DDPMScheduler, UNet2DModel
@@ -212,30 +228,49 @@ def test_readme_training_loop(tmp_path):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = re.search(r"<!-- tested: tests/test_export.py::test_readme_training_loop -->\n```python\n(.*?)```",
                       readme, re.S).group(1)
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(_digits_imagefolder(tmp_path / "digits")),
+                                    split="train", cache_dir=str(tmp_path / "hf"))
     seen = []
 
-    class Folder(torch.utils.data.Dataset):  # what train_unconditional.py's dataset yields
-        def __len__(self):
-            return 16
+    def transform_images(examples):  # diffusers: Resize, ToTensor, Normalize([0.5], [0.5]); no label kept
+        seen.append(len(examples["image"]))
+        return {"input": [torch.from_numpy(np.asarray(im.convert("L").resize((8, 8)), np.float32) / 127.5 - 1)[None]
+                          for im in examples["image"]]}
 
-        def __getitem__(self, i):
-            seen.append(i)
-            return {"input": torch.full((1, 8, 8), (i % 4) / 3 * 2 - 1)}
-
+    dataset.set_transform(transform_images)
     model = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
                         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                         norm_num_groups=4)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    ns = {"dataset": Folder(), "model": model, "optimizer": optimizer, "F": F, "torch": torch,
+    args = type("Args", (), {"train_batch_size": 4, "num_epochs": 2, "seed": 0, "output_dir": str(tmp_path / "out"),
+                             "resolution": 8, "dro_steps": 3})
+    ns = {"dataset": dataset, "model": model, "optimizer": optimizer, "F": F, "torch": torch, "args": args,
           "lr_scheduler": torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0), "accelerator": Accelerator(cpu=True),
-          "noise_scheduler": DDPMScheduler(num_train_timesteps=100),
-          "args": type("Args", (), {"train_batch_size": 4, "num_epochs": 2, "seed": 0})}
+          "noise_scheduler": DDPMScheduler(num_train_timesteps=100)}
     exec(compile(block, "README.md", "exec"), ns)
-    kept = set(ns["core"].indices.tolist())
-    assert len(kept) == 8 and set(seen[16:]) <= kept  # after reading the dataset once to select, only the coreset
-    assert len(seen) == 16 + 2 * 8  # two epochs of len(coreset) weighted draws
+    core = ns["core"]
+    # per-class DRO weights, the very ones the DRO stage wrote, over the imagefolder's classes
+    written = json.loads(next((tmp_path / "out" / "diffprune" / "reweight").glob("*/class_weights.json")).read_text())
+    assert set(core.class_weights) == {"digit0", "digit1", "digit2"} and core.class_weights == pytest.approx(written)
+    assert sum(core.class_weights.values()) == pytest.approx(1.0) and len(set(core.class_weights.values())) == 3
+    trajectory = np.load(next((tmp_path / "out" / "diffprune" / "reweight").glob("*/trajectory.npz")))
+    assert len(trajectory["loss"]) == 3  # args.dro_steps proxy steps
+    # the sampler gives class k the share a_k (the oracle: summing the draw probabilities per class)
+    for k, name in enumerate(core.group_names):
+        assert core.probabilities[core.groups == k].sum() == pytest.approx(core.class_weights[name])
+        # uniform draws with these loss weights give class k the same expected share: a_k * n / n_k each
+        in_k = core.groups == k
+        assert core.loss_weights[in_k] == pytest.approx(core.class_weights[name] * len(core) / in_k.sum())
+    assert len(core) == 3 * round(0.3 * 8)  # ratio 0.3 of each class
+    # the labels came from the table though the transform drops them; the loop saw only the transform's output
+    assert core.groups.tolist() == [dataset.with_format(None)[int(i)]["label"] for i in core.indices]
+    assert sum(seen) == 2 * len(core)  # two epochs of len(coreset) draws, and selection never went through it
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # a second call reuses every cached stage (same weights, nothing recomputed)
+    again = ns["diffprune"].prune_and_reweight(dataset, f"{args.output_dir}/diffprune", ratio=0.3,
+                                               resolution=8, reweight={"steps": 3}, progress=False)
+    assert again.class_weights == core.class_weights and again.indices.tolist() == core.indices.tolist()
 
 
 if __name__ == "__main__" and sys.argv[1] == "WORKER":

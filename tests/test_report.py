@@ -261,7 +261,7 @@ def test_selection_figures_real_grid_and_command(tmp_path):
     from PIL import Image as PILImage
 
     from diffprune.selection import select
-    from diffprune.selection.figures import selection_figures
+    from diffprune.selection.figures import example_rows, selection_figures
 
     run = fabricate_run(tmp_path / "demo")
     rng = np.random.default_rng(0)
@@ -269,15 +269,31 @@ def test_selection_figures_real_grid_and_command(tmp_path):
     sel = select(rng.normal(size=(30, 3)).astype(np.float32), np.arange(30) % 3, "gaussian", 0.5)
     paths = selection_figures(run / "selection/gaussian-r0.25", images, sel)
     assert [p.name for p in paths] == ["examples.png", "scores.png"] and all(p.is_file() for p in paths)
+    # examples.png shows each class's own kept and pruned images (brute force: rank within the class)
+    kept = set(sel.indices.tolist())
+    for g, (name, keep_idx, prune_idx) in enumerate(example_rows(sel, per_side=4)):
+        in_class = [i for i in range(30) if sel.groups[i] == g]
+        by_score = sorted(in_class, key=lambda i: -sel.scores[i])
+        assert name == sel.group_names[g]
+        assert keep_idx.tolist() == [i for i in by_score if i in kept][:4]
+        assert prune_idx.tolist() == [i for i in reversed(by_score) if i not in kept][:4]
     PILImage.new("L", (16, 16), 128).save(run / "real_grid.png")
     (run / "config.yaml").write_text("name: demo\n")
-    (run / "command.json").write_text(json.dumps({"argv": ["diffprune", "run", "demo", "--name", "demo"]}))
+    record = {"devices": "cpu", "processes": 2, "training_precision": "bf16", "training_precision_from": "launch",
+              "sampling_precision": "bf16", "sampling_precision_from": "launch", "threads": 4,
+              "launcher": "accelerate launch --mixed_precision bf16", "command": "diffprune run demo --name demo"}
+    (run / "command.json").write_text(json.dumps({"argv": ["diffprune", "run", "demo", "--name", "demo"],
+                                                  "provenance": record}))
     md = build_report(run).read_text()
     for png in ("examples-gaussian-r0.25.png", "scores-gaussian-r0.25.png", "real-demo.png"):
         assert f"({png})" in md and (run / "report" / png).is_file()
     assert "`diffprune run demo --name demo`" in md and "[config-demo.yaml](config-demo.yaml)" in md
     assert (run / "report/config-demo.yaml").read_text() == "name: demo\n"
-    assert '<a href="config-demo.yaml">' in (run / "report/report.html").read_text()
+    page = (run / "report/report.html").read_text()
+    assert '<a href="config-demo.yaml">' in page and "<pre><code>name: demo\n</code></pre>" in page  # inlined
+    header = md.split("## Results")[0]  # the report's header says where and how the run ran
+    assert "training bf16 (launch)" in header and "2 processes" in header and "4 threads" in header
+    assert "launched by: accelerate launch --mixed_precision bf16" in header
 
 
 def test_iterated_doremi_rounds_table(tmp_path):

@@ -14,6 +14,14 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def coreset(*args, **kwargs):
     """The coreset of a dataset or of a run's arm, with ``subset()``, ``sampler()`` and
     ``distributed_sampler()``: see ``diffprune.export.coreset.coreset``."""
-    from diffprune.export import coreset as _coreset
+    from diffprune.export import coreset as _coreset  # torch and friends load on first use, not on import
 
     return _coreset(*args, **kwargs)
+
+
+def prune_and_reweight(*args, **kwargs):
+    """The whole method on a user's dataset (embed -> select -> DRO class weights), cached in a folder the
+    caller names: see ``diffprune.api.prune_and_reweight``."""
+    from diffprune.api import prune_and_reweight as _prune_and_reweight  # heavy imports on first use
+
+    return _prune_and_reweight(*args, **kwargs)

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -69,11 +70,13 @@ def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str 
     ``data`` (a verb's ``--data``) without ``-c`` or ``--name`` names the run after the data, so that a verb
     on other data never writes into the default run's folder (``runs/demo``)."""
     from diffprune.pipeline import Pipeline, load_run_config
+    from diffprune.provenance import print_provenance
 
     if data is not None and config is None and name is None:
         name = run_name_for(data)
     cfg = load_run_config(resolve_config(config), overrides or [], name=name)
     pipe = Pipeline(cfg, force=force, progress=not quiet, console=console, dry_run=dry_run)
+    print_provenance(console, pipe.provenance)
     if arms is not None:
         pipe.check(_arms(pipe, arms))
     if not dry_run:
@@ -113,8 +116,8 @@ def datasets() -> None:
     from diffprune.data import available_datasets
 
     table = Table("spec", "description", title="datasets")
-    for spec, desc in available_datasets().items():
-        table.add_row(spec, desc)
+    for spec, desc in available_datasets().items():  # "[hf]" in a description is text, not rich markup
+        table.add_row(escape(spec), escape(desc))
     Console().print(table)
 
 
@@ -239,9 +242,13 @@ def fid(a: Annotated[str, typer.Argument(help="Reference side: image folder, .np
     """FID, KID and precision/recall/density/coverage between A and B (the FID Inception, as `evaluate`)."""
     from diffprune.evaluation.compare import compare
     from diffprune.io import atomic_write_json
+    from diffprune.pipeline import load_run_config
+    from diffprune.provenance import print_provenance, provenance
 
-    ec = load_run_config_section(config, set_, "evaluate")
-    result = compare(a, b, ec, cache_dir=cache_dir, resolution=resolution, progress=not no_progress)
+    cfg = load_run_config(resolve_config(config), set_ or [])
+    print_provenance(console, provenance(None, cfg.sample.mixed_precision))
+    result = compare(a, b, cfg.evaluate, cache_dir=cache_dir, resolution=resolution, progress=not no_progress,
+                     skip_bad=cfg.data.skip_bad)
     table = Table("metric", "value", title=f"{a}  vs  {b}")
     for key, value in result.items():
         if key != "inputs":
@@ -249,13 +256,6 @@ def fid(a: Annotated[str, typer.Argument(help="Reference side: image folder, .np
     Console().print(table)
     if out is not None:
         atomic_write_json(out, result)
-
-
-def load_run_config_section(config: str | None, overrides: list[str] | None, section: str):
-    """One section of a run config (default: the demo config's), with ``--set`` overrides."""
-    from diffprune.pipeline import load_run_config
-
-    return getattr(load_run_config(resolve_config(config), overrides or []), section)
 
 
 @app.command()
@@ -370,6 +370,7 @@ def sweep(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", 
     from diffprune.pipeline import Pipeline, load_run_config
     from diffprune.pipeline.sweep import collect_results, sweep_config, write_results
     from diffprune.pipeline.workers import run_workers, worker_order
+    from diffprune.provenance import print_provenance
 
     if config_arg and config:
         raise typer.BadParameter("give the config once: as the argument or as -c/--config")
@@ -377,6 +378,7 @@ def sweep(config_arg: Annotated[Optional[str], typer.Argument(metavar="CONFIG", 
     cfg = sweep_config(base, _csv(methods, str, "--methods"), _csv(ratios, float, "--ratios"),
                        _csv(seeds, int, "--seeds"), full=full)
     pipe = Pipeline(cfg, force=force, progress=not no_progress, console=console)
+    print_provenance(console, pipe.provenance)
     pipe.command = sys.argv[1:]
     if worker is not None:  # one of --devices processes: its share of the arms first, no report
         pipe.run_all(worker_order([a.label() for a in cfg.arms], worker, devices), report=False)
@@ -437,8 +439,6 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt as e:
-        from rich.markup import escape
-
         from diffprune.runtime import Interrupted
 
         detail = f" {escape(str(e))}" if isinstance(e, Interrupted) else ""  # where the checkpoint is

@@ -60,6 +60,12 @@ def launch_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launch_precision() -> str:
+    """The mixed precision the launch asks for: ``accelerate launch --mixed_precision X`` (or accelerate's config
+    file, through the launcher) sets ``ACCELERATE_MIXED_PRECISION``; "no" without a launcher."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower() or "no"
+
+
 def distributed_state() -> PartialState | None:
     """accelerate's process state when launched with several processes, else None (and no side effects)."""
     if launch_world()[1] <= 1:
@@ -224,4 +230,5 @@ class StopOnSignal:
 
 
 __all__ = ["WEIGHT_SUM_TOLERANCE", "DeviceError", "Interrupted", "StopOnSignal", "available_cpus", "check_weight_sum",
-           "configure_threads", "distributed_state", "launch_world", "process_state", "progress_bar", "resolve_device"]
+           "configure_threads", "distributed_state", "launch_precision", "launch_world", "process_state",
+           "progress_bar", "resolve_device"]

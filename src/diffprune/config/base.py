@@ -3,9 +3,9 @@ naming the field, the value given and what is allowed (shown by the CLI without 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,6 +32,15 @@ def _check_device(value: str) -> str:
 # machine and run on another); ``diffprune.runtime.resolve_device`` checks that the device exists when the
 # stage starts.
 Device = Annotated[str, AfterValidator(_check_device)]
+
+
+def _precision_word(value: Any) -> Any:
+    """YAML 1.1 reads a bare ``no`` as false: ``mixed_precision: no`` means "no", as accelerate spells it."""
+    return "no" if value is False else value
+
+
+# accelerate's mixed-precision modes; None (where allowed) lets the launch decide
+Precision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(_precision_word)]
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

@@ -43,13 +43,14 @@ class DataConfig(StrictModel):
             raise ValueError("cache_dir needs a fixed resolution (every cached image has one size); set resolution")
         return self
 
-    def load(self):
+    def load(self, download: bool = True):
         from diffprune.data.sources import load_dataset
 
         return load_dataset(
             self.spec, self.split, root=self.root, resolution=self.resolution, resize=self.resize,
             channels=self.channels, limit=self.limit, skip_bad=self.skip_bad, cache_dir=self.cache_dir,
             image_column=self.image_column, label_column=self.label_column, id_column=self.id_column,
+            download=download,
         )
 
 

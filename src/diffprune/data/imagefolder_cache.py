@@ -14,19 +14,17 @@ so editing, adding or removing a file (or changing an option) gives a new cache 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from diffprune.data.dataset import ImageDataset
 from diffprune.data.sources import DatasetError, _Decode, _decode_stream, _probe_mode, _relative
-from diffprune.io import atomic_save_npy, atomic_write_json, hash_arrays, read_json
+from diffprune.io import atomic_save_npy, atomic_write_json, folder_lock, hash_arrays, read_json
 from diffprune.runtime import progress_bar
 
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
@@ -46,29 +44,20 @@ def _cache_key(root: Path, files: list[tuple[Path, int]], size: int, resize: str
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock on ``path`` (flock), so processes of one multi-GPU run never decode into one file at once."""
-    import fcntl
-
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def cached_imagefolder(
     root: Path, class_names: list[str], files: list[tuple[Path, int]], skip_bad: bool,
-    size: int, resize: str, channels: int | None, cache_dir: Path,
+    size: int, resize: str, channels: int | None, cache_dir: Path, build: bool = True,
 ) -> ImageDataset:
-    """Open the decoded cache of ``files`` (building or resuming it first if needed) as a read-only memmap."""
+    """Open the decoded cache of ``files`` (building or resuming it first if needed; ``build=False``: a
+    ``DatasetError`` instead) as a read-only memmap."""
     key = _cache_key(root, files, size, resize, channels)
     d = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.resolve().name)}-{key}"
+    if not (d / "meta.json").exists() and not build:
+        raise DatasetError(f"the decoded image cache {d} is not built yet (it is built when the data is first read)")
     if not (d / "meta.json").exists():
         d.mkdir(parents=True, exist_ok=True)
-        with _locked(d / ".lock"):
+        # processes of one multi-GPU run never decode into one file at once: the others wait, then reuse it
+        with folder_lock(d, wait=True, what=f"image cache {d}"):
             if not (d / "meta.json").exists():  # another process may have finished it while we waited
                 _build_cache(d, root, class_names, files, skip_bad, size, resize, channels)
     meta = read_json(d / "meta.json")

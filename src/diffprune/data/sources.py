@@ -62,7 +62,7 @@ def _read_idx(path: Path, header: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header)
 
 
-def _fashion_mnist(split: str, root: str | None, skip_bad: bool) -> ImageDataset:
+def _fashion_mnist(split: str, root: str | None, skip_bad: bool, download: bool = True) -> ImageDataset:
     prefix = {"train": "train", "test": "t10k"}[split]
     dirs = ([root] if root else []) + list(FASHION_MNIST_DIRS)
     for d in dirs:
@@ -75,22 +75,22 @@ def _fashion_mnist(split: str, root: str | None, skip_bad: bool) -> ImageDataset
     try:
         from torchvision.datasets import FashionMNIST
 
-        ds = FashionMNIST(root or "data", train=split == "train", download=True)
+        ds = FashionMNIST(root or "data", train=split == "train", download=download)
     except Exception as e:  # torchvision raises several types when offline
         raise DatasetError(
-            "Fashion-MNIST not found locally and the download failed "
+            f"Fashion-MNIST not found locally and {'the download failed' if download else 'downloads are off'} "
             f"({type(e).__name__}: {e}). Install the Debian package 'dataset-fashion-mnist' "
             "or pass root=DIR holding the four idx .gz files."
         ) from None
     return ImageDataset(ds.data.numpy()[:, None].copy(), ds.targets.numpy(), FASHION_MNIST_CLASSES, name="fashion-mnist")
 
 
-def _cifar10(split: str, root: str | None, skip_bad: bool) -> ImageDataset:
+def _cifar10(split: str, root: str | None, skip_bad: bool, download: bool = True) -> ImageDataset:
     from torchvision.datasets import CIFAR10
 
     root = root or os.environ.get("DIFFPRUNE_DATA", "data")
     try:
-        ds = CIFAR10(root, train=split == "train", download=not os.environ.get("HF_HUB_OFFLINE"))
+        ds = CIFAR10(root, train=split == "train", download=download and not os.environ.get("HF_HUB_OFFLINE"))
     except Exception as e:
         raise DatasetError(
             f"CIFAR-10 could not be loaded from '{root}' ({type(e).__name__}: {e}). Download it once with "
@@ -249,26 +249,30 @@ def _probe_mode(files: list[tuple[Path, int]], channels: int | None = None) -> s
 
 
 def _imagefolder(
-    path: str, skip_bad: bool, size: int | None, resize: str, channels: int | None, cache_dir: str | None
+    path: str, skip_bad: bool, size: int | None, resize: str, channels: int | None, cache_dir: str | None,
+    build: bool = True,
 ) -> ImageDataset:
     """A folder of images, resized (``size``/``resize``) and channel-converted per image while decoding."""
     root = Path(path)
     class_names, files = list_image_files(root)
-    return _image_files(root, class_names, files, skip_bad, size, resize, channels, cache_dir, f"imagefolder:{root}")
+    return _image_files(root, class_names, files, skip_bad, size, resize, channels, cache_dir, f"imagefolder:{root}",
+                        build)
 
 
 def _image_files(
     root: Path, class_names: list[str], files: list[tuple[Path, int]], skip_bad: bool, size: int | None,
-    resize: str, channels: int | None, cache_dir: str | None, name: str,
+    resize: str, channels: int | None, cache_dir: str | None, name: str, build: bool = True,
 ) -> ImageDataset:
-    """Decode ``files`` ((path, label) pairs; ids relative to ``root``), directly or through the memmap cache."""
+    """Decode ``files`` ((path, label) pairs; ids relative to ``root``), directly or through the memmap cache
+    (``build=False``: an existing cache only)."""
     if cache_dir is not None:
         if size is None:
             raise DatasetError("imagefolder: cache_dir needs a fixed resolution (every cached image has one size); "
                                "set resolution=")
         from diffprune.data.imagefolder_cache import cached_imagefolder
 
-        return cached_imagefolder(root, class_names, files, skip_bad, size, resize, channels, Path(cache_dir))
+        return cached_imagefolder(root, class_names, files, skip_bad, size, resize, channels, Path(cache_dir),
+                                  build=build)
     dec = _Decode(_probe_mode(files, channels), size, resize, channels)
     from rich.progress import track
 
@@ -436,6 +440,8 @@ BUILTIN: dict[str, Callable[[str, str | None, bool], ImageDataset]] = {
     "cifar10": _cifar10,
 }
 EMBEDDED = ("digits", "mnist5k")
+DOWNLOADED = ("fashion-mnist", "cifar10")  # fetched on first use unless download=False
+NATIVE_RESOLUTION = {"digits": 8, "mnist5k": 28, "fashion-mnist": 28, "cifar10": 32}  # side in pixels
 
 
 def available_datasets() -> dict[str, str]:
@@ -468,6 +474,7 @@ def load_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     id_column: str | None = None,
+    download: bool = True,
 ) -> ImageDataset:
     """Load a dataset by spec and bring it to a target resolution.
 
@@ -492,6 +499,8 @@ def load_dataset(
             written to ``coreset.csv`` (default: the row index in the split). ``webdataset`` takes the first
             two as the members holding the image and the class (``json:FIELD`` for a field of a JSON member;
             default: the first image extension, then ``cls``, else ``json:label``); see ``data.shards``.
+        download: fetch a built-in dataset that is not on disk and build a ``cache_dir`` that is not there yet
+            (False: a ``DatasetError`` instead, so that nothing is written; dry runs).
     """
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
@@ -499,11 +508,11 @@ def load_dataset(
         raise DatasetError(f"resize must be one of {', '.join(RESIZE_MODES)}, got '{resize}'")
     kind, _, arg = spec.partition(":")
     if kind == "imagefolder" and arg:  # resized and channel-converted per image while decoding
-        return _apply_limit(_imagefolder(arg, skip_bad, resolution, resize, channels, cache_dir), limit)
+        return _apply_limit(_imagefolder(arg, skip_bad, resolution, resize, channels, cache_dir, download), limit)
     if kind == "csv" and arg:
         names, files = list_csv_files(arg)
         return _apply_limit(_image_files(Path(arg).parent, names, files, skip_bad, resolution, resize, channels,
-                                         cache_dir, spec), limit)
+                                         cache_dir, spec, download), limit)
     if kind in HF_KINDS and arg:
         dec = _Decode("RGB", resolution, resize, channels)
         return _apply_limit(_hf(spec, split, image_column, label_column, id_column, dec, skip_bad), limit)
@@ -517,7 +526,8 @@ def load_dataset(
     elif spec in BUILTIN:
         if split == "test" and spec in EMBEDDED:
             raise DatasetError(f"'{spec}' has no test split; use split='train'")
-        ds = BUILTIN[spec](split, root, skip_bad)
+        more = {"download": download} if spec in DOWNLOADED else {}
+        ds = BUILTIN[spec](split, root, skip_bad, **more)
     else:
         raise DatasetError(f"unknown dataset '{spec}'; choose one of: {', '.join(available_datasets())}")
     ds = _apply_limit(ds, limit)

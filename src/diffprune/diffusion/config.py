@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from diffprune.config import StrictModel
+from diffprune.config import Precision, StrictModel
 from diffprune.diffusion.models import PRESETS, SD_PRESET, get_preset
 from diffprune.evaluation.config import TrainEvalConfig
 
@@ -41,7 +41,7 @@ class TrainConfig(StrictModel):
     ema_warmup: bool = False  # decay after n steps min(ema_decay, (1 + n) / (10 + n)), as diffusers' EMAModel
     # None: accelerate decides (`accelerate launch --mixed_precision bf16`, its config file, or the
     # ACCELERATE_MIXED_PRECISION variable; fp32 in a plain `python` process); a value here overrides them
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    mixed_precision: Precision | None = None
     grad_accum: int = 1
     weighting: Literal["loss", "resample"] = "loss"
     hflip: bool | None = None  # random horizontal flip (p = 0.5); pixel data only
@@ -176,7 +176,8 @@ class SampleConfig(StrictModel):
     seed: int = 0
     guidance_scale: float = 1.0  # conditional models: 1 = plain conditional, 0 = unconditional, >1 = CFG
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 ~ DDPM
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # None: the launch's precision (`accelerate launch --mixed_precision bf16`), as training; "no" without one
+    mixed_precision: Precision | None = None
 
     @field_validator("num_samples", "batch_size")
     @classmethod

@@ -26,7 +26,7 @@ from diffprune.diffusion.config import SampleConfig
 from diffprune.diffusion.models import null_class_label
 from diffprune.diffusion.objective import epsilon_part
 from diffprune.io import atomic_path, atomic_save_npy, atomic_save_npz, config_hash, hash_arrays, hash_state_dict
-from diffprune.runtime import process_state, progress_bar
+from diffprune.runtime import launch_precision, process_state, progress_bar
 
 _STREAM_SAMPLE = 11
 
@@ -146,6 +146,7 @@ def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     from diffprune.diffusion.loading import load_model, read_meta
 
     state = process_state()
+    config = config.model_copy(update={"mixed_precision": config.mixed_precision or launch_precision()})
     out_dir = Path(out_dir)
     chunks_dir = out_dir / ".chunks"
     model, scheduler = load_model(model_path, device=str(state.device))
@@ -257,7 +258,9 @@ def _resolve_labels(model: UNet2DModel, class_labels: np.ndarray | None, n: int,
     return labels
 
 
-def _autocast(device: torch.device, mixed_precision: str):
+def _autocast(device: torch.device, mixed_precision: str | None):
+    """Autocast for ``sample.mixed_precision``; None follows the launch (``accelerate launch --mixed_precision``)."""
+    mixed_precision = mixed_precision or launch_precision()
     if mixed_precision == "no":
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)

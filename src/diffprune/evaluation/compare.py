@@ -40,8 +40,10 @@ class Side:
     cache_hit: bool = False
 
 
-def load_side(spec: str, resolution: int | None = None) -> ImageDataset | tuple[np.ndarray, np.ndarray, int]:
-    """A side as images (``ImageDataset``) or as saved statistics (mu, sigma, count)."""
+def load_side(spec: str, resolution: int | None = None,
+              skip_bad: bool = False) -> ImageDataset | tuple[np.ndarray, np.ndarray, int]:
+    """A side as images (``ImageDataset``) or as saved statistics (mu, sigma, count). A folder skips unreadable
+    files; a dataset spec does with ``skip_bad`` (``data.skip_bad``)."""
     path = Path(spec)
     if path.is_dir():
         return load_dataset(f"imagefolder:{path}", resolution=resolution, skip_bad=True)
@@ -54,20 +56,21 @@ def load_side(spec: str, resolution: int | None = None) -> ImageDataset | tuple[
         return load_dataset(f"npz:{path}", resolution=resolution)
     if path.suffix == ".npz":
         raise EvaluationError(f"'{spec}' not found (expected a folder, an .npz file or a dataset spec)")
-    return load_dataset(spec, resolution=resolution)  # its error lists the dataset specs
+    return load_dataset(spec, resolution=resolution, skip_bad=skip_bad)  # its error lists the dataset specs
 
 
 def compare(a: str, b: str, config: EvalConfig | None = None, cache_dir: Path | None = None,
             resolution: int | None = None, progress: bool = True,
-            network: torch.nn.Module | None = None) -> dict[str, Any]:
+            network: torch.nn.Module | None = None, skip_bad: bool = False) -> dict[str, Any]:
     """FID (and KID, PRDC when both sides have images) between ``a`` and ``b``; ``config`` gives the batch
-    size, device, KID subsets and PRDC k (``EvalConfig`` defaults). Returns flat values plus ``inputs``."""
+    size, device, KID subsets and PRDC k (``EvalConfig`` defaults); ``skip_bad`` skips unreadable images of a
+    dataset spec. Returns flat values plus ``inputs``."""
     config = config or EvalConfig()
     device = resolve_device(config.device)
     net = network
     sides = []
     for spec in (a, b):
-        loaded = load_side(spec, resolution)
+        loaded = load_side(spec, resolution, skip_bad)
         if isinstance(loaded, tuple):
             sides.append(Side(spec, *loaded, features=None))
             continue

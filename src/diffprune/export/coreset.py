@@ -15,10 +15,7 @@ from diffprune.data import ImageDataset, load_dataset
 from diffprune.diffusion.batches import class_weight_vector, example_weights
 from diffprune.export.samplers import WeightedDistributedSampler, epoch_generator
 from diffprune.export.table import coreset_rows, write_coreset
-
-
-class CoresetError(ValueError):
-    """The coreset cannot be built from these inputs; the message says what to pass instead."""
+from diffprune.export.user_data import CoresetError, is_hf_dataset, read_dataset
 
 
 @dataclass
@@ -131,6 +128,9 @@ def coreset(
     class_weights: Mapping[str, float] | None = None,
     encoder: str = "efficientnet-lite0",
     resolution: int | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    value_range: tuple[float, float] | None = None,
     seed: int = 0,
     work_dir: str | Path | None = None,
     progress: bool = False,
@@ -141,43 +141,62 @@ def coreset(
       - a diffprune run directory (``runs/<name>``, with ``arm``; default its first pruned arm): that arm's
         selection and DRO class weights, read from the run (the stages must have run);
       - a dataset spec (``"imagefolder:PATH"``, ``"npz:PATH"``, ``"cifar10"``, ...) or an ``ImageDataset``;
-      - any map-style torch ``Dataset`` whose items are ``image``, ``(image, label)`` or a dict with an
-        ``image`` (``img``, ``pixel_values``, ``input``) and an optional ``label`` key; images are PIL images, uint8 arrays/tensors (C x H x W or
-        H x W x C) or float tensors in [0, 1] (``ToTensor``) or [-1, 1] (diffusers' ``Normalize([0.5])``),
-        all one size.
-    Unless ``features`` (N x D) are given, the images are embedded with ``encoder`` (into ``work_dir``, a
-    temporary folder by default); then ``method`` keeps ``ratio`` of each class (``labels`` override the
-    dataset's). ``class_weights`` ({class name: a_k}, e.g. a run's ``class_weights.json``) weight the groups;
-    DRO itself needs a reference model and runs in ``diffprune reweight``.
+      - a Hugging Face ``datasets.Dataset`` (e.g. diffusers' imagefolder with ``set_transform``): images and
+        labels are read from its table (``image_column``, ``label_column``; default the first ``Image`` and
+        ``ClassLabel`` columns), not through its transform;
+      - any map-style torch ``Dataset`` whose items are ``image``, ``(image, label)`` or a dict with an image
+        (``image_column``, default image, img, pixel_values or input) and an optional label; images are PIL
+        images, uint8 arrays/tensors (C x H x W or H x W x C) or float tensors whose range ``value_range``
+        declares, e.g. ``(-1, 1)`` for diffusers' ``Normalize([0.5], [0.5])`` (never guessed).
+    ``resolution`` brings every image to one size. Unless ``features`` (N x D) are given, the images are
+    embedded with ``encoder``; then ``method`` keeps ``ratio`` of each class (``labels`` override the
+    dataset's). ``work_dir`` keeps the pixels (a memory map) and the features (a temporary folder by default).
+    ``class_weights`` ({class name: a_k}, e.g. a run's ``class_weights.json``) weight the groups; for DRO
+    weights computed here use ``diffprune.prune_and_reweight``.
     """
     if isinstance(source, (str, Path)) and (Path(source) / "arms.json").is_file():
         return _from_run(Path(source), arm)
-    if isinstance(source, str):
-        data = load_dataset(source, resolution=resolution)
-    elif isinstance(source, ImageDataset):
-        data = source
-    elif isinstance(source, torch.utils.data.Dataset):
-        data = to_image_dataset(source, progress=progress)
-    else:
-        raise CoresetError(f"source must be a run directory, a dataset spec, an ImageDataset or a torch Dataset; "
-                           f"got {type(source).__name__}")
-    if labels is not None:
-        names = data.class_names or [str(k) for k in range(int(np.max(labels)) + 1)]
-        data = ImageDataset(data.images, labels, names, name=data.name, source_ids=data.source_ids)
-    if features is None:
-        from diffprune.encoders import EmbedConfig, embed_dataset
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(work_dir) if work_dir is not None else Path(tmp)
+        data = load_source(source, image_column=image_column, label_column=label_column, value_range=value_range,
+                           resolution=resolution, cache_dir=out / "images", progress=progress)
+        if labels is not None:
+            names = data.class_names or [str(k) for k in range(int(np.max(labels)) + 1)]
+            data = ImageDataset(data.images, labels, names, name=data.name, source_ids=data.source_ids)
+        if features is None:
+            from diffprune.encoders import EmbedConfig, embed_dataset
 
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(work_dir) if work_dir is not None else Path(tmp)
-            features = np.array(embed_dataset(data, EmbedConfig(encoder=encoder), out, progress=progress))
-    elif len(features) != len(data):
-        raise CoresetError(f"features have {len(features)} rows but the dataset has {len(data)} examples")
+            features = np.array(embed_dataset(data, EmbedConfig(encoder=encoder), out / "features" / encoder,
+                                              progress=progress))
+        elif len(features) != len(data):
+            raise CoresetError(f"features have {len(features)} rows but the dataset has {len(data)} examples")
+        if work_dir is None and _is_user_dataset(source):
+            data = ImageDataset(np.array(data.images), data.labels, data.class_names, name=data.name,
+                                fingerprint=data.fingerprint, source_ids=data.source_ids)  # off the temporary map
     from diffprune.selection import select
 
     sel = select(np.asarray(features, dtype=np.float32), data.labels, method, ratio, seed=seed,
                  class_names=data.class_names or None)
     # subset() indexes the user's own dataset (its transforms apply) when one was given
-    return from_selection(data, sel, class_weights, source=source if isinstance(source, torch.utils.data.Dataset) else None)
+    return from_selection(data, sel, class_weights, source=source if _is_user_dataset(source) else None)
+
+
+def _is_user_dataset(source: Any) -> bool:
+    torch_dataset = isinstance(source, torch.utils.data.Dataset) and not isinstance(source, ImageDataset)
+    return is_hf_dataset(source) or torch_dataset
+
+
+def load_source(source: Any, *, cache_dir: Path | None = None, resolution: int | None = None,
+                progress: bool = False, **columns: Any) -> ImageDataset:
+    """The ``ImageDataset`` of a dataset spec, an ``ImageDataset`` or a user's dataset (``read_dataset``)."""
+    if isinstance(source, str):
+        return load_dataset(source, resolution=resolution)
+    if isinstance(source, ImageDataset):
+        return source
+    if _is_user_dataset(source):
+        return read_dataset(source, resolution=resolution, cache_dir=cache_dir, progress=progress, **columns)
+    raise CoresetError(f"source must be a run directory, a dataset spec, an ImageDataset, a datasets.Dataset or a "
+                       f"torch Dataset; got {type(source).__name__}")
 
 
 def _from_run(run_dir: Path, arm: str | None) -> Coreset:
@@ -195,51 +214,3 @@ def _from_run(run_dir: Path, arm: str | None) -> Coreset:
         raise CoresetError("arm 'full' trains on all data; it has no coreset")
     return from_selection(pipe.dataset, pipe.select(chosen)[0], pipe.reweight(chosen)[0])
 
-
-def to_image_dataset(dataset: torch.utils.data.Dataset, progress: bool = False) -> ImageDataset:
-    """Read every item of a torch ``Dataset`` (see ``coreset``) into an ``ImageDataset`` (uint8 N x C x H x W)."""
-    from rich.progress import track
-
-    images, labels = [], []
-    for i in track(range(len(dataset)), description="reading dataset", disable=not progress, transient=True):
-        image, label = _split_item(dataset[i])
-        images.append(_to_uint8_chw(image))
-        labels.append(label)
-    shapes = {a.shape for a in images}
-    if len(shapes) > 1:
-        raise CoresetError(f"the dataset's images differ in shape ({sorted(shapes)[:3]}...); add a resize "
-                           "transform so that they share one")
-    lab = None if any(v is None for v in labels) else np.asarray(labels, dtype=np.int64)
-    names = [] if lab is None else list(getattr(dataset, "classes", None) or
-                                        [str(k) for k in range(int(lab.max()) + 1)])
-    return ImageDataset(np.stack(images), lab, names, name=type(dataset).__name__)
-
-
-def _split_item(item: Any) -> tuple[Any, int | None]:
-    if isinstance(item, Mapping):
-        key = next((k for k in ("image", "img", "pixel_values", "input") if k in item), None)
-        if key is None:
-            raise CoresetError(f"dict items need an image key (image, img, pixel_values or input); got {sorted(item)}")
-        label = item.get("label", item.get("labels"))
-        return item[key], None if label is None else int(label)
-    if isinstance(item, (tuple, list)):
-        return item[0], (int(item[1]) if len(item) > 1 and item[1] is not None else None)
-    return item, None
-
-
-def _to_uint8_chw(image: Any) -> np.ndarray:
-    """One image -> uint8 C x H x W (C = 1 or 3), per the conventions listed in ``coreset``."""
-    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL
-        image = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB"))
-    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if a.ndim == 2:
-        a = a[None]
-    elif a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[-1] in (1, 3):
-        a = a.transpose(2, 0, 1)
-    if a.ndim != 3 or a.shape[0] not in (1, 3):
-        raise CoresetError(f"an image must be H x W, C x H x W or H x W x C with C = 1 or 3; got shape {a.shape}")
-    if a.dtype != np.uint8:
-        a = a.astype(np.float64)
-        a = (a + 1.0) * 127.5 if a.min() < 0 else a * 255.0
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(a)

@@ -1,4 +1,5 @@
-"""Folder locks: an OS file lock (``fcntl.flock``) on ``<folder>/.lock`` held while a stage computes.
+"""Folder locks: an OS file lock (``filelock``: flock on Unix, msvcrt on Windows) on ``<folder>/.lock`` held
+while a stage computes.
 
 The kernel drops the lock when its holder exits, kill -9 included, so a lock is never stale. The lock file
 keeps a line about its holder (pid, host, command, start time) that a second writer shows when it is refused.
@@ -7,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
-import fcntl
 import json
 import os
 import socket
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
+
+from filelock import FileLock, Timeout
 
 LOCK_FILE = ".lock"
 
@@ -43,27 +44,24 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool = False, what: str = ""
     """
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    lock = FileLock(path / LOCK_FILE)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = lock_holder(path)
-            if not wait:
-                raise LockBusy(
-                    f"{what or path} is being computed by another process, {holder}; lock {path / LOCK_FILE}; "
-                    f"wait for it to finish, or pass --wait to queue behind it (it is reused once finished)"
-                ) from None
-            if on_wait is not None:
-                on_wait(holder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock.acquire(blocking=False)
+    except Timeout:
+        holder = lock_holder(path)
+        if not wait:
+            raise LockBusy(
+                f"{what or path} is being computed by another process, {holder}; lock {path / LOCK_FILE}; "
+                f"wait for it to finish, or pass --wait to queue behind it (it is reused once finished)"
+            ) from None
+        if on_wait is not None:
+            on_wait(holder)
+        lock.acquire()
+    try:
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        (path / LOCK_FILE).write_text(json.dumps(info), encoding="utf-8")  # filelock keeps the file's inode
         yield path / LOCK_FILE
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()

@@ -18,13 +18,15 @@ from typing import Any, Callable, Iterable, TypeVar
 import numpy as np
 from rich.console import Console
 
-from diffprune.data import ImageDataset
+from diffprune.data import DatasetError, ImageDataset
+from diffprune.data.sources import NATIVE_RESOLUTION
 from diffprune.io import (
     atomic_write_json, atomic_write_yaml, folder_lock, hash_arrays, hash_file, read_json, remove_stale_temps,
 )
 from diffprune.pipeline.config import FULL, ArmConfig, RunConfig
 from diffprune.pipeline.manifest import StageDir
-from diffprune.runtime import launch_world, resolve_device
+from diffprune.provenance import full_command, provenance
+from diffprune.runtime import launch_precision, launch_world, resolve_device
 
 T = TypeVar("T")
 STAGES = ("embed", "select", "reference", "reweight", "train", "sample", "evaluate", "report")
@@ -75,6 +77,7 @@ class Pipeline:
             result) instead of stopping with a one-line error (default: the ``DIFFPRUNE_WAIT`` variable).
         dry_run: compute nothing: each stage prints its resolved config and whether it would be ``cached``,
             ``run``, ``extend`` (continue a finished checkpoint) or ``resume`` (``plan`` collects them).
+        dataset: the images to use instead of loading ``cfg.data`` (``diffprune.prune_and_reweight``).
 
     Every stage method takes the stage's resolved config (``<stage>_config``) and returns
     ``(result, fingerprint)``; the fingerprint identifies the output for the stages downstream.
@@ -88,8 +91,11 @@ class Pipeline:
         console: Console | None = None,
         wait: bool | None = None,
         dry_run: bool = False,
+        dataset: ImageDataset | None = None,
     ) -> None:
         self.cfg = cfg
+        if dataset is not None:
+            self.__dict__["dataset"] = dataset  # fills the cached property
         self.wait = bool(os.environ.get("DIFFPRUNE_WAIT")) if wait is None else wait
         self.root = cfg.run_dir
         self.force = set(STAGES) if force is True else set(force or ())
@@ -99,6 +105,8 @@ class Pipeline:
         self.planned: list[dict[str, Any]] = []  # dry_run: every stage's status and resolved config
         self._coresets: dict[str, tuple[ImageDataset, str]] = {}
         self.command: list[str] | None = None  # the CLI arguments that made this run (for command.json)
+        # devices, processes, precisions, threads, launcher: printed by the CLI, kept in command.json and manifests
+        self.provenance = provenance(cfg.train.mixed_precision, cfg.sample.mixed_precision)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _stage(
@@ -189,7 +197,8 @@ class Pipeline:
             files = tuple(o for pattern in outputs for o in sorted(str(p.relative_to(stage.path))
                                                                   for p in stage.path.glob(pattern)))
             attempt = extra.pop("attempt", None)
-            manifest = stage.finish(fingerprint, outputs=files, world_size=world, attempt_extra=attempt, **extra)
+            manifest = stage.finish(fingerprint, outputs=files, world_size=world, attempt_extra=attempt,
+                                    provenance=self.provenance, **extra)
             self.console.print(f"[green]done[/]    {stage.stage:<9} {rel} ({manifest['seconds']:.1f} s)")
         return result, fingerprint
 
@@ -208,7 +217,10 @@ class Pipeline:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(self.root / "config.yaml", self.cfg.model_dump(mode="json"))
         if self.command is not None:  # set by the command line; the report shows it
-            atomic_write_json(self.root / "command.json", {"argv": ["diffprune", *self.command], "cwd": os.getcwd()})
+            argv = ["diffprune", *self.command]
+            atomic_write_json(self.root / "command.json", {
+                "argv": argv, "cwd": os.getcwd(), "provenance": self.provenance,
+                "command": full_command(self.provenance, argv)})
         arms = []
         for arm in self.cfg.arms:
             label = arm.label()
@@ -259,10 +271,20 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------ stages
     @cached_property
     def dataset(self) -> ImageDataset:
-        ds = self.cfg.data.load()
+        ds = self.cfg.data.load(download=not self.dry_run)  # a dry run neither downloads nor needs the data
         if ds.skipped:
             self.console.print(f"[yellow]skipped {len(ds.skipped)} unreadable files[/]: {', '.join(ds.skipped[:5])}")
         return ds
+
+    def dry_data_missing(self) -> str | None:
+        """``dry_run``: why the data cannot be read without downloading it (None: it can, or not a dry run)."""
+        if not self.dry_run:
+            return None
+        try:
+            self.dataset
+        except DatasetError as e:
+            return str(e)
+        return None
 
     # ------------------------------------------------------------------------- resolved stage configs
     # One place per stage turns the run config into the stage's validated, *resolved* config: what the stage
@@ -294,8 +316,9 @@ class Pipeline:
         return self.cfg.arm_train_config(arm).resolved()
 
     def sample_config(self):
-        sc = self.cfg.sample
-        return sc.model_copy(update={"steps": sc.num_steps})
+        sc = self.cfg.sample  # unset precision: the launch's, resolved so that the cache key records it
+        precision = sc.mixed_precision or launch_precision()
+        return sc.model_copy(update={"steps": sc.num_steps, "mixed_precision": precision})
 
     def evaluate_config(self):
         return self.cfg.evaluate
@@ -320,6 +343,13 @@ class Pipeline:
 
         ec = self.embed_config()
         out = self.features_dir()
+        missing = self.dry_data_missing()
+        if missing is not None:  # nothing is known downstream of data that is not there
+            rel = str(out.relative_to(self.root))
+            self._print_plan({"stage": "embed", "path": rel, "status": "run", "config": ec.model_dump(mode="json"),
+                              "data": f"unknown until loaded: {missing}"})
+            self.console.print(f"          data: unknown until loaded ({missing})", markup=False, highlight=False)
+            raise Pending("embed", rel, "run")
         stage = StageDir(out, "embed", ec.model_dump(mode="json"), {"dataset": self.dataset.fingerprint},
                          mutable=type(ec).RESUME_MUTABLE)
 
@@ -393,6 +423,10 @@ class Pipeline:
 
     def full_training_set(self) -> tuple[ImageDataset, str]:
         """Every training image (or its latent) and the fingerprint."""
+        missing = self.dry_data_missing()
+        if missing is not None:
+            self.console.print(f"data      unknown until loaded ({missing})", markup=False, highlight=False)
+            raise Pending("data", self.cfg.data.spec, "load")
         if self.cfg.latent is None:
             return self.dataset, self.dataset.fingerprint
         if FULL not in self._coresets:
@@ -656,7 +690,12 @@ class Pipeline:
         ``arms`` (default: all), before any stage computes: a failed start leaves finished stages cached."""
         from diffprune.pipeline.checks import check_run
 
-        check_run(self.cfg, list(arms) if arms is not None else self.cfg.arms, self.dataset.resolution)
+        size = self.cfg.data.resolution or NATIVE_RESOLUTION.get(self.cfg.data.spec) if self.dry_data_missing() \
+            else self.dataset.resolution
+        if size is None:
+            self.console.print("[yellow]image size unknown until the data is loaded[/]: size checks skipped")
+            return
+        check_run(self.cfg, list(arms) if arms is not None else self.cfg.arms, size)
 
     def plan(self, arms: Iterable[str] | None = None, until: str = "evaluate") -> list[dict[str, Any]]:
         """``dry_run``: every stage up to ``until`` of every arm (or the named arms) with its resolved config and
@@ -691,7 +730,7 @@ class Pipeline:
     def _stage_config(self, name: str, arm: ArmConfig) -> dict[str, Any]:
         """The resolved config of stage ``name`` of ``arm`` as the stage will record it."""
         if name == "reference":  # the recipe does not depend on which images it trains on
-            return self.reference_config(self.dataset)
+            return self.reference_config(None if self.dry_data_missing() else self.dataset)
         get = {"embed": self.embed_config, "select": lambda: self.select_config(arm),
                "reweight": lambda: self.reweight_config(arm), "train": lambda: self.train_config(arm),
                "sample": self.sample_config, "evaluate": self.evaluate_config}[name]

@@ -16,6 +16,7 @@ from diffprune.io import atomic_write_text
 from diffprune.report.collect import FULL, ArmResult, RunSummary, collect_run
 from diffprune.report.document import (
     Bullets,
+    Code,
     Document,
     Gallery,
     Heading,
@@ -68,6 +69,9 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
     title = "diffprune report: " + ", ".join(r.name for r in runs)
     doc = Document(title)
     doc.add(Paragraph(_intro(runs, arms)))
+    ran = _provenance_lines(runs)
+    if ran:
+        doc.add(Paragraph("Ran on: " + "; ".join(f"`{line}`" for line in ran)))
 
     doc.add(Heading("Results"), _results_table(arms, multi))
     if multi or len({(a.method, a.ratio) for a in arms}) < len(arms) or len({a.ratio for a in arms}) > 1:
@@ -172,7 +176,8 @@ def _selection_blocks(runs: list[RunSummary], out: Path, multi: bool) -> list:
             if not sel or (run.path / sel) in seen:
                 continue
             seen.add(run.path / sel)
-            for png, what in (("examples.png", "kept and pruned examples"), ("scores.png", "score histogram")):
+            for png, what in (("examples.png", "kept and pruned examples of each class"),
+                              ("scores.png", "score histogram")):
                 if (run.path / sel / png).is_file():
                     dest = out / f"{Path(png).stem}-{_safe((run.name + '-' if multi else '') + Path(sel).name)}.png"
                     shutil.copyfile(run.path / sel / png, dest)
@@ -180,21 +185,37 @@ def _selection_blocks(runs: list[RunSummary], out: Path, multi: bool) -> list:
     return blocks or [Paragraph("No selection figures found (written by the select stage).")]
 
 
-def _config_blocks(runs: list[RunSummary], out: Path) -> list:
-    """The command line that made each run and its resolved ``config.yaml`` (copied beside the report)."""
+def _command(run: RunSummary) -> dict:
+    """``command.json`` of a run (empty when it was not made by the CLI)."""
     import json
 
-    items = []
+    cmd = run.path / "command.json"
+    return json.loads(cmd.read_text()) if cmd.is_file() else {}
+
+
+def _provenance_lines(runs: list[RunSummary]) -> list[str]:
+    """Per run: where and how it ran (devices, processes, precisions, threads, launcher), from command.json."""
+    from diffprune.provenance import provenance_line  # it loads torch: only for runs that recorded provenance
+
+    return [f"{run.name + ': ' if len(runs) > 1 else ''}{provenance_line(rec)}" for run in runs
+            if (rec := _command(run).get("provenance"))]
+
+
+def _config_blocks(runs: list[RunSummary], out: Path) -> list:
+    """The command line that made each run and its resolved ``config.yaml`` (copied beside the report and
+    shown in the document itself)."""
+    items, configs = [], []
     for run in runs:
-        cmd = run.path / "command.json"
-        argv = json.loads(cmd.read_text()).get("argv", []) if cmd.is_file() else []
-        line = f"{run.name}: `{' '.join(argv)}`" if argv else f"{run.name}: command not recorded (not run by the CLI)"
+        recorded = _command(run)
+        command = recorded.get("command") or " ".join(recorded.get("argv", []))
+        line = f"{run.name}: `{command}`" if command else f"{run.name}: command not recorded (not run by the CLI)"
         if (run.path / "config.yaml").is_file():
             dest = out / f"config-{_safe(run.name)}.yaml"
             shutil.copyfile(run.path / "config.yaml", dest)
             line += f"; resolved config: [{dest.name}]({dest.name})"
+            configs.append(Code(dest.read_text(), f"{dest.name} (resolved config of {run.name})", "yaml"))
         items.append(line)
-    return [Bullets(items)]
+    return [Bullets(items), *configs]
 
 
 def _trajectories(runs: list[RunSummary], out: Path, multi: bool) -> list:

@@ -49,7 +49,16 @@ class Gallery:
     images: list[Image]
 
 
-Block = Union[Heading, Paragraph, Bullets, Table, Image, Gallery]
+@dataclass
+class Code:
+    """Preformatted text shown in the document itself (a resolved config), under ``title``."""
+
+    text: str
+    title: str = ""
+    language: str = ""
+
+
+Block = Union[Heading, Paragraph, Bullets, Table, Image, Gallery, Code]
 
 
 @dataclass
@@ -90,6 +99,8 @@ def to_markdown(doc: Document, folder: Path) -> str:
             out += ["| " + " | ".join(i.alt for i in b.images) + " |",
                     "| " + " | ".join("---" for _ in b.images) + " |",
                     "| " + " | ".join(_md_image(i, folder) for i in b.images) + " |", ""]
+        elif isinstance(b, Code):
+            out += ([f"*{b.title}*", ""] if b.title else []) + [f"```{b.language}", b.text.rstrip("\n"), "```", ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -119,6 +130,7 @@ code{background:#f6f8fa;padding:.1rem .3rem;border-radius:4px}
 .gallery{display:flex;flex-wrap:wrap;gap:1rem}.gallery figure{margin:0}
 .gallery img{image-rendering:pixelated}
 .table{overflow-x:auto}
+pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;font-size:.85rem}pre code{padding:0}
 """
 
 
@@ -153,6 +165,9 @@ def to_html(doc: Document) -> str:
             parts.append(_html_image(b))
         elif isinstance(b, Gallery):
             parts.append('<div class="gallery">' + "".join(_html_image(i) for i in b.images) + "</div>")
+        elif isinstance(b, Code):
+            parts.append(f"<details open><summary>{_inline(b.title)}</summary><pre><code>{e(b.text)}</code></pre>"
+                         "</details>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

@@ -5,7 +5,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from diffprune.config import Device, StrictModel
+from diffprune.config import Device, Precision, StrictModel
 from diffprune.diffusion.models import PRESETS as MODEL_PRESETS
 
 # every model preset that builds from its config alone (Stable Diffusion needs a pipeline dir: not a proxy)
@@ -70,7 +70,7 @@ class ReweightConfig(StrictModel):
     checkpoint_every: int = Field(default=200, ge=1)  # steps between checkpoints (proxy and reference)
     # None: accelerate decides (`accelerate launch --mixed_precision bf16`); the proxy trains in it and the
     # reference's forward runs under the same autocast
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    mixed_precision: Precision | None = None
     # iterated DoReMi: round r + 1 trains its reference with round r's averaged weights, then reruns DRO;
     # stops after `rounds` rounds or when max_k |a_k - a_prev_k| < rounds_tol (needs a trained reference)
     rounds: int = Field(default=1, ge=1)

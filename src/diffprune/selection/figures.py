@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-EXAMPLES = 8  # images per row of examples.png
+EXAMPLES = 8  # images per row of examples.png: half kept, half pruned
+MAX_GROUPS = 10  # rows (classes) of examples.png
 
 
 def _grey_or_rgb(image: np.ndarray) -> np.ndarray:
@@ -13,8 +14,27 @@ def _grey_or_rgb(image: np.ndarray) -> np.ndarray:
     return image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
 
 
+def example_rows(selection, per_side: int = EXAMPLES // 2,
+                 max_groups: int = MAX_GROUPS) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Per group (class or cluster; at most ``max_groups``, evenly spread): its name, its ``per_side``
+    highest-scored kept examples and its ``per_side`` lowest-scored pruned ones (indices into the dataset).
+    Ranked within the group, since per-class selection compares scores only there."""
+    kept = np.zeros(len(selection.scores), dtype=bool)
+    kept[selection.indices] = True
+    scores = np.asarray(selection.scores, dtype=np.float64)
+    groups = np.asarray(selection.groups)
+    names = list(selection.group_names) or ["all"]
+    shown = np.unique(np.linspace(0, len(names) - 1, min(len(names), max_groups)).round().astype(int))
+    rows = []
+    for g in shown:
+        keep_g, prune_g = np.where(kept & (groups == g))[0], np.where(~kept & (groups == g))[0]
+        rows.append((str(names[g]), keep_g[np.argsort(-scores[keep_g], kind="stable")][:per_side],
+                     prune_g[np.argsort(scores[prune_g], kind="stable")][:per_side]))
+    return rows
+
+
 def selection_figures(out_dir: Path, images: np.ndarray, selection) -> list[Path]:
-    """``examples.png`` (top row: the highest-scored kept images; bottom row: the lowest-scored pruned ones)
+    """``examples.png`` (a row per class: its highest-scored kept images, then its lowest-scored pruned ones)
     and ``scores.png`` (histogram of the scores, kept vs pruned). ``images``: uint8 N x C x H x W."""
     import matplotlib
 
@@ -26,17 +46,19 @@ def selection_figures(out_dir: Path, images: np.ndarray, selection) -> list[Path
     kept[selection.indices] = True
     scores = np.asarray(selection.scores, dtype=np.float64)
     finite = np.isfinite(scores)
-    rows = [("kept (highest scores)", np.where(kept)[0]), ("pruned (lowest scores)", np.where(~kept)[0])]
-    rows = [(name, idx[np.argsort(-scores[idx] if "kept" in name else scores[idx], kind="stable")][:EXAMPLES])
-            for name, idx in rows if len(idx)]
-    fig, axes = plt.subplots(len(rows), EXAMPLES, figsize=(EXAMPLES * 0.9, len(rows) * 1.1), squeeze=False)
-    for r, (name, idx) in enumerate(rows):
-        for c in range(EXAMPLES):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(idx):
-                ax.imshow(_grey_or_rgb(np.asarray(images[idx[c]])), cmap="gray", vmin=0, vmax=255)
-        axes[r][0].set_title(name, fontsize=8, loc="left")
+    rows, half = example_rows(selection), EXAMPLES // 2
+    fig, axes = plt.subplots(len(rows), 2 * half + 1, figsize=((2 * half + 1) * 0.9, len(rows) * 1.15),
+                             squeeze=False, gridspec_kw={"width_ratios": [1] * half + [0.3] + [1] * half,
+                                                         "hspace": 0.45})
+    for r, (name, keep_idx, prune_idx) in enumerate(rows):
+        for c in range(2 * half + 1):
+            axes[r][c].axis("off")
+        for c, i in enumerate(keep_idx):
+            axes[r][c].imshow(_grey_or_rgb(np.asarray(images[i])), cmap="gray", vmin=0, vmax=255)
+        for c, i in enumerate(prune_idx):
+            axes[r][half + 1 + c].imshow(_grey_or_rgb(np.asarray(images[i])), cmap="gray", vmin=0, vmax=255)
+        axes[r][0].set_title(f"{name}: kept (highest)", fontsize=7, loc="left")
+        axes[r][half + 1].set_title("pruned (lowest)", fontsize=7, loc="left")
     paths = [out_dir / "examples.png"]
     fig.savefig(paths[0], dpi=110, bbox_inches="tight")
     plt.close(fig)
