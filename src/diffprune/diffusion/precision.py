@@ -10,9 +10,9 @@ from diffprune.runtime import process_state
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def launch_precision() -> str:
-    """The precision accelerate runs this process in ("no", "bf16", "fp16"): the launch flag, its config or
-    ACCELERATE_MIXED_PRECISION once an ``Accelerator`` exists; "no" before."""
+def training_precision() -> str:
+    """The precision accelerate trains this process in ("no", "bf16", "fp16") once an ``Accelerator`` exists
+    (the config's value, else the launch's); "no" before. ``runtime.launch_precision`` is the launch's alone."""
     return str(AcceleratorState().mixed_precision) if AcceleratorState._shared_state else "no"
 
 

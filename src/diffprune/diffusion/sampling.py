@@ -25,6 +25,7 @@ from diffprune.diffusion.batches import stream_seed
 from diffprune.diffusion.config import SampleConfig
 from diffprune.diffusion.models import null_class_label
 from diffprune.diffusion.objective import epsilon_part
+from diffprune.diffusion.precision import autocast
 from diffprune.io import atomic_path, atomic_save_npy, atomic_save_npz, config_hash, hash_arrays, hash_state_dict
 from diffprune.runtime import launch_precision, process_state, progress_bar
 
@@ -125,7 +126,7 @@ def _render(model: UNet2DModel, sched: DDPMScheduler | DDIMScheduler, idx: range
     y = None if labels is None else torch.as_tensor(labels[idx.start:idx.stop], device=device)
     kwargs = {"eta": config.eta} if config.sampler == "ddim" else {}
     for t in sched.timesteps:
-        with _autocast(device, config.mixed_precision):
+        with autocast(device, config.mixed_precision or launch_precision()):  # None follows the launch
             eps = _guided_eps(model, x, t, y, config.guidance_scale)
         x = sched.step(eps.float(), t, x, generator=gens, **kwargs).prev_sample
         advance(len(idx))
@@ -256,11 +257,3 @@ def _resolve_labels(model: UNet2DModel, class_labels: np.ndarray | None, n: int,
     if len(labels) and (labels.min() < 0 or labels.max() >= null):
         raise ValueError(f"class_labels must lie in [0, {null}) (the null label {null} is reserved for guidance)")
     return labels
-
-
-def _autocast(device: torch.device, mixed_precision: str | None):
-    """Autocast for ``sample.mixed_precision``; None follows the launch (``accelerate launch --mixed_precision``)."""
-    mixed_precision = mixed_precision or launch_precision()
-    if mixed_precision == "no":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
