@@ -45,7 +45,6 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_constant_schedule_with_warmup
 
 from diffprune.data import ImageDataset
 from diffprune.diffusion.batches import (
@@ -64,7 +63,8 @@ from diffprune.diffusion.config import TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
 from diffprune.diffusion.models import count_parameters
-from diffprune.diffusion.objective import diffusion_loss
+from diffprune.diffusion.objective import diffusion_loss, snr_loss_weights
+from diffprune.diffusion.schedules import lr_schedule_for
 from diffprune.diffusion.tracking import sample_grid, scalar_config, trackers_of
 from diffprune.io import config_hash
 from diffprune.runtime import Interrupted, StopOnSignal, process_state, progress_bar
@@ -323,7 +323,7 @@ def _set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weight
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)  # starts at the initial weights
     params = list(model.parameters())  # collected once: walking the module tree every step is measurable
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cuda", "cpu"))  # fused: 5x faster step
-    lr_schedule = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    lr_schedule = lr_schedule_for(optimizer, cfg, total_steps(cfg, len(dataset)))
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
 
     images = torch.from_numpy(np.ascontiguousarray(dataset.images))  # ~150 MB of uint8 for CIFAR-10
@@ -428,7 +428,7 @@ def _micro_step(run: _Run, cfg: TrainConfig, batch: _GlobalBatch, step: int, k: 
             run.forward_model, run.scheduler, x0, batch.timesteps[sl], batch.noise[sl], cond,
             mask_ratio=cfg.mask_ratio, mask_generator=_mask_generator(cfg, step, k, accelerator.process_index, device),
         )
-        per_example = unreduced.mean(dim=(1, 2, 3))
+        per_example = unreduced.mean((1, 2, 3)) * snr_loss_weights(batch.timesteps[sl], run.scheduler, cfg.snr_gamma)
         if step_hook is not None:
             per_example = per_example * step_hook(step, x0, y, batch.timesteps[sl], batch.noise[sl], unreduced)
         if run.loss_multiplier is not None:

@@ -291,7 +291,29 @@ class Pipeline:
         return reference_train_config(rc, data, seed=seed).resolved().model_dump(mode="json")
 
     def train_config(self, arm: ArmConfig):
-        return self.cfg.arm_train_config(arm).resolved()
+        from diffprune.pipeline.budget import budgeted
+
+        tc = self.cfg.arm_train_config(arm).resolved()
+        if tc.budget == "equal_steps" or tc.lr_schedule != "constant":  # needs the full data's size
+            tc = budgeted(tc, len(self.dataset))
+        return tc
+
+    def stop_target(self, arm: ArmConfig) -> float | None:
+        """``train.stop_at_target``'s target for a pruned ``arm``: the full arm of its seed (trained first, or
+        found cached) ends at value v of the metric; the target is v x (1 + tolerance). None: no early stop."""
+        from diffprune.config import ConfigError
+        from diffprune.pipeline.budget import stop_target
+
+        stop = self.cfg.train.stop_at_target
+        if stop is None or arm.method == FULL:
+            return None
+        full = [a for a in self.cfg.arms if a.method == FULL and a.seed == arm.seed]
+        if not full:
+            raise ConfigError(f"train.stop_at_target: arm {arm.label()} needs a full-data arm of seed {arm.seed} "
+                              f"for its target; add {{method: full, seed: {arm.seed}}} to arms (a sweep without "
+                              f"--no-full does), or set train.stop_at_target: null")
+        self.train(full[0])
+        return stop_target(self.root / "train" / full[0].label() / "metrics.jsonl", stop)
 
     def sample_config(self):
         sc = self.cfg.sample
@@ -533,6 +555,9 @@ class Pipeline:
         inputs = {"data": data_fp}
         if weights is not None:
             inputs["class_weights"] = weights_fp
+        target = self.stop_target(arm)
+        if target is not None:
+            inputs["stop_target"] = f"{tc.stop_at_target.metric} <= {target!r}"
         # where the weights are pushed is not part of the result: changing it neither retrains nor extends
         stage = StageDir(out, "train", tc.model_dump(mode="json", exclude=set(PUSH_FIELDS)), inputs,
                          mutable=type(tc).RESUME_MUTABLE, resumable=_continuable(out, total_steps(tc, len(data))))
@@ -540,8 +565,21 @@ class Pipeline:
         def compute(resume: bool):
             from diffprune.pipeline.flops import training_flops
 
-            summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress,
-                            evaluator=self.training_evaluator(data) if tc.eval_every else None)
+            from diffprune.diffusion.trainer import checkpoint_step
+            from diffprune.pipeline.budget import train_until_target
+
+            evaluator = self.training_evaluator(data) if tc.eval_every else None
+
+            def train_piece(config, resume_piece: bool) -> dict[str, Any]:
+                return train(config, data, out, class_weights=weights, resume=resume_piece, progress=self.progress,
+                             evaluator=evaluator)
+
+            if target is None:
+                summary = train_piece(tc, resume)
+            else:  # in pieces between evaluations, stopping at the target (pipeline/budget.py)
+                budget = tc.model_copy(update={"steps": total_steps(tc, len(data)), "epochs": None})
+                summary = train_until_target(budget, train_piece, out / "metrics.jsonl", target, tc.stop_at_target,
+                                             (checkpoint_step(out) or 0) if resume else 0, resume)
             if _distributed()[1] and pipeline_kind(out / "model"):  # DDPMPipeline.from_pretrained(train/<arm>/pipeline)
                 write_pipeline(out / "model", out / "pipeline")
             images = int(summary.get("images_seen", 0))

@@ -54,12 +54,15 @@ def collect_results(run_dir: Path) -> list[dict[str, Any]]:
     for arm in collect_run(Path(run_dir)).arms:
         train = arm.manifests.get("train") or {}
         total = (arm.cost or {}).get("seconds")
+        # the train manifest's seconds include the evaluations during training; the cost (total) does not
+        train_seconds = None if "seconds" not in train else round(
+            float(train["seconds"]) - float(train.get("eval_seconds") or 0.0), 3)
         rows.append({
             "arm": arm.arm, "method": arm.method + ("+dro" if arm.reweighted else ""),
             "ratio": 1.0 if arm.method == FULL else arm.ratio, "seed": seeds.get(arm.arm),
             **{m: arm.metric(m) for m in ("fid", "kid", "precision", "recall", "classifier_fd")},
-            "train_seconds": train.get("seconds"),
-            "overhead_seconds": None if total is None else round(total - float(train.get("seconds", 0.0)), 3),
+            "train_seconds": train_seconds, "eval_seconds": train.get("eval_seconds"),
+            "overhead_seconds": None if total is None else round(total - (train_seconds or 0.0), 3),
             "images_seen": arm.train_images,
             "speedup": (arm.speedup or {}).get("by_wall_clock"),
             "speedup_images": (arm.speedup or {}).get("by_images"),

@@ -1,0 +1,243 @@
+"""Budget modes, early stop at a target, LR schedules, Min-SNR weights and Ho et al.'s initialisation (issue 24)."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffprune.data import ImageDataset
+from diffprune.diffusion import TrainConfig, create_model, train
+from diffprune.diffusion.config import StopAtTarget, TrainError
+from diffprune.diffusion.init import ho_init_, zero_init_layers
+from diffprune.diffusion.objective import snr_loss_weights
+from diffprune.diffusion.schedules import lr_schedule_for
+from diffprune.pipeline.budget import (
+    budgeted, equal_steps, evaluation_curve, first_stop_step, piece_ends, stop_target, train_until_target,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset() -> ImageDataset:
+    rng = np.random.default_rng(1)
+    return ImageDataset(rng.integers(0, 256, (24, 1, 8, 8)).astype(np.uint8), np.arange(24) % 4, list("abcd"),
+                        name="toy")
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(preset="ddpm-tiny", steps=9, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9, log_every=1,
+                checkpoint_every=0, seed=5, eval_every=2)
+    return TrainConfig(**{**base, **kw})
+
+
+# ---- budget modes ---------------------------------------------------------------------------------------------
+
+
+def test_equal_steps_gives_every_arm_the_full_arms_steps():
+    cfg = _cfg(steps=None, epochs=480, batch_size=32, budget="equal_steps").resolved()
+    assert equal_steps(cfg, 500) == 7500  # 480 x 500 / 32, the plateau study's full arm
+    assert equal_steps(cfg, 499) == math.ceil(480 * 499 / 32)
+    arm = budgeted(cfg, full_size=500)
+    assert (arm.steps, arm.epochs) == (7500, None)
+    assert budgeted(cfg.model_copy(update={"budget": "epochs"}), 500).epochs == 480  # fixed epochs untouched
+    # a decaying schedule gets the budget as its horizon; a constant one needs none
+    assert budgeted(cfg.model_copy(update={"lr_schedule": "cosine"}), 500).lr_schedule_steps == 7500
+    assert budgeted(cfg, 500).lr_schedule_steps is None
+
+
+def test_eval_every_images_is_one_schedule_for_every_arm():
+    cfg = _cfg(eval_every=0, eval_every_images=64, batch_size=16).resolved()
+    assert cfg.eval_every == 4
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        _cfg(eval_every=0, eval_every_images=60, batch_size=16)
+    with pytest.raises(TrainError, match="not a multiple of the batch size 16"):  # the preset's batch size
+        TrainConfig(preset="ddpm-tiny", eval_every_images=40).resolved()
+    with pytest.raises(ValueError, match="not both"):
+        _cfg(eval_every=3, eval_every_images=64, batch_size=16)
+    with pytest.raises(ValueError, match="needs|decides"):
+        _cfg(eval_every=0, stop_at_target={"metric": "fid"})
+    with pytest.raises(ValueError, match="not evaluated during training"):
+        _cfg(stop_at_target={"metric": "kid"}, eval={"metrics": ["fid"]})
+    assert {"budget", "eval_every_images", "stop_at_target"} <= TrainConfig.RESUME_MUTABLE
+    assert not {"lr_schedule", "lr_schedule_steps", "snr_gamma", "init"} & TrainConfig.RESUME_MUTABLE
+
+
+# ---- early stop ------------------------------------------------------------------------------------------------
+
+
+def test_first_stop_step_needs_k_consecutive_evaluations_under_target():
+    curve = [(10, 9.0), (20, 7.0), (30, 8.1), (40, 7.5), (50, 7.9), (60, 6.0)]
+    assert first_stop_step(curve, 8.0, 1) == 20
+    assert first_stop_step(curve, 8.0, 2) == 50  # 30 breaks the first streak; 40, 50 complete the second
+    assert first_stop_step(curve, 8.0, 3) == 60
+    assert first_stop_step(curve, 8.0, 4) is None
+    assert first_stop_step(curve, 5.0, 1) is None
+    assert first_stop_step([(1, 8.0)], 8.0, 1) == 1  # equal to the target counts as reached
+
+
+def test_piece_ends_are_the_evaluation_steps_and_the_last():
+    assert piece_ends(0, 9, 2) == [2, 4, 6, 8, 9]
+    assert piece_ends(4, 9, 2) == [6, 8, 9]
+    assert piece_ends(3, 8, 2) == [4, 6, 8]
+    assert piece_ends(9, 9, 2) == []
+
+
+def test_stop_target_is_the_full_arms_final_value_times_one_plus_tolerance(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "fid": 90.0, "eval_seconds": 1.0},
+            {"step": 4, "fid": 80.0, "classifier_fd": 3.0, "eval_seconds": 1.0}, {"step": 4, "loss": 0.5}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert evaluation_curve(path, "fid") == [(2, 90.0), (4, 80.0)]
+    assert stop_target(path, StopAtTarget(metric="fid", tolerance=0.05)) == pytest.approx(84.0)
+    with pytest.raises(TrainError, match="no evaluation with kid"):
+        stop_target(path, StopAtTarget(metric="kid"))
+
+
+class StepProbe:
+    """An evaluator whose "fid" is a fixed function of the step (so where the rule fires is known)."""
+
+    def __init__(self, values: dict[int, float]) -> None:
+        self.values, self.calls = values, []
+
+    def __call__(self, model, scheduler, step):
+        self.calls.append(step)
+        return {"fid": self.values[step]}
+
+
+def test_train_until_target_stops_after_k_evaluations_under_target_on_the_uninterrupted_trajectory(dataset, tmp_path):
+    values = {2: 10.0, 4: 7.0, 6: 9.0, 8: 7.5, 9: 7.0}
+    cfg = _cfg(lr_schedule="cosine", model_overrides={"dropout": 0.2})
+    probe = StepProbe(values)
+
+    def piece(c, resume):
+        return train(c, dataset, tmp_path / "stop", resume=resume, progress=False, evaluator=probe)
+
+    stop = StopAtTarget(metric="fid", tolerance=0.05, patience=2)
+    summary = train_until_target(cfg, piece, tmp_path / "stop" / "metrics.jsonl", 8.0, stop, 0, False)
+    # 4 is under 8 but 6 is not; 8 and 9 make two in a row: stop at 9 (the budget's end here) ...
+    assert summary["stopped_at_target"] == 9 and probe.calls == [2, 4, 6, 8, 9] and summary["pieces"] == 5
+    # ... with patience 1 at step 4, after two pieces
+    probe1 = StepProbe(values)
+    one = train_until_target(cfg, lambda c, r: train(c, dataset, tmp_path / "one", resume=r, progress=False,
+                                                     evaluator=probe1),
+                             tmp_path / "one" / "metrics.jsonl", 8.0, stop.model_copy(update={"patience": 1}), 0, False)
+    assert one["stopped_at_target"] == 4 and one["steps"] == 4 and probe1.calls == [2, 4]
+    # the pieces follow the uninterrupted run's trajectory, LR schedule included (horizon = the 9-step budget)
+    train(cfg, dataset, tmp_path / "whole", progress=False, evaluator=StepProbe(values))
+    a, b = load_file(tmp_path / "stop" / "state" / "ema.safetensors"), load_file(tmp_path / "whole" / "state" /
+                                                                                   "ema.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()
+           if "loss" in json.loads(x)]
+    whole = [json.loads(x)["lr"] for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert lrs == pytest.approx(whole)
+    # a rerun that finds the stopped checkpoint trains nothing more
+    again = train_until_target(cfg, piece, tmp_path / "stop" / "metrics.jsonl", 8.0, stop, 9, True)
+    assert again["stopped_at_target"] == 9 and again.get("pieces") is None
+
+
+# ---- LR schedules ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["constant", "cosine", "linear"])
+def test_lr_schedules_follow_their_formula_at_given_steps(kind):
+    warm, horizon = 10, 110
+
+    def expected(s: int) -> float:  # LR multiplier of step s (lr 1)
+        if s < warm:
+            return s / warm
+        progress = (s - warm) / (horizon - warm)
+        return {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress}[kind]
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = _cfg(lr_schedule=kind, warmup_steps=warm, lr_schedule_steps=None)
+    schedule = lr_schedule_for(opt, cfg, horizon)
+    seen = {}
+    for step in range(horizon + 1):
+        seen[step] = schedule.get_last_lr()[0]
+        opt.step()
+        schedule.step()
+    for step in (0, 5, 10, 35, 60, 85, 109, 110):
+        assert seen[step] == pytest.approx(expected(step), abs=1e-12), step
+    # lr_schedule_steps sets the horizon independently of the run's steps
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s2 = lr_schedule_for(opt2, cfg.model_copy(update={"lr_schedule_steps": horizon}), 7)
+    for _ in range(60):
+        opt2.step()
+        s2.step()
+    assert s2.get_last_lr()[0] == pytest.approx(expected(60))
+
+
+def test_the_trainer_logs_the_cosine_learning_rate(dataset, tmp_path):
+    train(_cfg(lr_schedule="cosine", eval_every=0, steps=6, warmup_steps=2), dataset, tmp_path, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # the line of step s shows the LR after s scheduler steps: step s+1's LR
+    want = [1e-3 * (s / 2 if s < 2 else 0.5 * (1 + math.cos(math.pi * (s - 2) / 4))) for s in range(1, 7)]
+    assert [r["lr"] for r in rows] == pytest.approx(want)
+
+
+# ---- Min-SNR-gamma ---------------------------------------------------------------------------------------------
+
+
+def test_min_snr_weights_against_hand_made_snrs():
+    # abar = SNR / (1 + SNR) for SNR = 1, 9, 99, 1/9
+    abar = torch.tensor([0.5, 0.9, 0.99, 0.1], dtype=torch.float64)
+    scheduler = SimpleNamespace(alphas_cumprod=abar)
+    t = torch.tensor([0, 1, 2, 3, 1])
+    w = snr_loss_weights(t, scheduler, gamma=5.0)
+    assert w.tolist() == pytest.approx([1.0, 5 / 9, 5 / 99, 1.0, 5 / 9], rel=1e-6)  # float32
+    assert snr_loss_weights(t, scheduler, None).tolist() == [1.0] * 5
+    assert w.dtype == torch.float32
+
+
+def test_min_snr_changes_training_and_composes_with_class_weights(dataset, tmp_path):
+    plain = train(_cfg(eval_every=0, steps=3), dataset, tmp_path / "plain", progress=False)
+    snr = train(_cfg(eval_every=0, steps=3, snr_gamma=5.0), dataset, tmp_path / "snr", progress=False)
+    # at most steps SNR > 5 (t < ~ 90 of 1000 on DDPM's schedule): the weighted loss is smaller, never larger
+    assert snr["final_loss"] < plain["final_loss"]
+    both = train(_cfg(eval_every=0, steps=3, snr_gamma=5.0), dataset, tmp_path / "both", progress=False,
+                 class_weights={"a": 0.4, "b": 0.2, "c": 0.2, "d": 0.2})
+    assert math.isfinite(both["final_loss"]) and both["final_loss"] != snr["final_loss"]
+
+
+# ---- Ho et al.'s initialisation --------------------------------------------------------------------------------
+
+
+def test_ho_init_is_fan_avg_uniform_with_zeros_where_ho_put_them():
+    torch.manual_seed(0)
+    model = ho_init_(create_model("ddpm-small", in_channels=1, out_channels=1))
+    zeros = {id(m) for m in zero_init_layers(model)}
+    # resnets: 3 down (1 per block) + 2 mid + 6 up (2 per block); attentions: 1 down + 1 mid + 2 up; conv_out
+    assert len(zeros) == (3 + 2 + 6) + (1 + 1 + 2) + 1
+    checked = 0
+    for name, m in model.named_modules():
+        if not isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        w = m.weight.detach().double()
+        assert m.bias is None or not m.bias.any(), name
+        if id(m) in zeros:
+            assert not w.any(), name
+            continue
+        receptive = w[0, 0].numel() if w.dim() == 4 else 1
+        fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+        bound = math.sqrt(6.0 / (fan_in + fan_out))  # U(-a, a), a^2 = 3 / fan_avg
+        assert w.abs().max() <= bound, name
+        if w.numel() >= 2000:  # the variance a^2 / 3 = 2 / (fan_in + fan_out), within sampling error
+            assert w.var().item() == pytest.approx(2.0 / (fan_in + fan_out), rel=0.12), name
+            checked += 1
+    assert checked >= 10
+    assert model(torch.randn(2, 1, 32, 32), torch.tensor([10, 500])).sample.abs().max() == 0  # predicts 0
+
+
+def test_ho_init_is_a_training_option(dataset, tmp_path):
+    ho = train(_cfg(eval_every=0, steps=1, init="ho", lr=1e-12), dataset, tmp_path, progress=False)
+    assert ho["steps"] == 1
+    saved = load_file(tmp_path / "state" / "model.safetensors")
+    assert not saved["conv_out.weight"].any() or saved["conv_out.weight"].abs().max() < 1e-6
+    with pytest.raises(ValueError, match="init: ho"):
+        TrainConfig(preset="dit-tiny", init="ho")
