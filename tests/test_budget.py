@@ -241,3 +241,112 @@ def test_ho_init_is_a_training_option(dataset, tmp_path):
     assert not saved["conv_out.weight"].any() or saved["conv_out.weight"].abs().max() < 1e-6
     with pytest.raises(ValueError, match="init: ho"):
         TrainConfig(preset="dit-tiny", init="ho")
+
+
+# ---- metric floor and evaluation noise -------------------------------------------------------------------------
+
+
+def _brute_frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """d^2 = |mu_a - mu_b|^2 + Tr(Sa + Sb - 2 (Sa Sb)^(1/2)), with loops for the moments and scipy's sqrtm."""
+    import scipy.linalg
+
+    def moments(x):
+        mu = np.array([sum(row[j] for row in x) / len(x) for j in range(x.shape[1])])
+        cov = np.array([[sum((row[i] - mu[i]) * (row[j] - mu[j]) for row in x) / (len(x) - 1)
+                         for j in range(x.shape[1])] for i in range(x.shape[1])])
+        return mu, cov
+
+    (ma, sa), (mb, sb) = moments(a), moments(b)
+    root = scipy.linalg.sqrtm(sa @ sb).real
+    return float(((ma - mb) ** 2).sum() + np.trace(sa + sb - 2 * root))
+
+
+def test_frechet_floor_is_the_distance_between_disjoint_real_sets():
+    from diffprune.evaluation.quality import disjoint_subsets, frechet_floor
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(60, 3)) @ rng.normal(size=(3, 3))
+    floor = frechet_floor(feats, n_eval=20, n_ref=30, draws=3, seed=7)
+    for d, value in enumerate(floor["values"]):
+        a, b = disjoint_subsets(60, (20, 30), 7 + d)
+        assert len(np.intersect1d(a, b)) == 0 and len(a) == 20 and len(b) == 30
+        assert value == pytest.approx(_brute_frechet(feats[b], feats[a]), rel=1e-7)
+    assert floor["mean"] == pytest.approx(np.mean(floor["values"]))
+    assert floor["std"] == pytest.approx(np.std(floor["values"], ddof=1))
+    # the floor falls with the evaluated size (its bias ~ 1/n) and is > 0 for finite sets
+    big = frechet_floor(rng.normal(size=(4000, 3)), n_eval=2000, n_ref=2000, draws=2)
+    small = frechet_floor(rng.normal(size=(4000, 3)), n_eval=50, n_ref=50, draws=2)
+    assert 0 < big["mean"] < small["mean"]
+    with pytest.raises(Exception, match="need 90 real images, only 60"):
+        frechet_floor(feats, 40, 50)
+
+
+def test_evaluation_noise_is_the_spread_over_sample_seeds():
+    from diffprune.evaluation.quality import evaluation_noise, tolerance_check
+
+    fake = {0: {"fid": 10.0, "kid": None}, 1: {"fid": 12.0, "kid": None}, 2: {"fid": 11.0, "kid": None}}
+    noise = evaluation_noise(lambda s: fake[s], ["fid", "kid"])
+    assert set(noise) == {"fid"}  # a metric a run did not compute is left out
+    assert noise["fid"]["mean"] == 11.0 and noise["fid"]["std"] == pytest.approx(1.0)
+    assert noise["fid"]["range"] == 2.0 and noise["fid"]["seeds"] == [0, 1, 2]
+    check = tolerance_check(None, noise["fid"], target_value=50.0, tolerance=0.05)
+    assert check["margin"] == 2.5 and check["resolvable"] is True
+    assert tolerance_check(None, noise["fid"], 30.0, 0.05)["resolvable"] is False  # 1.5 < 2 x 1.0
+
+
+# ---- the pipeline: equal steps and early stop against the full arm of the same seed --------------------------
+
+
+class ArmProbe:
+    """A stand-in training evaluator whose classifier_fd is a fixed function of (arm size, step)."""
+
+    curves = {40: {2: 9.0, 4: 8.0, 5: 7.0}, 20: {2: 8.0, 4: 7.5, 5: 7.0}}
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, model, scheduler, step):
+        return {"classifier_fd": self.curves[self.size].get(step, 7.0)}
+
+
+def test_a_run_gives_pruned_arms_the_full_arms_steps_and_stops_them_at_the_target(tmp_path, monkeypatch):
+    from diffprune.pipeline import Pipeline, load_run_config
+
+    overrides = ["data.limit=40", "data.resolution=8", "data.resize=pad", "train.preset=ddpm-tiny", "train.steps=null",
+                 "train.epochs=1", "train.batch_size=8", "train.budget=equal_steps", "train.eval_every_images=16",
+                 "train.ema_decay=0.9", "train.checkpoint_every=0", "train.eval.metrics=[classifier_fd]",
+                 "train.stop_at_target={metric: classifier_fd, tolerance: 0.1, patience: 1}", "train.eval.samples=30",
+                 "evaluate.classifier.data=split", "evaluate.classifier.epochs=1",
+                 "arms=[{method: full, seed: 0}, {method: random, ratio: 0.5, seed: 0}]", f"runs_dir={tmp_path}"]
+    pipe = Pipeline(load_run_config("configs/demo.yaml", overrides), progress=False)
+    monkeypatch.setattr(Pipeline, "training_evaluator", lambda self, data: ArmProbe(len(data)))
+    full, pruned = pipe.cfg.arms
+    assert pipe.train_config(full).steps == pipe.train_config(pruned).steps == 5  # ceil(1 x 40 / 8), not 3
+    assert pipe.train_config(pruned).eval_every == 2
+    pipe.train(pruned)  # trains the full arm first: its final 7.0 x 1.1 = 7.7 is the target
+    assert (tmp_path / "demo" / "train" / "full-s0" / "manifest.json").is_file()
+    m = json.loads((tmp_path / "demo" / "train" / "random-r0.5-s0" / "manifest.json").read_text())
+    assert m["summary"]["stopped_at_target"] == 4 and m["summary"]["steps"] == 4  # 7.5 <= 7.7 at step 4
+    assert m["summary"]["target"] == pytest.approx(7.7)
+    assert m["inputs"]["stop_target"].startswith("classifier_fd <= 7.7")
+    # quality.json: the floor from disjoint sets of the whole split (digits: 1,797 images) in the features of the
+    # classifier trained on it; the noise of the (stand-in) evaluator over seeds 0, 1, 2 at the full arm's model
+    from diffprune.config import ConfigError
+    from diffprune.evaluation.classifier import classifier_outputs, load_or_train_classifier
+    from diffprune.evaluation.quality import frechet_floor
+    from diffprune.pipeline.quality import write_quality
+
+    quality = json.loads(write_quality(pipe).read_text())["metrics"]["classifier_fd"]
+    split = pipe.classifier_data
+    assert len(split) == 1797 and len(pipe.dataset) == 40
+    trained = load_or_train_classifier(split, pipe.cfg.evaluate.classifier, seed=0, cache_dir=tmp_path / "demo" / "eval")
+    assert trained.cache_hit  # the one the floor used
+    want = frechet_floor(classifier_outputs(trained.model, split.images)[0], 30, 40, draws=3, seed=0)
+    assert quality["floor"]["values"] == pytest.approx(want["values"]) and quality["floor"]["n_ref"] == 40
+    assert quality["noise"]["std"] == 0 and quality["final"] == 7.0
+    assert [t["tolerance"] for t in quality["tolerances"]] == [0.05, 0.1, 0.15]
+
+    lone = Pipeline(load_run_config("configs/demo.yaml", [*overrides[:-2], "arms=[{method: random, ratio: 0.5}]",
+                                                           f"runs_dir={tmp_path}"]), progress=False)
+    with pytest.raises(ConfigError, match="needs a full-data arm of seed None"):
+        lone.train(lone.cfg.arms[0])

@@ -605,7 +605,16 @@ class Pipeline:
         from diffprune.evaluation.during_training import TrainingEvaluator
 
         return TrainingEvaluator(self.cfg.train.eval, self.cfg.evaluate, self.dataset, self.root / "eval",
-                                 guidance_scale=self.cfg.sample.guidance_scale, latent=latent_meta(data))
+                                 guidance_scale=self.cfg.sample.guidance_scale, latent=latent_meta(data),
+                                 classifier_data=self.classifier_data)
+
+    @cached_property
+    def classifier_data(self) -> ImageDataset | None:
+        """What the small classifier trains on when ``evaluate.classifier.data: split``: the run's dataset
+        without ``data.limit`` (its whole split); None: the run's real images."""
+        if self.cfg.evaluate.classifier.data != "split":
+            return None
+        return self.cfg.data.model_copy(update={"limit": None}).load() if self.cfg.data.limit else self.dataset
 
     def sample(self, arm: ArmConfig) -> tuple[np.ndarray, str]:
         """The arm's samples (uint8 N x H x W x C) and their fingerprint."""
@@ -640,6 +649,8 @@ class Pipeline:
         out = self.root / "eval" / arm.label()
         ec = self.evaluate_config()
         inputs = {"samples": samples_fp, "real": self.dataset.fingerprint}
+        if self.classifier_data is not None:
+            inputs["classifier_data"] = self.classifier_data.fingerprint
         stage = StageDir(out, "evaluate", ec.model_dump(mode="json"), inputs, mutable=type(ec).RESUME_MUTABLE)
         protocol = {
             "sampler": self.cfg.sample.sampler, "sampler_steps": self.cfg.sample.steps,
@@ -653,7 +664,7 @@ class Pipeline:
                 sample_labels = z["labels"] if "labels" in z.files else None
             metrics = evaluate(
                 samples, self.dataset, ec, out, cache_dir=self.root / "eval", sample_labels=sample_labels,
-                protocol=protocol, progress=self.progress,
+                protocol=protocol, progress=self.progress, classifier_data=self.classifier_data,
             )
             return metrics, hash_file(out / "metrics.json"), {"images_processed": int(len(samples))}
 
