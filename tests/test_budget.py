@@ -350,3 +350,36 @@ def test_a_run_gives_pruned_arms_the_full_arms_steps_and_stops_them_at_the_targe
                                                            f"runs_dir={tmp_path}"]), progress=False)
     with pytest.raises(ConfigError, match="needs a full-data arm of seed None"):
         lone.train(lone.cfg.arms[0])
+
+
+def test_the_report_draws_every_arms_curve_with_targets_and_the_floor(tmp_path):
+    from diffprune.report.collect import ArmResult, RunSummary
+    from diffprune.report.document import Image, Table
+    from diffprune.report.quality import curve_metric, metric_points, quality_blocks, targets_by_seed
+
+    def arm(name, method, seed, values, stop=None):
+        log = [{"step": s, "loss": 1.0} for s in (1, 2)] + [
+            {"step": 2 * i + 2, "images_seen": 16 * (i + 1), "train_seconds": 1.5 * (i + 1), "eval_seconds": 0.1,
+             "classifier_fd": v, "fid": 100.0} for i, v in enumerate(values)]
+        summary = {"stop": stop} if stop else {}
+        return ArmResult("r", name, method, None if method == "full" else 0.5, False, {}, seed=seed, train_log=log,
+                         manifests={"train": {"flops_per_image": 1e6, "summary": summary}})
+
+    stop = {"metric": "classifier_fd", "tolerance": 0.1, "patience": 1}
+    arms = [arm("full-s0", "full", 0, [9.0, 8.0, 7.0]), arm("full-s1", "full", 1, [9.0, 8.0, 6.0]),
+            arm("random-r0.5-s0", "random", 0, [8.0, 7.5], stop)]
+    assert curve_metric(arms) == "classifier_fd"
+    pts = metric_points(arms[2], "classifier_fd")
+    assert [(p["images"], p["seconds"], p["flops"], p["value"]) for p in pts] == [(16, 1.5, 16e6, 8.0),
+                                                                                  (32, 3.0, 32e6, 7.5)]
+    assert targets_by_seed(arms, "classifier_fd", 0.1) == pytest.approx({0: 7.7, 1: 6.6})
+    run = tmp_path / "r"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "quality.json").write_text(json.dumps({"arm": "full-s0", "samples": 2000, "metrics": {
+        "classifier_fd": {"final": 7.0, "floor": {"mean": 0.5, "std": 0.1}, "noise": {"std": 0.2},
+                          "tolerances": [{"tolerance": 0.05, "margin": 0.35, "resolvable": False}]}}}))
+    blocks = quality_blocks([RunSummary(run, "r", arms, {}, [])], tmp_path / "out")
+    image = next(b for b in blocks if isinstance(b, Image))
+    assert image.path.is_file() and image.path.stat().st_size > 1000
+    table = next(b for b in blocks if isinstance(b, Table))
+    assert table.rows[0][0] == "classifier_fd" and table.rows[0][2] == "0.500 ± 0.100" and table.rows[0][-1] == "no"
