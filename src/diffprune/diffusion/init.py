@@ -2,8 +2,9 @@
 
 Every convolution and dense layer: ``variance_scaling(scale, mode="fan_avg", distribution="uniform")``, i.e.
 U(-a, a) with a = sqrt(3 scale / ((fan_in + fan_out) / 2)) (Glorot/Xavier uniform at scale 1), biases 0; scale 0
-(weights 0: TF's 1e-10) for the last convolution of every residual block (``conv1`` there, ``conv2`` in diffusers),
-the output projection of every attention block (``proj_out``) and the output convolution (``conv_out``), so each
+(TF's 1e-10; exactly 0 here) for the last convolution of every residual block (``conv2``, the same name in
+diffusers), the output projection of every attention block (``proj_out``; diffusers' ``to_out[0]``) and the
+output convolution (``conv_out``), so each
 residual branch starts as the identity and the network starts by predicting 0. Normalisation layers keep
 weight 1 and bias 0 (as in TF). diffusers' ``UNet2DModel`` uses PyTorch's defaults (kaiming-uniform with a = sqrt(5),
 fan-in biases) instead; ``train.init: ho`` applies this function to a fresh model.

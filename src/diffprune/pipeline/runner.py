@@ -533,7 +533,9 @@ class Pipeline:
             images = int(rc.steps) * int(rc.batch_size)
             weights = load_class_weights(out / "class_weights.json")
             flops = self._flops(lambda: dro_flops(rc, coreset, ref, images), "DRO")
-            return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary,
+            # every DRO image goes through two networks (the reference's forward, the proxy's forward+backward),
+            # as the FLOPs count it; "images" counts image passes through a network
+            return weights, hash_file(out / "class_weights.json"), {"images_processed": 2 * images, "summary": summary,
                                                                     "attempt": {"resumed_from": step if resume else None},
                                                                     **flops}
 
