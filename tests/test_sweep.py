@@ -78,3 +78,18 @@ def test_sweep_on_two_devices_trains_every_arm_once_then_reports(tmp_path):
     results = json.loads((tmp_path / "grid" / "results.json").read_text())
     assert {r["arm"] for r in results} == {"full-s0", "random-r0.5-s0"}
     assert (tmp_path / "grid" / "report" / "report.md").exists()
+
+
+def test_minsnr_arms_of_a_sweep():
+    from diffprune.pipeline.sweep import parse_arm_token
+
+    assert parse_arm_token("gaussian+minsnr") == {"method": "gaussian", "reweight": False, "snr_gamma": 5.0}
+    assert parse_arm_token("gaussian+dro+minsnr")["reweight"] is True
+    with pytest.raises(ConfigError, match="only suffixes"):
+        parse_arm_token("gaussian+dro+dro")
+    cfg = sweep_config(load_run_config(None), ["gaussian", "gaussian+minsnr"], [0.3], [0])
+    arms = {a.label(): a for a in cfg.arms}
+    assert set(arms) == {"full-s0", "gaussian-r0.3-s0", "gaussian+minsnr-r0.3-s0"}
+    assert cfg.arm_train_config(arms["gaussian+minsnr-r0.3-s0"]).snr_gamma == 5.0
+    assert cfg.arm_train_config(arms["gaussian-r0.3-s0"]).snr_gamma is None
+    assert cfg.arm_train_config(arms["full-s0"]).snr_gamma is None  # the target stays the plain full arm's

@@ -215,6 +215,7 @@ class Pipeline:
             sel = None if arm.method == FULL else f"selection/{self.selection_name(arm)}"
             arms.append({
                 "arm": label, "method": arm.method, "seed": self.cfg.arm_train_config(arm).seed,
+                "snr_gamma": arm.snr_gamma,  # the arm's own Min-SNR (label suffix +minsnr), not the run's
                 "ratio": 1.0 if arm.method == FULL else self.cfg.arm_select_config(arm).ratio,
                 "reweight": f"reweight/{self.selection_name(arm)}" if arm.reweight else None,
                 "selection": sel, "train": f"train/{label}", "samples": f"samples/{label}", "eval": f"eval/{label}",

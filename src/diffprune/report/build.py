@@ -262,7 +262,7 @@ def _mean_std(values: list[float], suffix: str = "") -> str:
 def _paper_table(arms: list[ArmResult]) -> Table:
     groups: dict[tuple[str, Any], list[ArmResult]] = defaultdict(list)
     for a in arms:
-        groups[(a.method + ("+DRO" if a.reweighted else ""), a.ratio)].append(a)
+        groups[(a.method + ("+DRO" if a.reweighted else "") + a.variant, a.ratio)].append(a)
     rows = []
     for (method, ratio), members in sorted(groups.items(), key=lambda kv: (kv[0][0] != FULL, kv[0][0], -(kv[0][1] or 0))):
         sp = [m.speedup["by_wall_clock"] for m in members if m.speedup]
