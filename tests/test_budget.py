@@ -381,5 +381,41 @@ def test_the_report_draws_every_arms_curve_with_targets_and_the_floor(tmp_path):
     blocks = quality_blocks([RunSummary(run, "r", arms, {}, [])], tmp_path / "out")
     image = next(b for b in blocks if isinstance(b, Image))
     assert image.path.is_file() and image.path.stat().st_size > 1000
-    table = next(b for b in blocks if isinstance(b, Table))
+    ttt, table = [b for b in blocks if isinstance(b, Table)]
+    # time to target on classifier_fd: seed 0's full arm ends at 7.0; random reaches 7.7 (10%), not 7.35 (5%)
+    assert [r[:4] for r in ttt.rows] == [["random", "0.5", "5%", "0/1"], ["random", "0.5", "10%", "1/1"]]
     assert table.rows[0][0] == "classifier_fd" and table.rows[0][2] == "0.500 ± 0.100" and table.rows[0][-1] == "no"
+
+
+def test_time_to_target_on_any_metric_with_intervals_over_seeds():
+    from scipy import stats
+
+    from diffprune.report.collect import ArmResult
+    from diffprune.report.targets import mean_interval, paired_speedups, time_to_target_table
+
+    def arm(name, method, seed, values, overhead_images=0):
+        log = [{"step": 10 * (i + 1), "images_seen": 100 * (i + 1), "train_seconds": float(i + 1),
+                "eval_seconds": 0.1, "classifier_fd": v} for i, v in enumerate(values)]
+        ref = {"trained": {"overheads": {"images": overhead_images, "seconds": 0.0}}}
+        return ArmResult("r", name, method, None if method == "full" else 0.5, False, {}, seed=seed, train_log=log,
+                         reference=ref, manifests={"train": {"flops_per_image": 2.0}})
+
+    arms = [arm("full-s0", "full", 0, [10, 8, 6, 5]), arm("full-s1", "full", 1, [10, 8, 6, 5]),
+            arm("full-s2", "full", 2, [10, 8, 6, 5]),
+            # seed 0 reaches 5.25 (5% target) between 200 and 300 images: 200 + 100 x (6 - 5.25) / (6 - 5) = 275
+            arm("g-s0", "gaussian", 0, [9, 6, 5]), arm("g-s1", "gaussian", 1, [9, 5.25], overhead_images=50),
+            arm("g-s2", "gaussian", 2, [9, 7, 6])]
+    entries = {e["arm"].arm: e for e in paired_speedups(arms, "classifier_fd", 0.05)}
+    # the full arm reaches 5.25 at 300 + 100 x 0.75 = 375 images
+    assert entries["g-s0"]["speedup"]["images"] == pytest.approx(375 / 275)
+    assert entries["g-s1"]["speedup"]["images"] == pytest.approx(375 / (200 + 50))
+    assert entries["g-s0"]["speedup"]["flops"] == pytest.approx(375 / 275)  # same model: FLOPs = 2 x images
+    assert not entries["g-s2"]["reached"]
+    mean, half = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3))
+    assert mean_interval([1.5]) == (1.5, None)
+    table = time_to_target_table(arms, "classifier_fd", [0.05])
+    row = table.rows[0]
+    assert row[:4] == ["gaussian", "0.5", "5%", "2/3"]
+    m, h = mean_interval([375 / 275, 375 / 250])
+    assert row[4] == f"{m:.2f}x [{m - h:.2f}, {m + h:.2f}]"

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from diffprune.report.collect import FULL, ArmResult, RunSummary  # noqa: E402
 from diffprune.report.document import Heading, Image, Paragraph, Table, fmt  # noqa: E402
 from diffprune.report.plots import _name, _save  # noqa: E402
+from diffprune.report.targets import time_to_target_table  # noqa: E402
 
 CURVE_METRICS = ("classifier_fd", "fid", "kid")
 
@@ -114,6 +115,9 @@ def quality_blocks(runs: Sequence[RunSummary], out: Path) -> list:
     fig = curves_figure(arms, out / f"curves_{metric}.png", metric, tolerance, floor, len(runs) > 1)
     if fig:
         blocks.append(Image(fig, f"{metric} during training of every arm against images, seconds and FLOPs"))
+    ttt = time_to_target_table(arms, metric, sorted({0.05, 0.10, tolerance}))
+    if ttt is not None:
+        blocks.append(ttt)
     if quality:
         blocks.append(_quality_table(quality))
     else:
