@@ -72,6 +72,7 @@ def snr_loss_weights(timesteps: torch.Tensor, scheduler: DDPMScheduler, gamma: f
     """
     if gamma is None:
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
-    abar = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps]
+    abar = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().double()  # float64 on the CPU (MPS has none)
     snr = abar / (1.0 - abar)
-    return (snr.clamp(max=gamma) / snr).float()
+    table = (snr.clamp(max=gamma) / snr).float().to(timesteps.device)
+    return table[timesteps]
