@@ -316,7 +316,8 @@ def test_a_run_gives_pruned_arms_the_full_arms_steps_and_stops_them_at_the_targe
                  "train.epochs=1", "train.batch_size=8", "train.budget=equal_steps", "train.eval_every_images=16",
                  "train.ema_decay=0.9", "train.checkpoint_every=0", "train.eval.metrics=[classifier_fd]",
                  "train.stop_at_target={metric: classifier_fd, tolerance: 0.1, patience: 1}", "train.eval.samples=30",
-                 "evaluate.classifier.data=split", "evaluate.classifier.epochs=1",
+                 "evaluate.classifier.data=split", "evaluate.classifier.epochs=1", "evaluate.metrics=[classifier_fd]",
+                 "evaluate.classwise=false", "sample.num_samples=20", "sample.steps=2", "sample.batch_size=20",
                  "arms=[{method: full, seed: 0}, {method: random, ratio: 0.5, seed: 0}]", f"runs_dir={tmp_path}"]
     pipe = Pipeline(load_run_config("configs/demo.yaml", overrides), progress=False)
     monkeypatch.setattr(Pipeline, "training_evaluator", lambda self, data: ArmProbe(len(data)))
@@ -345,6 +346,14 @@ def test_a_run_gives_pruned_arms_the_full_arms_steps_and_stops_them_at_the_targe
     assert quality["floor"]["values"] == pytest.approx(want["values"]) and quality["floor"]["n_ref"] == 40
     assert quality["noise"]["std"] == 0 and quality["final"] == 7.0
     assert [t["tolerance"] for t in quality["tolerances"]] == [0.05, 0.1, 0.15]
+    # the evaluate stage's metrics: the floor by `evaluate` itself on disjoint real sets (20 in place of samples,
+    # 40 as the reference), the noise over 3 sample seeds of the real model
+    final = json.loads((tmp_path / "demo" / "eval" / "quality.json").read_text())["final"]
+    fd = final["metrics"]["classifier_fd"]
+    assert final["samples"] == 20 and fd["floor"]["n_ref"] == 40 and len(fd["floor"]["values"]) == 3
+    want = frechet_floor(classifier_outputs(trained.model, split.images)[0], 20, 40, draws=3, seed=0)
+    assert fd["floor"]["values"] == pytest.approx(want["values"], rel=1e-6)
+    assert len(fd["noise"]["values"]) == 3 and fd["noise"]["std"] > 0  # three seeds, three sample sets
 
     lone = Pipeline(load_run_config("configs/demo.yaml", [*overrides[:-2], "arms=[{method: random, ratio: 0.5}]",
                                                            f"runs_dir={tmp_path}"]), progress=False)
@@ -377,14 +386,21 @@ def test_the_report_draws_every_arms_curve_with_targets_and_the_floor(tmp_path):
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "quality.json").write_text(json.dumps({"arm": "full-s0", "samples": 2000, "metrics": {
         "classifier_fd": {"final": 7.0, "floor": {"mean": 0.5, "std": 0.1}, "noise": {"std": 0.2},
-                          "tolerances": [{"tolerance": 0.05, "margin": 0.35, "resolvable": False}]}}}))
+                          "tolerances": [{"tolerance": 0.05, "margin": 0.35, "resolvable": False}]}},
+        "final": {"samples": 1000, "metrics": {"fid": {"floor": {"mean": 20.0, "std": 1.0},
+                                                        "noise": {"std": 0.5}}}}}))
+    arms[0].metrics = {"fid": 60.0}
     blocks = quality_blocks([RunSummary(run, "r", arms, {}, [])], tmp_path / "out")
     image = next(b for b in blocks if isinstance(b, Image))
     assert image.path.is_file() and image.path.stat().st_size > 1000
     ttt, table = [b for b in blocks if isinstance(b, Table)]
     # time to target on classifier_fd: seed 0's full arm ends at 7.0; random reaches 7.7 (10%), not 7.35 (5%)
     assert [r[:4] for r in ttt.rows] == [["random", "0.5", "5%", "0/1"], ["random", "0.5", "10%", "1/1"]]
-    assert table.rows[0][0] == "classifier_fd" and table.rows[0][2] == "0.500 ± 0.100" and table.rows[0][-1] == "no"
+    assert table.rows[0][0].startswith("classifier_fd (during training, 2000 samples")
+    assert table.rows[0][2] == "0.500 ± 0.100" and table.rows[0][-1] == "no"
+    # the final FID: 5% of the full arm's 60 is 3.0 >= 2 x 0.5; the margins of 5% and 10% (tolerance 0.1's set)
+    final = [r for r in table.rows if r[0].startswith("fid (final, 1000")]
+    assert [(r[4], r[5], r[6]) for r in final] == [("5%", "3.000", "yes"), ("10%", "6.000", "yes")]
 
 
 def test_time_to_target_on_any_metric_with_intervals_over_seeds():

@@ -4,9 +4,10 @@ resolvable by that metric at that sample count.
 
 - floor: the Frechet distance in the small classifier's features (``classifier_fd``) between disjoint real sets
   of ``train.eval.samples`` and of the reference's size, drawn from the images the classifier can embed (the whole
-  split with ``evaluate.classifier.data: split``), over 3 splits. The Inception FID's floor is the evaluate
-  stage's ``evaluate.fid_floor`` (held-out real images against the reference).
+  split with ``evaluate.classifier.data: split``), over 3 splits.
 - noise: the full arm (first seed) evaluated at its final EMA weights with sample seeds 0, 1, 2.
+- ``final``: the same for the evaluate stage's metrics (Inception FID, KID, classifier FD) at
+  ``sample.num_samples``: the floor by ``evaluate`` itself on disjoint real sets, the noise over 3 sample seeds.
 
 Run it after the sweep (the full arm must be trained):
     python -m diffprune.pipeline.quality CONFIG --name NAME [--seed 0] [--set KEY=VALUE ...]
@@ -57,7 +58,49 @@ def noise_at_final_model(pipe: Any, arm: Any) -> dict[str, Any]:
     return evaluation_noise(with_seed, list(pipe.cfg.train.eval.metrics), NOISE_SEEDS)
 
 
-def write_quality(pipe: Any) -> Path:
+def final_floor(pipe: Any, n_eval: int, n_ref: int, seed: int) -> dict[str, Any]:
+    """The evaluate stage's metrics (Inception FID, KID, classifier FD) of ``n_eval`` real images in place of the
+    samples against ``n_ref`` other real images, by the evaluate stage's own code (``evaluate``)."""
+    from diffprune.evaluation import evaluate
+    from diffprune.evaluation.quality import disjoint_subsets
+
+    pool = pipe.classifier_data if pipe.classifier_data is not None else pipe.dataset
+    fake, real = disjoint_subsets(len(pool), (n_eval, n_ref), seed)
+    ec = pipe.cfg.evaluate.model_copy(update={"classwise": False, "cross_check": False, "fid_floor": False,
+                                              "num_real": None})
+    # the run's eval cache: the classifier is reused; each real subset's statistics are cached under its fingerprint
+    return evaluate(pool.images[fake], pool.subset(real), ec, None, cache_dir=pipe.root / "eval",
+                    progress=pipe.progress, classifier_data=pipe.classifier_data)
+
+
+def final_quality(pipe: Any, arm: Any, draws: int) -> dict[str, Any]:
+    """Floor and noise of the evaluate stage's metrics at ``sample.num_samples`` (the final evaluation)."""
+    from diffprune.diffusion.loading import load_model
+    from diffprune.diffusion.sampling import sample_images
+    from diffprune.evaluation import evaluate
+    from diffprune.evaluation.quality import spread
+
+    metrics = [m for m in pipe.cfg.evaluate.metrics if m in ("fid", "kid", "classifier_fd")]
+    n_eval, n_ref = pipe.cfg.sample.num_samples, min(pipe.cfg.evaluate.num_real or len(pipe.dataset), len(pipe.dataset))
+    try:
+        floors = [final_floor(pipe, n_eval, n_ref, pipe.cfg.evaluate.seed + d) for d in range(draws)]
+        floor = {m: {**spread([f[m] for f in floors]), "n_eval": n_eval, "n_ref": n_ref} for m in metrics}
+    except Exception as e:  # noqa: BLE001 - e.g. too few real images for two disjoint sets: say so, keep the noise
+        floor = {m: {"value": None, "reason": f"{type(e).__name__}: {e}"} for m in metrics}
+    model, scheduler = load_model(pipe.root / "train" / arm.label() / "model")
+    values = []
+    for seed in NOISE_SEEDS:
+        sc = pipe.sample_config().model_copy(update={"seed": seed})
+        images = sample_images(model, scheduler, sc, progress=pipe.progress)
+        values.append(evaluate(images, pipe.dataset, pipe.evaluate_config().model_copy(update={"classwise": False}),
+                               None, cache_dir=pipe.root / "eval", progress=pipe.progress,
+                               classifier_data=pipe.classifier_data))
+    return {"samples": n_eval, "metrics": {m: {
+        "floor": floor[m] if "mean" in floor[m] else None, "floor_error": floor[m].get("reason"),
+        "noise": {**spread([v[m] for v in values]), "seeds": list(NOISE_SEEDS)}} for m in metrics}}
+
+
+def write_quality(pipe: Any, final: bool = True, draws: int = 3) -> Path:
     """Compute and write ``eval/quality.json`` (see the module doc); returns its path."""
     te = pipe.cfg.train.eval
     full = [a for a in pipe.cfg.arms if a.method == FULL]
@@ -77,6 +120,8 @@ def write_quality(pipe: Any) -> Path:
             "final": final, "floor": floor, "noise": noise.get(metric),
             "tolerances": [tolerance_check(floor, noise.get(metric), final, t) for t in tolerances] if final else [],
         }
+    if final:  # the evaluate stage's metrics at its sample count: Inception embeddings, minutes on a CPU
+        out["final"] = final_quality(pipe, arm, draws)
     path = pipe.root / "eval" / "quality.json"
     atomic_write_json(path, out)
     return path
@@ -90,12 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--seed", type=int, default=0, help="the full arm of this seed (a sweep's full-s<seed>)")
+    parser.add_argument("--no-final", action="store_true",
+                        help="skip the evaluate stage's metrics (Inception FID/KID: minutes of CPU per draw and seed)")
     args = parser.parse_args(argv)
     base = load_run_config(args.config, args.overrides, name=args.name)
     data = base.model_dump(mode="json")
     data["arms"] = [{"method": FULL, "seed": args.seed}]
     pipe = Pipeline(validate_config(RunConfig, data), progress=False)
-    print(write_quality(pipe))
+    print(write_quality(pipe, final=not args.no_final))
 
 
 if __name__ == "__main__":

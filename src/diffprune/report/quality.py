@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from diffprune.evaluation.quality import tolerance_check  # noqa: E402
 from diffprune.report.collect import FULL, ArmResult, RunSummary  # noqa: E402
 from diffprune.report.document import Heading, Image, Paragraph, Table, fmt  # noqa: E402
 from diffprune.report.plots import _name, _save  # noqa: E402
@@ -86,17 +87,33 @@ def curves_figure(arms: Sequence[ArmResult], path: Path, metric: str, tolerance:
     return _save(fig, path)
 
 
-def _quality_table(quality: dict[str, Any]) -> Table:
+def _quality_rows(where: str, metrics: dict[str, Any], full_values: dict[str, float | None],
+                  tolerances: Sequence[float]) -> list[list[str]]:
     rows = []
-    for metric, q in quality["metrics"].items():
+    for metric, q in metrics.items():
         floor, noise = q.get("floor") or {}, q.get("noise") or {}
-        for t in q.get("tolerances") or [{}]:
-            rows.append([metric, fmt(q.get("final")), f"{fmt(floor.get('mean'))} ± {fmt(floor.get('std'))}"
-                         if floor else "-", fmt(noise.get("std")), f"{t.get('tolerance', 0):.0%}",
-                         fmt(t.get("margin")), {True: "yes", False: "no", None: "-"}[t.get("resolvable")]])
+        final = q.get("final", full_values.get(metric))
+        checks = q.get("tolerances") or ([tolerance_check(floor or None, noise or None, final, t) for t in tolerances]
+                                         if final is not None else [{}])
+        for t in checks:
+            rows.append([f"{metric} ({where})", fmt(final),
+                         f"{fmt(floor.get('mean'))} ± {fmt(floor.get('std'))}" if floor else "-",
+                         fmt(noise.get("std")), f"{t.get('tolerance', 0):.0%}", fmt(t.get("margin")),
+                         {True: "yes", False: "no", None: "-"}[t.get("resolvable")]])
+    return rows
+
+
+def _quality_table(quality: dict[str, Any], arms: Sequence[ArmResult], tolerances: Sequence[float]) -> Table:
+    rows = _quality_rows(f"during training, {quality['samples']} samples", quality["metrics"], {}, tolerances)
+    final = quality.get("final")
+    if final:
+        full = [a for a in arms if a.method == FULL and a.label == quality["arm"]]
+        values = {m: full[0].metric(m) if full else None for m in final["metrics"]}
+        rows += _quality_rows(f"final, {final['samples']} samples", final["metrics"], values, tolerances)
     return Table(["metric", "full arm final", "floor (mean ± std)", "noise (std over 3 seeds)", "tolerance",
                   "tolerance in metric units", "resolvable (margin >= 2 x noise)"], rows,
-                 caption=f"{quality['samples']} samples per evaluation; noise at {quality['arm']}'s final model")
+                 caption=f"floor: the metric between disjoint real sets of the evaluated sizes (3 splits); noise: "
+                         f"{quality['arm']}'s final model evaluated with sample seeds 0, 1, 2")
 
 
 def quality_blocks(runs: Sequence[RunSummary], out: Path) -> list:
@@ -119,7 +136,7 @@ def quality_blocks(runs: Sequence[RunSummary], out: Path) -> list:
     if ttt is not None:
         blocks.append(ttt)
     if quality:
-        blocks.append(_quality_table(quality))
+        blocks.append(_quality_table(quality, arms, sorted({0.05, 0.10, tolerance})))
     else:
         blocks.append(Paragraph("No floor or noise measured: run `python -m diffprune.pipeline.quality CONFIG "
                                 "--name NAME` after the sweep (writes eval/quality.json)."))
