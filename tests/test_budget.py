@@ -340,7 +340,8 @@ def test_a_run_gives_pruned_arms_the_full_arms_steps_and_stops_them_at_the_targe
     quality = json.loads(write_quality(pipe).read_text())["metrics"]["classifier_fd"]
     split = pipe.classifier_data
     assert len(split) == 1797 and len(pipe.dataset) == 40
-    trained = load_or_train_classifier(split, pipe.cfg.evaluate.classifier, seed=0, cache_dir=tmp_path / "demo" / "eval")
+    trained = load_or_train_classifier(split, pipe.cfg.evaluate.classifier, seed=0,
+                                       cache_dir=tmp_path / "demo" / "eval")
     assert trained.cache_hit  # the one the floor used
     want = frechet_floor(classifier_outputs(trained.model, split.images)[0], 30, 40, draws=3, seed=0)
     assert quality["floor"]["values"] == pytest.approx(want["values"]) and quality["floor"]["n_ref"] == 40

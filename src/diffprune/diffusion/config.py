@@ -183,8 +183,9 @@ class TrainConfig(StrictModel):
                                     or self.eval_every * self.batch_size != self.eval_every_images):
                 raise ValueError("give the evaluation schedule as eval_every (steps) or eval_every_images, not both")
             if self.batch_size is not None and self.eval_every_images % self.batch_size:
+                nearest = self.batch_size * max(1, round(self.eval_every_images / self.batch_size))
                 raise ValueError(f"eval_every_images {self.eval_every_images} must be a multiple of batch_size "
-                                 f"{self.batch_size}, e.g. {self.batch_size * max(1, round(self.eval_every_images / self.batch_size))}")
+                                 f"{self.batch_size}, e.g. {nearest}")
         if self.stop_at_target is not None:
             if not (self.eval_every or self.eval_every_images):
                 raise ValueError("stop_at_target decides at the evaluations during training: set eval_every_images "

@@ -88,8 +88,8 @@ def piece_ends(start: int, steps_total: int, eval_every: int) -> list[int]:
 def train_until_target(config: TrainConfig, train_piece: Callable[[TrainConfig, bool], dict[str, Any]],
                        metrics_path: Path, target: float, stop: StopAtTarget, start_step: int,
                        resume: bool) -> dict[str, Any]:
-    """Train ``config`` (resolved, ``steps`` set, ``eval_every`` > 0) in pieces ending at its evaluation steps and stop after the
-    piece whose evaluation completes ``stop.patience`` consecutive values <= ``target``.
+    """Train ``config`` (resolved, ``steps`` set, ``eval_every`` > 0) in pieces ending at its evaluation steps and
+    stop after the piece whose evaluation completes ``stop.patience`` consecutive values <= ``target``.
 
     ``train_piece(config, resume)`` runs ``diffusion.train`` and returns its summary; ``start_step`` is the step
     of the checkpoint a resumed call starts from (0 when none). Returns the pieces' summary merged, with

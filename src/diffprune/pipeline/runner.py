@@ -568,7 +568,7 @@ class Pipeline:
         def compute(resume: bool):
             from diffprune.pipeline.flops import training_flops
 
-            from diffprune.diffusion.trainer import checkpoint_step
+            from diffprune.diffusion.checkpoint import checkpoint_step
             from diffprune.pipeline.budget import train_until_target
 
             evaluator = self.training_evaluator(data) if tc.eval_every else None
