@@ -566,10 +566,9 @@ class Pipeline:
                          mutable=type(tc).RESUME_MUTABLE, resumable=_continuable(out, total_steps(tc, len(data))))
 
         def compute(resume: bool):
-            from diffprune.pipeline.flops import training_flops
-
             from diffprune.diffusion.checkpoint import checkpoint_step
             from diffprune.pipeline.budget import train_until_target
+            from diffprune.pipeline.flops import training_flops
 
             evaluator = self.training_evaluator(data) if tc.eval_every else None
 
