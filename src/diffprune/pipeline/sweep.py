@@ -2,6 +2,13 @@
 the full-data baseline, the DRO reference) is computed once and every finished cell is a cache hit.
 
 ``results.csv`` / ``results.json`` hold one row per arm; ``results.md`` groups the seeds (mean +- std).
+
+Order: each seed's full-data arm comes first, then the methods x ratios of that seed. With
+``train.stop_at_target`` a pruned arm's target is its seed's full arm's final value, so the full arm must be
+trained before it; ``Pipeline.train`` guarantees that by training (or waiting on the folder lock of) the full arm
+first, so the order only decides what runs first, and a second process running the grid in reverse order is safe.
+Method tokens: ``gaussian+dro`` adds DRO class weights, ``gaussian+minsnr`` Min-SNR-5 loss weighting
+(``train.snr_gamma`` for that arm only), ``gaussian+dro+minsnr`` both.
 """
 from __future__ import annotations
 
