@@ -200,6 +200,11 @@ def test_min_snr_changes_training_and_composes_with_class_weights(dataset, tmp_p
     snr = train(_cfg(eval_every=0, steps=3, snr_gamma=5.0), dataset, tmp_path / "snr", progress=False)
     # at most steps SNR > 5 (t < ~ 90 of 1000 on DDPM's schedule): the weighted loss is smaller, never larger
     assert snr["final_loss"] < plain["final_loss"]
+    # gamma above every SNR of the schedule (max ~1e4 at t = 0): every weight is 1, the run is the plain one, bitwise
+    huge = train(_cfg(eval_every=0, steps=3, snr_gamma=1e9), dataset, tmp_path / "huge", progress=False)
+    a, b = load_file(tmp_path / "plain" / "state" / "ema.safetensors"), load_file(tmp_path / "huge" / "state" /
+                                                                                    "ema.safetensors")
+    assert huge["final_loss"] == plain["final_loss"] and all(torch.equal(a[k], b[k]) for k in a)
     both = train(_cfg(eval_every=0, steps=3, snr_gamma=5.0), dataset, tmp_path / "both", progress=False,
                  class_weights={"a": 0.4, "b": 0.2, "c": 0.2, "d": 0.2})
     assert math.isfinite(both["final_loss"]) and both["final_loss"] != snr["final_loss"]
