@@ -119,7 +119,9 @@ def test_train_until_target_stops_after_k_evaluations_under_target_on_the_uninte
     stop = StopAtTarget(metric="fid", tolerance=0.05, patience=2)
     summary = train_until_target(cfg, piece, tmp_path / "stop" / "metrics.jsonl", 8.0, stop, 0, False)
     # 4 is under 8 but 6 is not; 8 and 9 make two in a row: stop at 9 (the budget's end here) ...
-    assert summary["stopped_at_target"] == 9 and probe.calls == [2, 4, 6, 8, 9] and summary["pieces"] == 5
+    assert summary["stopped_at_target"] == 9 and probe.calls == [2, 4, 6, 8, 9]
+    # pieces end where the rule could fire: 2-4 (two evaluations), 6 (one more after 4's streak), 8-9 (two more)
+    assert summary["pieces"] == 3
     # ... with patience 1 at step 4, after two pieces
     probe1 = StepProbe(values)
     one = train_until_target(cfg, lambda c, r: train(c, dataset, tmp_path / "one", resume=r, progress=False,
@@ -441,3 +443,19 @@ def test_time_to_target_on_any_metric_with_intervals_over_seeds():
     assert row[:4] == ["gaussian", "0.5", "5%", "2/3"]
     m, h = mean_interval([375 / 275, 375 / 250])
     assert row[4] == f"{m:.2f}x [{m - h:.2f}, {m + h:.2f}]"
+
+
+def test_a_resumed_early_stop_ignores_evaluations_after_the_checkpoint(dataset, tmp_path):
+    """Killed between an evaluation and its checkpoint: the evaluations past the checkpoint are redone, not read."""
+    values = {2: 10.0, 4: 7.0, 6: 7.0, 8: 9.0, 9: 9.0}
+    cfg = _cfg()
+    out = tmp_path / "run"
+    stop = StopAtTarget(metric="fid", tolerance=0.05, patience=2)
+    train(cfg.model_copy(update={"steps": 4}), dataset, out, progress=False, evaluator=StepProbe(values))
+    with (out / "metrics.jsonl").open("a") as f:  # a stale line of step 6 below the target, without its checkpoint
+        f.write(json.dumps({"step": 6, "images_seen": 48, "fid": 1.0, "eval_seconds": 0.1}) + "\n")
+    probe = StepProbe(values)
+    summary = train_until_target(cfg, lambda c, r: train(c, dataset, out, resume=r, progress=False, evaluator=probe),
+                                 out / "metrics.jsonl", 8.0, stop, 4, True)
+    assert probe.calls[0] == 6 and summary["stopped_at_target"] == 6  # 4 and the re-evaluated 6 (7.0) are under 8
+    assert evaluation_curve(out / "metrics.jsonl", "fid") == [(2, 10.0), (4, 7.0), (6, 7.0)]

@@ -12,8 +12,9 @@
   full arm's folder lock, so the sweep's order (the full arm first in every seed) is a convenience, not a
   requirement, and two processes working on one grid in opposite orders still agree.
 
-Early stop without changing the trainer: the arm trains in pieces that end at evaluation steps, each resuming the
-last one's checkpoint (``steps`` may change on resume and the trainer resumes exactly, so the pieces follow the
+Early stop without changing the trainer: the arm trains in pieces that end at evaluation steps (a piece spans the
+evaluations before which the rule cannot fire, so with patience k mostly k evaluations), each resuming the last one's
+checkpoint (``steps`` may change on resume and the trainer resumes exactly, so the pieces follow the
 same trajectory as one uninterrupted run); the LR schedule's horizon stays the whole budget.
 """
 from __future__ import annotations
@@ -98,20 +99,36 @@ def train_until_target(config: TrainConfig, train_piece: Callable[[TrainConfig, 
     if config.lr_schedule != "constant" and config.lr_schedule_steps is None:
         config = config.model_copy(update={"lr_schedule_steps": config.steps})  # the pieces' schedule: the budget's
     summaries = []
-    stopped = _stop_step(metrics_path, stop, target) if resume and start_step else None
-    for end in ([] if stopped is not None else piece_ends(start_step, config.steps, config.eval_every)):
-        summaries.append(train_piece(config.model_copy(update={"steps": end}), resume or bool(summaries)))
+    # lines after the checkpoint (a run killed between an evaluation and its checkpoint) do not count
+    stopped = _stop_step(metrics_path, stop, target, through=start_step) if resume and start_step else None
+    ends = [] if stopped is not None else piece_ends(start_step, config.steps, config.eval_every)
+    i = -1
+    while stopped is None and i < len(ends) - 1:
+        # the rule cannot fire before `patience - streak` more evaluations: one piece covers them all
+        done = ends[i] if i >= 0 else (start_step if resume else 0)
+        i = min(i + stop.patience - _streak(metrics_path, stop, target, done), len(ends) - 1)
+        summaries.append(train_piece(config.model_copy(update={"steps": ends[i]}), resume or bool(summaries)))
         stopped = _stop_step(metrics_path, stop, target)
-        if stopped is not None:
-            break
     return {**merge_summaries(summaries), "stopped_at_target": stopped, "target": target,
             "stop": stop.model_dump(mode="json")}
 
 
-def _stop_step(metrics_path: Path, stop: StopAtTarget, target: float) -> int | None:
+def _streak(metrics_path: Path, stop: StopAtTarget, target: float, through: int) -> int:
+    """How many of the last evaluations up to step ``through`` are <= ``target`` (0 before any)."""
+    if not through or not Path(metrics_path).is_file():
+        return 0
+    streak = 0
+    for step, value in evaluation_curve(metrics_path, stop.metric):
+        if step <= through:
+            streak = streak + 1 if value <= target else 0
+    return min(streak, stop.patience - 1)
+
+
+def _stop_step(metrics_path: Path, stop: StopAtTarget, target: float, through: int | None = None) -> int | None:
     if not Path(metrics_path).is_file():
         return None
-    return first_stop_step(evaluation_curve(metrics_path, stop.metric), target, stop.patience)
+    curve = [(s, v) for s, v in evaluation_curve(metrics_path, stop.metric) if through is None or s <= through]
+    return first_stop_step(curve, target, stop.patience)
 
 
 def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
