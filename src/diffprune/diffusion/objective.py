@@ -72,7 +72,8 @@ def snr_loss_weights(timesteps: torch.Tensor, scheduler: DDPMScheduler, gamma: f
     """
     if gamma is None:
         return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
-    abar = torch.as_tensor(scheduler.alphas_cumprod).detach().cpu().double()  # float64 on the CPU (MPS has none)
+    # on the timesteps' device, without a host round trip (diffusers' add_noise has already moved alphas_cumprod
+    # there, so this .to is free); float32 as diffusers' compute_snr
+    abar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = abar / (1.0 - abar)
-    table = (snr.clamp(max=gamma) / snr).float().to(timesteps.device)
-    return table[timesteps]
+    return (snr.clamp(max=gamma) / snr).float()

@@ -323,7 +323,7 @@ def _set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weight
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)  # starts at the initial weights
     params = list(model.parameters())  # collected once: walking the module tree every step is measurable
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cuda", "cpu"))  # fused: 5x faster step
-    lr_schedule = lr_schedule_for(optimizer, cfg, total_steps(cfg, len(dataset)))
+    lr_schedule = lr_schedule_for(optimizer, cfg, steps_total)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
 
     images = torch.from_numpy(np.ascontiguousarray(dataset.images))  # ~150 MB of uint8 for CIFAR-10
