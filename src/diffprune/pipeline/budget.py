@@ -15,7 +15,10 @@
 Early stop without changing the trainer: the arm trains in pieces that end at evaluation steps (a piece spans the
 evaluations before which the rule cannot fire, so with patience k mostly k evaluations), each resuming the last one's
 checkpoint (``steps`` may change on resume and the trainer resumes exactly, so the pieces follow the
-same trajectory as one uninterrupted run); the LR schedule's horizon stays the whole budget.
+same trajectory as one uninterrupted run); the LR schedule's horizon stays the whole budget. Each piece pays the
+trainer's set-up and a checkpoint (measured: 2.9 s per piece for ddpm-tiny at 16 px on the 2-core VM under a load
+of about 7), and with ``train.compile`` on, a compilation per piece: use ``compile: false`` with early stop on a
+GPU, until the trainer can stop at an evaluator's request.
 """
 from __future__ import annotations
 
