@@ -93,6 +93,10 @@ def test_minsnr_arms_of_a_sweep():
     assert cfg.arm_train_config(arms["gaussian+minsnr-r0.3-s0"]).snr_gamma == 5.0
     assert cfg.arm_train_config(arms["gaussian-r0.3-s0"]).snr_gamma is None
     assert cfg.arm_train_config(arms["full-s0"]).snr_gamma is None  # the target stays the plain full arm's
+    # with early stop, every seed's full arm comes first (pruned arms wait for theirs)
+    stopping = load_run_config(None, ["train.eval_every=5", "train.stop_at_target={metric: fid}"])
+    labels = [a.label() for a in sweep_config(stopping, ["random"], [0.3], [0, 1]).arms]
+    assert labels == ["full-s0", "full-s1", "random-r0.3-s0", "random-r0.3-s1"]
 
 
 def test_collect_results_counts_evaluation_neither_as_training_nor_as_overhead(tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ the full-data baseline, the DRO reference) is computed once and every finished c
 Order: each seed's full-data arm comes first, then the methods x ratios of that seed. With
 ``train.stop_at_target`` a pruned arm's target is its seed's full arm's final value, so the full arm must be
 trained before it; ``Pipeline.train`` guarantees that by training (or waiting on the folder lock of) the full arm
-first, so the order only decides what runs first, and a second process running the grid in reverse order is safe.
+first, so the order only decides what runs first and any order is safe. To keep ``--devices N`` workers from
+waiting on each other, the full arms of all seeds then come first.
 Method tokens: ``gaussian+dro`` adds DRO class weights, ``gaussian+minsnr`` Min-SNR-5 loss weighting
 (``train.snr_gamma`` for that arm only), ``gaussian+dro+minsnr`` both.
 """
@@ -63,6 +64,8 @@ def sweep_config(base: RunConfig, methods: list[str], ratios: list[float], seeds
                 continue
             for ratio in ratios:
                 arms.append({**arm, "ratio": ratio, "seed": seed})
+    if base.train.stop_at_target is not None:  # every pruned arm waits for its seed's full arm: train those first
+        arms.sort(key=lambda a: a["method"] != FULL)
     data = base.model_dump(mode="json")
     data["arms"] = arms
     return validate_config(RunConfig, data, prefix="sweep")
