@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST quality study of docs/results.md at GPU scale, sized for <= 10 minutes on one H100:
-# 32x32 (28 px padded), the 2.6M-parameter ddpm-small, 4 epochs at batch 128 in bf16, efficientnet-lite0 features
-# at 224 px, full data vs random / gaussian / gaussian+dro at 10% and 30%, seeds 0 and 1; FID Inception on 1,000
+# 32x32 (28 px padded), the 1.1M-parameter ddpm-small (1,112,801 parameters for grey images), 4 epochs at batch
+# 128 in bf16, efficientnet-lite0 features at 224 px, full data vs random / gaussian / gaussian+dro at 10% and 30%, seeds 0 and 1; FID Inception on 1,000
 # DDIM-50 samples per arm against 10,000 training images, plus the classifier Frechet distance.
 #
 #   scripts/gpu_study.sh             # on a GPU machine: runs/gpu-study/results.md and the report

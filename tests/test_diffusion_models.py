@@ -43,6 +43,10 @@ def test_ddpm_cifar10_is_the_original_35_7m_unet():
 
 def test_small_and_tiny_presets_are_small():
     assert 0.5e6 < count_parameters(create_model("ddpm-small")) < 3e6
+    # the preset's description states its measured size (it once said 2.6M)
+    assert count_parameters(create_model("ddpm-small")) == 1_113_955
+    assert count_parameters(create_model("ddpm-small", in_channels=1, out_channels=1)) == 1_112_801
+    assert "1.1M" in PRESETS["ddpm-small"].description and "1,113,955" in PRESETS["ddpm-small"].description
     assert 1e5 < count_parameters(create_model("ddpm-tiny")) < 1e6
     assert set(PRESETS) >= {"ddpm-cifar10", "ddpm-small", "ddpm-tiny"}
 

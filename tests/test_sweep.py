@@ -78,3 +78,43 @@ def test_sweep_on_two_devices_trains_every_arm_once_then_reports(tmp_path):
     results = json.loads((tmp_path / "grid" / "results.json").read_text())
     assert {r["arm"] for r in results} == {"full-s0", "random-r0.5-s0"}
     assert (tmp_path / "grid" / "report" / "report.md").exists()
+
+
+def test_minsnr_arms_of_a_sweep():
+    from diffprune.pipeline.sweep import parse_arm_token
+
+    assert parse_arm_token("gaussian+minsnr") == {"method": "gaussian", "reweight": False, "snr_gamma": 5.0}
+    assert parse_arm_token("gaussian+dro+minsnr")["reweight"] is True
+    with pytest.raises(ConfigError, match="only suffixes"):
+        parse_arm_token("gaussian+dro+dro")
+    cfg = sweep_config(load_run_config(None), ["gaussian", "gaussian+minsnr"], [0.3], [0])
+    arms = {a.label(): a for a in cfg.arms}
+    assert set(arms) == {"full-s0", "gaussian-r0.3-s0", "gaussian+minsnr-r0.3-s0"}
+    assert cfg.arm_train_config(arms["gaussian+minsnr-r0.3-s0"]).snr_gamma == 5.0
+    assert cfg.arm_train_config(arms["gaussian-r0.3-s0"]).snr_gamma is None
+    assert cfg.arm_train_config(arms["full-s0"]).snr_gamma is None  # the target stays the plain full arm's
+    # with early stop, every seed's full arm comes first (pruned arms wait for theirs)
+    stopping = load_run_config(None, ["train.eval_every=5", "train.stop_at_target={metric: fid}"])
+    labels = [a.label() for a in sweep_config(stopping, ["random"], [0.3], [0, 1]).arms]
+    assert labels == ["full-s0", "full-s1", "random-r0.3-s0", "random-r0.3-s1"]
+
+
+def test_collect_results_counts_evaluation_neither_as_training_nor_as_overhead(tmp_path, monkeypatch):
+    """The plateau study's results.json had overhead_seconds -421 s for the full arm: the train manifest's seconds
+    include the evaluations during training, which the cost leaves out."""
+    import json
+    from types import SimpleNamespace
+
+    import diffprune.report as report
+    from diffprune.pipeline.sweep import collect_results
+
+    (tmp_path / "arms.json").write_text(json.dumps([{"arm": "full-s0", "seed": 0, "snr_gamma": None}]))
+    arm = SimpleNamespace(arm="full-s0", method="full", reweighted=False, variant="", ratio=None, train_images=10,
+                          manifests={"train": {"seconds": 1247.556, "eval_seconds": 421.6}},
+                          cost={"seconds": 825.973}, speedup={"by_wall_clock": 1.0, "by_images": 1.0},
+                          metric=lambda name: None)
+    monkeypatch.setattr(report, "collect_run", lambda root: SimpleNamespace(arms=[arm]))
+    row = collect_results(tmp_path)[0]
+    assert row["train_seconds"] == pytest.approx(1247.556 - 421.6)
+    assert row["overhead_seconds"] == pytest.approx(825.973 - (1247.556 - 421.6)) and row["overhead_seconds"] >= 0
+    assert row["eval_seconds"] == 421.6 and row["method"] == "full"

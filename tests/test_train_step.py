@@ -18,19 +18,21 @@ def test_global_batch_indices_cut_the_stream_of_epoch_permutations(batch_size, n
         assert torch.equal(global_batch_indices(step, batch_size, num_examples, 3), expected)
 
 
-def _conditional_weighted_run(tmp_path):
+def _conditional_weighted_run(tmp_path, **options):
     images = np.random.default_rng(0).integers(0, 256, (24, 1, 8, 8), dtype=np.uint8)
     ds = ImageDataset(images, np.arange(24) % 4, list("abcd"), name="toy")
     cfg = TrainConfig(preset="ddpm-tiny", steps=6, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9,
-                      checkpoint_every=0, seed=3, hflip=True, conditional=True, compile=False).resolved()
+                      checkpoint_every=0, seed=3, hflip=True, conditional=True, compile=False, **options).resolved()
     run = setup.set_up(cfg, ds, tmp_path, {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}, None, cfg.steps)
     return run, cfg
 
 
-def test_a_training_step_hands_no_value_back_to_the_host(tmp_path):
-    """Every branch of the step (class loss weights, label dropout, flips, clipping, EMA) stays on the device:
-    on a GPU, any ``.item()``/``.tolist()``/``bool(tensor)`` here would stall the host every step."""
-    run, cfg = _conditional_weighted_run(tmp_path)
+@pytest.mark.parametrize("options", [{}, {"snr_gamma": 5.0, "lr_schedule": "cosine"}])
+def test_a_training_step_hands_no_value_back_to_the_host(tmp_path, options):
+    """Every branch of the step (class loss weights, Min-SNR weights, label dropout, flips, clipping, EMA, the LR
+    schedule) stays on the device: on a GPU, any ``.item()``/``.tolist()``/``bool(tensor)`` here would stall the
+    host every step."""
+    run, cfg = _conditional_weighted_run(tmp_path, **options)
     for step in range(cfg.steps):
         with count_host_syncs(run.accelerator.device) as seen:
             batch = trainer._global_batch(run, cfg, step, None)

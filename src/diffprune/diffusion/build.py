@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from diffprune.data import ImageDataset
 from diffprune.diffusion.config import TrainConfig, TrainError
+from diffprune.diffusion.init import ho_init_
 from diffprune.diffusion.loading import load_model
 from diffprune.diffusion.models import SD_PRESET, create_model, create_scheduler
 
@@ -34,6 +35,8 @@ def build_training_model(cfg: TrainConfig, dataset: ImageDataset, overrides: dic
             model = with_side_interpolater(model, overrides["side_interpolater_depth"])
     else:
         model = create_model(cfg.preset, **overrides)
+        if cfg.init == "ho":
+            ho_init_(model)
     return model, create_scheduler(cfg.preset)
 
 

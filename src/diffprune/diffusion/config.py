@@ -17,12 +17,23 @@ from diffprune.evaluation.config import TrainEvalConfig
 
 PUSH_FIELDS = ("push_to_hub", "hub_model_id", "hub_private")  # what happens after training, not how it trains
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
+# The budget mode, the evaluation schedule in images and early stop only choose where a run ends and when it is
+# looked at; the LR schedule, its horizon, Min-SNR and the initialisation change the trajectory, so they are not here.
 _RESUME_MUTABLE = {"steps", "epochs", "checkpoint_every", "log_every", "tensorboard", "compile", "eval_every", "eval",
-                   "log_with", "sample_every", *PUSH_FIELDS}
+                   "log_with", "sample_every", "budget", "eval_every_images", "stop_at_target", *PUSH_FIELDS}
 
 
 class TrainError(ValueError):
     """Training cannot start (bad data/config combination, incompatible checkpoint); the message says why."""
+
+
+class StopAtTarget(StrictModel):
+    """Early stop of a pruned arm (runs and sweeps only): once ``patience`` consecutive evaluations during training
+    have ``metric`` <= the full arm's final value of that metric (same seed) x (1 + ``tolerance``)."""
+
+    metric: Literal["fid", "kid", "classifier_fd"] = "classifier_fd"
+    tolerance: float = Field(0.05, gt=0, lt=1)
+    patience: int = Field(2, ge=1)
 
 
 class TrainConfig(StrictModel):
@@ -36,6 +47,15 @@ class TrainConfig(StrictModel):
     batch_size: int | None = None  # global images per optimizer step (all processes x grad_accum)
     lr: float | None = None  # Adam learning rate after warm-up
     warmup_steps: int | None = None  # linear LR warm-up from 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warm-up; cosine/linear decay to 0
+    lr_schedule_steps: int | None = None  # steps the decay spans (None: the run's budget of steps)
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weights min(SNR, gamma) / SNR (Hang et al. 2023: 5); None: off
+    init: Literal["diffusers", "ho"] = "diffusers"  # a fresh UNet's weights: diffusers' defaults or Ho et al.'s
+    # (fan-avg uniform, zero last conv of each residual block, of each attention output and of the output conv)
+    # runs/sweeps: "epochs" trains each arm `epochs` passes over its own (sub)set; "equal_steps" gives every arm
+    # the full arm's number of steps (epochs x full-data size / batch_size), i.e. the same compute
+    budget: Literal["epochs", "equal_steps"] = "epochs"
+    stop_at_target: StopAtTarget | None = None  # runs/sweeps: stop a pruned arm early (see StopAtTarget)
     grad_clip: float | None = 1.0  # max global grad norm; None disables
     ema_decay: float | None = None  # per optimizer step
     ema_warmup: bool = False  # decay after n steps min(ema_decay, (1 + n) / (10 + n)), as diffusers' EMAModel
@@ -64,6 +84,8 @@ class TrainConfig(StrictModel):
     log_with: list[str] = []  # accelerate trackers (tensorboard, wandb, comet_ml, mlflow, ...): loss, lr, img/s
     sample_every: int = 0  # steps between sample grids in samples/ (and to the trackers); 0 = off
     eval_every: int = 0  # steps between evaluations of the EMA model during training (0: off); also the last step
+    # the same in training images (a multiple of batch_size): every arm of a run evaluated at the same x points
+    eval_every_images: int | None = None
     eval: TrainEvalConfig = Field(default_factory=TrainEvalConfig)  # what those evaluations sample and score
     # after training, `diffprune run/train` uploads train/<arm>/pipeline/ (a DDPMPipeline folder) to the hub repo
     # hub_model_id ("{arm}" becomes the arm's label), as `diffprune push` does; needs HF_TOKEN or a login
@@ -94,6 +116,20 @@ class TrainConfig(StrictModel):
         bad = [t for t in v if t not in known]
         if bad:
             raise ValueError(f"unknown tracker(s) {bad}; accelerate knows {', '.join(known)}")
+        return v
+
+    @field_validator("lr_schedule_steps", "eval_every_images")
+    @classmethod
+    def _positive_or_none(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be a positive integer, or null")
+        return v
+
+    @field_validator("snr_gamma")
+    @classmethod
+    def _gamma(cls, v: float | None) -> float | None:
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ValueError("must be a positive number (Hang et al. use 5), or null to turn Min-SNR off")
         return v
 
     @field_validator("warmup_steps", "checkpoint_every", "sample_every", "eval_every")
@@ -141,6 +177,28 @@ class TrainConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _evaluation_schedule(self) -> "TrainConfig":
+        if self.eval_every_images is not None:
+            if self.eval_every and (self.batch_size is None
+                                    or self.eval_every * self.batch_size != self.eval_every_images):
+                raise ValueError("give the evaluation schedule as eval_every (steps) or eval_every_images, not both")
+            if self.batch_size is not None and self.eval_every_images % self.batch_size:
+                nearest = self.batch_size * max(1, round(self.eval_every_images / self.batch_size))
+                raise ValueError(f"eval_every_images {self.eval_every_images} must be a multiple of batch_size "
+                                 f"{self.batch_size}, e.g. {nearest}")
+        if self.stop_at_target is not None:
+            if not (self.eval_every or self.eval_every_images):
+                raise ValueError("stop_at_target decides at the evaluations during training: set eval_every_images "
+                                 "(or eval_every)")
+            if self.stop_at_target.metric not in self.eval.metrics:
+                raise ValueError(f"stop_at_target.metric {self.stop_at_target.metric!r} is not evaluated during "
+                                 f"training: add it to train.eval.metrics ({self.eval.metrics})")
+        if self.init == "ho" and (self.init_from or get_preset(self.preset).kind != "unet"):
+            raise ValueError("init: ho initialises a fresh pixel UNet (a ddpm-* preset without init_from); "
+                             "set init: diffusers")
+        return self
+
+    @model_validator(mode="after")
     def _push_target(self) -> "TrainConfig":
         if not self.push_to_hub:
             return self
@@ -163,6 +221,12 @@ class TrainConfig(StrictModel):
         updates = {k: v for k, v in fill.items() if getattr(self, k) is None}
         if self.steps is None and self.epochs is None:
             updates["steps"] = recipe.steps
+        if self.eval_every_images is not None:
+            batch = updates.get("batch_size", self.batch_size)
+            if self.eval_every_images % batch:
+                raise TrainError(f"eval_every_images {self.eval_every_images} is not a multiple of the batch size "
+                                 f"{batch} (the preset's); set train.batch_size or a multiple of {batch}")
+            updates["eval_every"] = self.eval_every_images // batch
         if self.preset == SD_PRESET:
             updates["conditional"] = True  # the class prompts condition the UNet
         return self.model_copy(update=updates)

@@ -4,8 +4,9 @@ A preset is one entry in ``PRESETS``: its ``kind``, the model keyword arguments 
 ``TrainConfig`` falls back to.
 
 - ``kind="unet"``: pixel-space diffusers ``UNet2DModel``. ``ddpm-cifar10`` is exactly the UNet of Ho et al. (2020)
-  as ported to diffusers (``google/ddpm-cifar10-32``: 35.7M parameters) with the original recipe (Adam 2e-4,
-  5k warm-up, clip 1.0, batch 128, EMA 0.9999, horizontal flip, 800k steps).
+  as ported to diffusers (``google/ddpm-cifar10-32``: 35.7M parameters) with the original recipe's hyper-parameters
+  (Adam 2e-4, 5k warm-up, clip 1.0, batch 128, EMA 0.9999, horizontal flip, 800k steps); its weights start from
+  diffusers' default initialisation unless ``train.init: ho`` (``diffusion/init.py``).
 - ``kind="dit"``: latent-space ``diffprune.diffusion.dit.DiT`` (Peebles & Xie 2023). ``dit-s-2``/``dit-b-2``/
   ``dit-xl-2`` are DiT-S/2, B/2, XL/2 on 32 x 32 x 4 latents (256 px through the /8 Stable Diffusion VAE), with
   the paper's recipe (Adam 1e-4 without weight decay or warm-up, batch 256, EMA 0.9999, 400k steps, no flips of
@@ -116,7 +117,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "ddpm-small": Preset(
         name="ddpm-small",
-        description="a 2.6M-parameter UNet for 28-32 px images that trains on a CPU",
+        description="a 1.1M-parameter UNet for 28-32 px images that trains on a CPU (1,113,955 RGB, 1,112,801 grey)",
         model=dict(
             sample_size=32,
             in_channels=3,

@@ -55,3 +55,25 @@ def epsilon_part(prediction: torch.Tensor, channels: int) -> torch.Tensor:
     """The epsilon channels of a model output: models with a learned variance (DiT checkpoints, 2C channels)
     put epsilon first; the variance half is not trained by this objective."""
     return prediction if prediction.shape[1] == channels else prediction[:, :channels]
+
+
+def snr_loss_weights(timesteps: torch.Tensor, scheduler: DDPMScheduler, gamma: float | None) -> torch.Tensor:
+    """Min-SNR-gamma weights of per-example epsilon-prediction losses (Hang et al., ICCV 2023): min(SNR_t, gamma)
+    / SNR_t with SNR_t = abar_t / (1 - abar_t), as diffusers' ``train_text_to_image.py --snr_gamma`` weighs
+    epsilon targets. Low-noise steps (SNR > gamma) are down-weighted; the others keep weight 1.
+
+    Args:
+        timesteps: int64 B.
+        scheduler: the noise schedule (``alphas_cumprod``).
+        gamma: the clamp (5 in the paper); None: every weight is 1 (off).
+
+    Returns:
+        float32 B on ``timesteps``' device; multiplies the per-example loss (and composes with class weights).
+    """
+    if gamma is None:
+        return torch.ones(timesteps.shape, dtype=torch.float32, device=timesteps.device)
+    # on the timesteps' device, without a host round trip (diffusers' add_noise has already moved alphas_cumprod
+    # there, so this .to is free); float32 as diffusers' compute_snr
+    abar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = abar / (1.0 - abar)
+    return (snr.clamp(max=gamma) / snr).float()

@@ -15,7 +15,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_constant_schedule_with_warmup
 
 from diffprune.data import ImageDataset
 from diffprune.diffusion.batches import class_loss_multipliers, class_weight_vector, example_probabilities, latent_meta
@@ -23,6 +22,7 @@ from diffprune.diffusion.build import build_training_model
 from diffprune.diffusion.config import TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.precision import allow_precision_change
+from diffprune.diffusion.schedules import lr_schedule_for
 from diffprune.diffusion.tracking import trackers_of
 
 log = logging.getLogger("diffprune.train")
@@ -129,7 +129,7 @@ def set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weights
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)  # starts at the initial weights
     params = list(model.parameters())  # collected once: walking the module tree every step is measurable
     optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cuda", "cpu"))  # fused: 5x faster step
-    lr_schedule = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    lr_schedule = lr_schedule_for(optimizer, cfg, steps_total)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
 
     images = torch.from_numpy(np.ascontiguousarray(dataset.images))  # ~150 MB of uint8 for CIFAR-10

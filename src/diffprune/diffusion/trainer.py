@@ -52,7 +52,7 @@ from diffprune.diffusion.config import TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
 from diffprune.diffusion.models import count_parameters
-from diffprune.diffusion.objective import diffusion_loss
+from diffprune.diffusion.objective import diffusion_loss, snr_loss_weights
 from diffprune.diffusion.setup import TrainingRun, check_inputs, set_up
 from diffprune.diffusion.tracking import sample_grid, scalar_config
 from diffprune.io import config_hash
@@ -270,7 +270,7 @@ def _micro_step(run: TrainingRun, cfg: TrainConfig, batch: _GlobalBatch, step: i
             run.forward_model, run.scheduler, x0, batch.timesteps[sl], batch.noise[sl], cond,
             mask_ratio=cfg.mask_ratio, mask_generator=_mask_generator(cfg, step, k, accelerator.process_index, device),
         )
-        per_example = unreduced.mean(dim=(1, 2, 3))
+        per_example = unreduced.mean((1, 2, 3)) * snr_loss_weights(batch.timesteps[sl], run.scheduler, cfg.snr_gamma)
         if step_hook is not None:
             per_example = per_example * step_hook(step, x0, y, batch.timesteps[sl], batch.noise[sl], unreduced)
         if run.loss_multiplier is not None:

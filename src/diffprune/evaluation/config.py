@@ -25,6 +25,10 @@ class ClassifierConfig(StrictModel):
     width: int = Field(32, ge=4, le=512)
     holdout: float = Field(0.1, gt=0, lt=0.5)
     max_train: int | None = Field(10_000, ge=10)  # None = all; 10k x 3 epochs is minutes on a CPU
+    # what it is trained on: "reference", the run's real images (its data section, limit included); "split", the
+    # dataset's whole split (the data section without limit), so that a study on a few hundred images still gets
+    # a domain feature network trained on all of them (Fashion-MNIST: 60,000); cached by that split's fingerprint
+    data: Literal["reference", "split"] = "reference"
 
 
 class EvalConfig(StrictModel):

@@ -33,11 +33,13 @@ class TrainingEvaluator:
         guidance_scale: classifier-free guidance of conditional models (the run's ``sample`` setting).
         latent: the ``latent`` entry of the model's ``diffprune.json`` for latent runs (samples are decoded).
         network: a feature network to use instead of ``protocol.feature`` (tests).
+        classifier_data: what the small classifier trains on instead of ``real`` (``classifier.data: split``).
     """
 
     def __init__(self, config: TrainEvalConfig, protocol: EvalConfig, real: ImageDataset,
                  cache_dir: Path | None, guidance_scale: float = 1.0, latent: dict[str, Any] | None = None,
-                 network: torch.nn.Module | None = None, progress: bool = False) -> None:
+                 network: torch.nn.Module | None = None, progress: bool = False,
+                 classifier_data: ImageDataset | None = None) -> None:
         self.config = config
         self.protocol = protocol.model_copy(update={
             "metrics": list(config.metrics), "classwise": False, "fid_floor": False, "cross_check": False})
@@ -47,6 +49,7 @@ class TrainingEvaluator:
         self.latent = latent
         self.progress = progress
         self._network = network
+        self.classifier_data = classifier_data
         self._decoder = None
 
     def sample_config(self):
@@ -71,7 +74,8 @@ class TrainingEvaluator:
                                decoder=self._decoder)
         model.train(was_training)
         record = evaluate(images, self.real, self.protocol, None, cache_dir=self.cache_dir,
-                          sample_labels=labels, progress=self.progress, network=self._network)
+                          sample_labels=labels, progress=self.progress, network=self._network,
+                          classifier_data=self.classifier_data)
         row: dict[str, Any] = {"eval_samples": int(len(images))}
         for metric in self.config.metrics:
             for key in _RECORD_KEYS[metric]:

@@ -68,6 +68,7 @@ def evaluate(
     *,
     real_test: ImageDataset | None = None,
     network: torch.nn.Module | None = None,
+    classifier_data: ImageDataset | None = None,
 ) -> dict[str, Any]:
     """Score ``samples`` against ``real`` and write ``out_dir/metrics.json`` (and ``out_dir/ref_stats.npz``).
 
@@ -82,6 +83,8 @@ def evaluate(
         real_test: labelled real images held out from training, for the classifier's test accuracy
             (None: a stratified ``config.classifier.holdout`` fraction of ``real``).
         network: a feature network to use instead of ``config.feature`` (tests, custom encoders).
+        classifier_data: labelled real images to train the small classifier on instead of ``real``
+            (``classifier.data: split``: the dataset's whole split); its test accuracy is on its own holdout.
 
     Returns:
         The dict written to ``metrics.json``: flat values (``fid``, ``kid``, ``precision``, ...), ``details``,
@@ -165,14 +168,15 @@ def evaluate(
     trained = None
     fake_pred = None
     real_cf = fake_cf = None
-    if needs_classifier and real.labels is None:
+    cls_train, cls_test = (real, real_test) if classifier_data is None else (classifier_data, None)
+    if needs_classifier and cls_train.labels is None:
         reason = "the reference images are unlabelled, so no classifier can be trained"
         if "classifier_fd" in wanted:
             details["classifier_fd"] = {"value": None, "available": False, "reason": reason}
             result["classifier_fd"] = None
     elif needs_classifier:
         t = time.perf_counter()
-        trained = load_or_train_classifier(real, config.classifier, test=real_test, seed=config.seed,
+        trained = load_or_train_classifier(cls_train, config.classifier, test=cls_test, seed=config.seed,
                                            device=device, cache_dir=cache_dir, progress=progress and is_main,
                                            write_cache=is_main)
         timing["classifier"] = round(time.perf_counter() - t, 3)

@@ -33,6 +33,8 @@ class ArmConfig(StrictModel):
     reweight: bool = False
     seed: int | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # Min-SNR-gamma loss weighting of this arm only (label suffix "+minsnr"); None: the run's train.snr_gamma
+    snr_gamma: float | None = Field(default=None, gt=0)
 
     @field_validator("method")
     @classmethod
@@ -45,7 +47,7 @@ class ArmConfig(StrictModel):
     def label(self) -> str:
         if self.name:
             return self.name
-        label = self.method + ("+dro" if self.reweight else "")
+        label = self.method + ("+dro" if self.reweight else "") + ("+minsnr" if self.snr_gamma is not None else "")
         if self.ratio is not None:
             label += f"-r{self.ratio:g}"
         return label + (f"-s{self.seed}" if self.seed is not None else "")
@@ -164,7 +166,10 @@ class RunConfig(StrictModel):
 
 
     def arm_train_config(self, arm: ArmConfig) -> TrainConfig:
-        return self.train if arm.seed is None else self.train.model_copy(update={"seed": arm.seed})
+        update: dict[str, Any] = {} if arm.seed is None else {"seed": arm.seed}
+        if arm.snr_gamma is not None:
+            update["snr_gamma"] = arm.snr_gamma
+        return self.train.model_copy(update=update) if update else self.train
 
     def arm_reweight_config(self, arm: ArmConfig) -> ReweightConfig:
         return self.reweight if arm.seed is None else self.reweight.model_copy(update={"seed": arm.seed})

@@ -227,6 +227,7 @@ class Pipeline:
             sel = None if arm.method == FULL else f"selection/{self.selection_name(arm)}"
             arms.append({
                 "arm": label, "method": arm.method, "seed": self.cfg.arm_train_config(arm).seed,
+                "snr_gamma": arm.snr_gamma,  # the arm's own Min-SNR (label suffix +minsnr), not the run's
                 "ratio": 1.0 if arm.method == FULL else self.cfg.arm_select_config(arm).ratio,
                 "reweight": f"reweight/{self.selection_name(arm)}" if arm.reweight else None,
                 "selection": sel, "train": f"train/{label}", "samples": f"samples/{label}", "eval": f"eval/{label}",
@@ -313,7 +314,29 @@ class Pipeline:
         return reference_train_config(rc, data, seed=seed).resolved().model_dump(mode="json")
 
     def train_config(self, arm: ArmConfig):
-        return self.cfg.arm_train_config(arm).resolved()
+        from diffprune.pipeline.budget import budgeted
+
+        tc = self.cfg.arm_train_config(arm).resolved()
+        if tc.budget == "equal_steps" or tc.lr_schedule != "constant":  # needs the full data's size
+            tc = budgeted(tc, len(self.dataset))
+        return tc
+
+    def stop_target(self, arm: ArmConfig) -> float | None:
+        """``train.stop_at_target``'s target for a pruned ``arm``: the full arm of its seed (trained first, or
+        found cached) ends at value v of the metric; the target is v x (1 + tolerance). None: no early stop."""
+        from diffprune.config import ConfigError
+        from diffprune.pipeline.budget import stop_target
+
+        stop = self.cfg.train.stop_at_target
+        if stop is None or arm.method == FULL:
+            return None
+        full = [a for a in self.cfg.arms if a.method == FULL and a.seed == arm.seed]
+        if not full:
+            raise ConfigError(f"train.stop_at_target: arm {arm.label()} needs a full-data arm of seed {arm.seed} "
+                              f"for its target; add {{method: full, seed: {arm.seed}}} to arms (a sweep without "
+                              f"--no-full does), or set train.stop_at_target: null")
+        self.train(full[0])
+        return stop_target(self.root / "train" / full[0].label() / "metrics.jsonl", stop)
 
     def sample_config(self):
         sc = self.cfg.sample  # unset precision: the launch's, resolved so that the cache key records it
@@ -545,7 +568,9 @@ class Pipeline:
             images = int(rc.steps) * int(rc.batch_size)
             weights = load_class_weights(out / "class_weights.json")
             flops = self._flops(lambda: dro_flops(rc, coreset, ref, images), "DRO")
-            return weights, hash_file(out / "class_weights.json"), {"images_processed": images, "summary": summary,
+            # every DRO image goes through two networks (the reference's forward, the proxy's forward+backward),
+            # as the FLOPs count it; "images" counts image passes through a network
+            return weights, hash_file(out / "class_weights.json"), {"images_processed": 2 * images, "summary": summary,
                                                                     "attempt": {"resumed_from": step if resume else None},
                                                                     **flops}
 
@@ -567,15 +592,30 @@ class Pipeline:
         inputs = {"data": data_fp}
         if weights is not None:
             inputs["class_weights"] = weights_fp
+        target = self.stop_target(arm)
+        if target is not None:
+            inputs["stop_target"] = f"{tc.stop_at_target.metric} <= {target!r}"
         # where the weights are pushed is not part of the result: changing it neither retrains nor extends
         stage = StageDir(out, "train", tc.model_dump(mode="json", exclude=set(PUSH_FIELDS)), inputs,
                          mutable=type(tc).RESUME_MUTABLE, resumable=_continuable(out, total_steps(tc, len(data))))
 
         def compute(resume: bool):
+            from diffprune.diffusion.checkpoint import checkpoint_step
+            from diffprune.pipeline.budget import train_until_target
             from diffprune.pipeline.flops import training_flops
 
-            summary = train(tc, data, out, class_weights=weights, resume=resume, progress=self.progress,
-                            evaluator=self.training_evaluator(data) if tc.eval_every else None)
+            evaluator = self.training_evaluator(data) if tc.eval_every else None
+
+            def train_piece(config, resume_piece: bool) -> dict[str, Any]:
+                return train(config, data, out, class_weights=weights, resume=resume_piece, progress=self.progress,
+                             evaluator=evaluator)
+
+            if target is None:
+                summary = train_piece(tc, resume)
+            else:  # in pieces between evaluations, stopping at the target (pipeline/budget.py)
+                budget = tc.model_copy(update={"steps": total_steps(tc, len(data)), "epochs": None})
+                summary = train_until_target(budget, train_piece, out / "metrics.jsonl", target, tc.stop_at_target,
+                                             (checkpoint_step(out) or 0) if resume else 0, resume)
             if _distributed()[1] and pipeline_kind(out / "model"):  # DDPMPipeline.from_pretrained(train/<arm>/pipeline)
                 write_pipeline(out / "model", out / "pipeline")
             images = int(summary.get("images_seen", 0))
@@ -601,7 +641,16 @@ class Pipeline:
         from diffprune.evaluation.during_training import TrainingEvaluator
 
         return TrainingEvaluator(self.cfg.train.eval, self.cfg.evaluate, self.dataset, self.root / "eval",
-                                 guidance_scale=self.cfg.sample.guidance_scale, latent=latent_meta(data))
+                                 guidance_scale=self.cfg.sample.guidance_scale, latent=latent_meta(data),
+                                 classifier_data=self.classifier_data)
+
+    @cached_property
+    def classifier_data(self) -> ImageDataset | None:
+        """What the small classifier trains on when ``evaluate.classifier.data: split``: the run's dataset
+        without ``data.limit`` (its whole split); None: the run's real images."""
+        if self.cfg.evaluate.classifier.data != "split":
+            return None
+        return self.cfg.data.model_copy(update={"limit": None}).load() if self.cfg.data.limit else self.dataset
 
     def sample(self, arm: ArmConfig) -> tuple[np.ndarray, str]:
         """The arm's samples (uint8 N x H x W x C) and their fingerprint."""
@@ -636,6 +685,8 @@ class Pipeline:
         out = self.root / "eval" / arm.label()
         ec = self.evaluate_config()
         inputs = {"samples": samples_fp, "real": self.dataset.fingerprint}
+        if self.classifier_data is not None:
+            inputs["classifier_data"] = self.classifier_data.fingerprint
         stage = StageDir(out, "evaluate", ec.model_dump(mode="json"), inputs, mutable=type(ec).RESUME_MUTABLE)
         protocol = {
             "sampler": self.cfg.sample.sampler, "sampler_steps": self.cfg.sample.steps,
@@ -649,7 +700,7 @@ class Pipeline:
                 sample_labels = z["labels"] if "labels" in z.files else None
             metrics = evaluate(
                 samples, self.dataset, ec, out, cache_dir=self.root / "eval", sample_labels=sample_labels,
-                protocol=protocol, progress=self.progress,
+                protocol=protocol, progress=self.progress, classifier_data=self.classifier_data,
             )
             return metrics, hash_file(out / "metrics.json"), {"images_processed": int(len(samples))}
 

@@ -30,6 +30,7 @@ from diffprune.report.document import (
 from diffprune.report.errors import ReportError
 from diffprune.report.plots import (class_weights_bars, classwise_bars, fid_vs_compute, fid_vs_training_compute,
                                     loss_curves)
+from diffprune.report.quality import quality_blocks
 
 METRIC_COLUMNS = (("fid", "FID"), ("kid", "KID"), ("precision", "precision"), ("recall", "recall"),
                   ("density", "density"), ("coverage", "coverage"), ("classifier_fd", "classifier FD"))
@@ -106,6 +107,7 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
     elif any(a.train_log for a in arms):
         doc.add(Heading("Time to target FID", 3), Paragraph(
             "Not available: the arms logged no FID during training; set `train.eval_every` (`--eval-every N`)."))
+    doc.add(*quality_blocks(runs, out))
     refs = [a for a in arms if a.reference and a.reference.get("kind")]
     if refs:
         doc.add(Heading("Speed-up and the reference model", 3), _reference_table(refs, multi))
@@ -281,7 +283,7 @@ def _mean_std(values: list[float], suffix: str = "") -> str:
 def _paper_table(arms: list[ArmResult]) -> Table:
     groups: dict[tuple[str, Any], list[ArmResult]] = defaultdict(list)
     for a in arms:
-        groups[(a.method + ("+DRO" if a.reweighted else ""), a.ratio)].append(a)
+        groups[(a.method + ("+DRO" if a.reweighted else "") + a.variant, a.ratio)].append(a)
     rows = []
     for (method, ratio), members in sorted(groups.items(), key=lambda kv: (kv[0][0] != FULL, kv[0][0], -(kv[0][1] or 0))):
         sp = [m.speedup["by_wall_clock"] for m in members if m.speedup]

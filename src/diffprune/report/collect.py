@@ -35,6 +35,7 @@ class ArmResult:
     reweighted: bool
     paths: dict[str, str | None]
     seed: int | None = None  # the arm's training seed (a sweep pairs each arm with the full arm of its seed)
+    variant: str = ""  # what the arm adds to its method beyond DRO: "+minsnr" (its own Min-SNR loss weighting)
     baseline: str | None = None  # the full-data arm its speed-ups and time to target are measured against
     selection: dict[str, Any] | None = None
     class_weights: dict[str, float] | None = None
@@ -119,7 +120,8 @@ def _collect_arm(root: Path, entry: dict[str, Any], stages: dict[str, str], note
     name = str(entry.get("arm"))
     paths = {k: entry.get(k) for k in ("selection", "reweight", "train", "samples", "eval")}
     arm = ArmResult(run=root.name, arm=name, method=str(entry.get("method", "?")), ratio=entry.get("ratio"),
-                    reweighted=bool(entry.get("reweight")), paths=paths, seed=entry.get("seed"))
+                    reweighted=bool(entry.get("reweight")), paths=paths, seed=entry.get("seed"),
+                    variant="+minsnr" if entry.get("snr_gamma") is not None else "")
     if paths["selection"]:
         arm.selection = _read(root / paths["selection"] / "selection.json", notes, f"selection of {name}")
         arm.manifests["select"] = _manifest(root, paths["selection"], notes, "select")
