@@ -12,8 +12,15 @@ caches. Prints a table and writes ``results/fault_injection.json``.
 4. Damaged caches: NaN in ``features.npy``, a truncated ``selection.npz`` and a truncated model safetensors are
    each detected (manifest checksum) and recomputed to the reference's bytes.
 
+5. ``--aimed R``: the writes of each stage are numbered by the io layer's fault hook (``diffprune.io.faults``);
+   for every write N of every stage, R times: a child is SIGKILLed right after write N (``DIFFPRUNE_FAULT=
+   kill@N``), the stage is rerun, and its files must equal the reference's. Then every write N fails once with
+   ENOSPC and once with EROFS: the error must be one line naming the write's path, the free space of that
+   path's file system and what to do; the stage is rerun and must again equal the reference.
+
     python benchmarks/fault_injection.py                      # 20 trials per stage
     python benchmarks/fault_injection.py --trials 5 --concurrent 2
+    python benchmarks/fault_injection.py --trials 0 --concurrent 0 --aimed 20   # the aimed suite only
 """
 from __future__ import annotations
 
@@ -51,7 +58,7 @@ TINY = [
 ]
 ARM = "gaussian+dro"
 STAGES = {  # stage -> its folder in the run directory
-    "embed": "features/efficientnet-lite0", "select": "selection/gaussian-r0.5", "reference": "reference",
+    "embed": "features/efficientnet-lite0-size112", "select": "selection/gaussian-r0.5", "reference": "reference",
     "reweight": "reweight/gaussian-r0.5", "train": f"train/{ARM}", "sample": f"samples/{ARM}",
     "evaluate": f"eval/{ARM}",
 }
@@ -90,6 +97,23 @@ def in_child(fn, *args) -> int:
             code = 1
         os._exit(code)
     return pid
+
+
+def with_env(env: dict[str, str], fn, *args) -> None:
+    """``fn(*args)`` with ``env`` set (in a forked child: the fault hook reads it at every write)."""
+    os.environ.update(env)
+    fn(*args)
+
+
+def stage_error_line(runs: Path, stage: str, out: Path) -> None:
+    """Run ``stage``; write the CLI's one-line message of its failure to ``out`` (the child exits 3)."""
+    from diffprune.errors import user_message
+
+    try:
+        run_stage(runs, stage)
+    except Exception as e:  # noqa: BLE001 - the message is what is measured
+        out.write_text(str(user_message(e) or f"unexpected {type(e).__name__}: {e}"))
+        os._exit(3)
 
 
 def wait_child(pid: int) -> int:
@@ -165,6 +189,60 @@ def kill_trials(ref_root: Path, stage: str, trials: int, budget: float, rng: ran
             "runs_with_leftover_temporaries": leftovers, "failures": bad}
 
 
+def count_writes(ref_root: Path, stage: str, work: Path) -> list[str]:
+    """The paths (relative to the runs folder) of the stage's numbered writes, in order (a fresh run of the
+    stage with the hook's log on)."""
+    runs, log = work / f"{stage}-count", work / f"{stage}-writes.log"
+    without(ref_root, runs, stage)
+    code = wait_child(in_child(with_env, {"DIFFPRUNE_FAULT_LOG": str(log)}, run_stage, runs, stage))
+    assert code == 0, f"counting the writes of {stage} failed"
+    shutil.rmtree(runs, ignore_errors=True)
+    return [str(Path(line.split("\t", 1)[1]).relative_to(runs)) for line in log.read_text().splitlines()]
+
+
+def aimed_trials(ref_root: Path, stage: str, repeats: int, work: Path, rerun_errors: bool) -> dict:
+    """Kill at every write (``repeats`` times each) then rerun: the files must be the reference's. Then ENOSPC
+    and EROFS at every write: one clear line each (and with ``rerun_errors`` a rerun equal to the reference)."""
+    expected = snapshot(ref_root / STAGES[stage])
+    paths = count_writes(ref_root, stage, work)
+    kills = {"trials": 0, "killed": 0, "identical": 0}
+    errors = {kind: {"trials": 0, "one_clear_line": 0, "identical_after": 0 if rerun_errors else None}
+              for kind in ("enospc", "erofs")}
+    bad = []
+    trials = [("kill", n) for n in range(1, len(paths) + 1) for _ in range(repeats)]
+    trials += [(kind, n) for kind in errors for n in range(1, len(paths) + 1)]
+    for t, (kind, n) in enumerate(trials):
+        runs, msg = work / f"{stage}-aimed-{t}", work / f"{stage}-aimed-{t}.msg"
+        without(ref_root, runs, stage)
+        env = {"DIFFPRUNE_FAULT": f"{kind}@{n}"}
+        first = wait_child(in_child(with_env, env, stage_error_line, runs, stage, msg))
+        code, same = None, None
+        if kind == "kill" or rerun_errors:
+            code = wait_child(in_child(run_stage, runs, stage))
+            same = code == 0 and not differences(expected, snapshot(runs / ref_root.name / STAGES[stage]))
+        path = str(runs / paths[n - 1])
+        if kind == "kill":
+            kills["trials"] += 1
+            kills["killed"] += first == -signal.SIGKILL
+            kills["identical"] += same
+            ok = first == -signal.SIGKILL and same
+        else:
+            line = msg.read_text() if msg.exists() else ""
+            clear = first == 3 and "\n" not in line and path in line and " free on the file system of " in line \
+                and ("run the same command" in line or "runs_dir" in line)
+            errors[kind]["trials"] += 1
+            errors[kind]["one_clear_line"] += clear
+            if rerun_errors:
+                errors[kind]["identical_after"] += bool(same)
+            ok = clear and same is not False
+        if not ok:
+            bad.append({"fault": f"{kind}@{n}", "path": path, "first_exit": first, "rerun_exit": code,
+                        "identical": same, "message": msg.read_text() if msg.exists() else None})
+        shutil.rmtree(runs, ignore_errors=True)
+    return {"stage": stage, "writes": len(paths), "write_paths": paths,
+            "kill": kills, **errors, "failures": bad}
+
+
 def _all(runs: Path, log: Path) -> None:
     pipe = pipeline(runs, wait=True, log=log)
     pipe.evaluate(pipe.arm(ARM))
@@ -219,6 +297,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=20, help="kill -9 trials per stage")
     ap.add_argument("--concurrent", type=int, default=3, help="trials of two concurrent runs")
+    ap.add_argument("--aimed", type=int, default=0, help="kill at every atomic write of every stage this many "
+                    "times each, then ENOSPC and EROFS at every write once (0: off)")
+    ap.add_argument("--rerun-after-errors", action="store_true", help="aimed: rerun each stage after its simulated "
+                    "ENOSPC/EROFS too and compare with the reference")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
     args = ap.parse_args()
@@ -236,25 +318,39 @@ def main() -> None:
         rows = [kill_trials(ref_root, s, args.trials, 1.3 * (seconds[s] + load), rng, work)
                 for s in args.stages.split(",")]
         concurrent = concurrent_trials(ref_root, args.concurrent, work) if args.concurrent else None
-        corrupt = corrupt_trials(ref_root, work)
+        aimed = [aimed_trials(ref_root, s, args.aimed, work, args.rerun_after_errors)
+                 for s in args.stages.split(",")] if args.aimed else []
+        corrupt = corrupt_trials(ref_root, work) if args.trials else []
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"config": TINY, "arm": ARM, "seed": args.seed, "stage_seconds": seconds, "kill_trials": rows,
-              "concurrent": concurrent, "corrupt_caches": corrupt, "total_seconds": round(time.perf_counter() - t0, 1),
+              "concurrent": concurrent, "aimed": aimed, "corrupt_caches": corrupt,
+              "total_seconds": round(time.perf_counter() - t0, 1),
               "environment": {"cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()),
                               "torch": torch.__version__, "python": sys.version.split()[0]}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS, result)
-    print(f"{'stage':<10}{'stage s':>8}{'trials':>8}{'killed':>8}{'identical':>11}{'leftovers':>11}")
-    for r in rows:
+    path = RESULTS if args.trials else RESULTS.with_name("fault_injection_aimed.json")  # aimed only: its own file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result)
+    if args.trials:
+        print(f"{'stage':<10}{'stage s':>8}{'trials':>8}{'killed':>8}{'identical':>11}{'leftovers':>11}")
+    for r in rows if args.trials else []:
         print(f"{r['stage']:<10}{seconds[r['stage']]:>8.2f}{r['trials']:>8}{r['killed_mid_run']:>8}"
               f"{r['identical']:>11}{r['runs_with_leftover_temporaries']:>11}")
     if concurrent:
         print(f"concurrent runs: {concurrent['both_finished_identical_each_stage_computed_once']}/{concurrent['trials']} both finished, "
               f"each stage computed once, identical to the reference")
+    if aimed:
+        print(f"{'stage':<10}{'writes':>7}{'kill: killed':>13}{'identical':>10}{'ENOSPC: 1 line':>15}{'identical':>10}"
+              f"{'EROFS: 1 line':>14}{'identical':>10}")
+    for a in aimed:
+        k, sp, ro = a["kill"], a["enospc"], a["erofs"]
+        after = [f"{'-' if e['identical_after'] is None else e['identical_after']}/{e['trials']}" for e in (sp, ro)]
+        print(f"{a['stage']:<10}{a['writes']:>7}{k['killed']:>8}/{k['trials']:<4}{k['identical']:>6}/{k['trials']:<4}"
+              f"{sp['one_clear_line']:>10}/{sp['trials']:<4}{after[0]:>10}"
+              f"{ro['one_clear_line']:>9}/{ro['trials']:<4}{after[1]:>10}")
     for c in corrupt:
         print(f"{c['case']}: {'recomputed, identical' if c['recomputed_identical'] else c}")
-    print(f"total {result['total_seconds']:.0f} s; {RESULTS.relative_to(ROOT)}")
+    print(f"total {result['total_seconds']:.0f} s; {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -419,6 +419,41 @@ def _print_results(run_dir: Path) -> None:
     Console().print(table)
 
 
+def _invoke(args: list[str]) -> None:
+    """Run ``app`` on ``args`` as typer's ``app()`` would, less its handlers: an interrupt reaches ``main``
+    as itself (not as typer's bare ``Exit(130)``), and click's own errors (an unknown option, a bad value)
+    print one line instead of a usage box."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer carries its own click
+
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context("diffprune", list(args)) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as e:  # --help, or a command's typer.Exit
+        sys.exit(e.exit_code)
+    except NoArgsIsHelpError as e:
+        Console().print(e.ctx.get_help())
+        sys.exit(e.exit_code)
+    except ClickException as e:
+        path = e.ctx.command_path if getattr(e, "ctx", None) is not None else "diffprune"
+        what = " ".join(e.format_message().split())
+        console.print(f"[bold red]error:[/] {what.rstrip('.')}, in `{path}`; see `{path} --help`", highlight=False,
+                      soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(0)  # as typer's app() does
+
+
+def _debug_flag() -> bool:
+    """``DIFFPRUNE_DEBUG`` as documented (1/true/yes/on; 0/false/no/off); another value is a one-line error."""
+    from diffprune.io import env_flag  # numpy and yaml: only once a command runs
+
+    try:
+        return env_flag("DIFFPRUNE_DEBUG")
+    except ValueError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
 def main() -> None:
     """Entry point: every failure becomes one red line ``error: ...`` and exit status 2 (1 for a bug).
 
@@ -431,20 +466,23 @@ def main() -> None:
         if flag in sys.argv[1:]:
             sys.argv = [a for i, a in enumerate(sys.argv) if i == 0 or a != flag]
             os.environ[var] = "1"
-    debug = os.environ.get("DIFFPRUNE_DEBUG", "") not in ("", "0")
+    debug = _debug_flag()
     if not any(a in ("--help", "-h") for a in sys.argv[1:]):
         from diffprune.runtime import configure_threads  # imports torch: not for --help
 
         configure_threads()
-    try:
-        app()
-    except KeyboardInterrupt as e:
-        from diffprune.runtime import Interrupted
+    from diffprune import interrupts
 
-        detail = f" {escape(str(e))}" if isinstance(e, Interrupted) else ""  # where the checkpoint is
-        console.print(f"[yellow]Interrupted.[/]{detail} Finished stages are kept; run the same command again to "
-                      "resume.")
-        sys.exit(130)
+    previous = interrupts.stop_on_sigterm()  # SIGTERM stops like Ctrl-C: one line, exit 143
+    try:
+        _invoke(sys.argv[1:])
+    except SystemExit as e:  # typer turns KeyboardInterrupt into Exit(130): find the interrupt it came from
+        interrupt = interrupts.interrupt_behind(e)
+        if interrupt is None:
+            raise
+        interrupts.report(interrupt, console)
+    except KeyboardInterrupt as e:
+        interrupts.report(e, console)
     except Exception as e:
         if debug:
             raise
@@ -458,6 +496,8 @@ def main() -> None:
             sys.exit(1)
         console.print(f"[bold red]error:[/] {msg} (--debug for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(2)
+    finally:
+        interrupts.restore_sigterm(previous)
 
 
 if __name__ == "__main__":

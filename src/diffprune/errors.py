@@ -8,9 +8,7 @@ to that line; the CLI prints it and exits 2. Anything else is a bug: the CLI nam
 from __future__ import annotations
 
 import errno
-import os
 import pickle
-import shutil
 
 _OS_HINTS = {
     errno.ENOSPC: "no space left on the device",
@@ -21,27 +19,21 @@ _OS_HINTS = {
 }
 
 
-def _free(path: str) -> str:
-    probe = path
-    while probe and not os.path.exists(probe):
-        probe = os.path.dirname(probe.rstrip("/"))
-    try:
-        return f"{shutil.disk_usage(probe or '.').free / 1e6:.1f} MB free"
-    except OSError:
-        return "free space unknown"
-
-
 def _os_message(e: OSError) -> str:
+    from diffprune.io import free_space
+
     where = e.filename or ""
     if getattr(e, "filename2", None):
         where = f"{where} -> {e.filename2}"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         detail = e.strerror if e.strerror and "space" in e.strerror and "needs" in e.strerror else _OS_HINTS[e.errno]
-        return (f"{detail} writing {where or 'a file'} ({_free(str(e.filename or ''))}); free some space or "
-                f"move runs_dir to a bigger disk (--set runs_dir=...), then run the same command to resume")
+        free = f" ({free_space(e.filename)})" if e.filename else ""
+        return (f"{detail} writing {where or 'a file'}{free}; free some space there or move runs_dir to a bigger "
+                f"disk (--set runs_dir=...), then run the same command to resume")
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"{_OS_HINTS[e.errno]}: {where or 'a file'}; point runs_dir at a folder you can write "
-                f"(--set runs_dir=...) or fix its permissions")
+        free = f" ({free_space(e.filename)})" if e.filename else ""
+        return (f"{_OS_HINTS[e.errno]}: {where or 'a file'}{free}; point runs_dir at a folder you can write "
+                f"(--set runs_dir=...) or fix its permissions, then run the same command to resume")
     if isinstance(e, IsADirectoryError):
         return f"{where} is a folder where a file is expected; pass the file inside it"
     if isinstance(e, NotADirectoryError):
@@ -56,10 +48,13 @@ def user_message(e: BaseException) -> str | None:
     from pydantic import ValidationError
 
     from diffprune.config.base import format_validation_error
-    from diffprune.io import DiskSpaceError
+    from diffprune.io import DiskSpaceError, is_disk_full
 
     if isinstance(e, DiskSpaceError):
         return e.strerror
+    if is_disk_full(e) and not (isinstance(e, OSError) and e.filename):  # the library's words for a full disk
+        return (f"no space left on the device ({' '.join(str(e).split())[:120]}); free some space on the disk of "
+                f"runs_dir or move it (--set runs_dir=...), then run the same command to resume")
     if isinstance(e, OSError) and (e.filename or e.errno in _OS_HINTS):
         return _os_message(e)
     if isinstance(e, ValidationError):
@@ -90,6 +85,8 @@ def user_message(e: BaseException) -> str | None:
     except ImportError:  # pragma: no cover
         pass
     if isinstance(e, (ValueError, KeyError, RuntimeError, OSError, EOFError)):
-        msg = str(e).strip("'\"") or type(e).__name__
-        return " ".join(msg.split()) if "\n" in msg else msg
+        # a KeyError's str() is its key quoted; stripping quotes from other messages would eat a closing 'x'
+        msg = (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) or type(e).__name__
+        lines = [" ".join(line.split()) for line in msg.splitlines() if line.strip()]
+        return "; ".join(lines)  # several lines (e.g. two errors) stay apart
     return None

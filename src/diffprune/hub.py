@@ -11,9 +11,10 @@ class, naming the repo or directory and what to do.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from diffprune.io import env_flag
 
 PICKLE_ENV = "DIFFPRUNE_ALLOW_PICKLE_WEIGHTS"
 PICKLE_HINT = ("diffprune loads safetensors weights only; convert the weights to safetensors, or allow pickled "
@@ -24,7 +25,7 @@ MODEL_PATTERNS = ("*.json", "*.safetensors")
 
 def allow_pickle_weights() -> bool:
     """Whether the user allowed pickled ``.bin`` weights (``DIFFPRUNE_ALLOW_PICKLE_WEIGHTS=1``)."""
-    return os.environ.get(PICKLE_ENV, "") not in ("", "0")
+    return env_flag(PICKLE_ENV)
 
 
 def has_safetensors(directory: Path) -> bool:
@@ -55,7 +56,7 @@ def snapshot(repo_id: str, patterns: tuple[str, ...] | list[str] = MODEL_PATTERN
             pickled = [p.replace(".safetensors", ".bin") for p in patterns if p.endswith(".safetensors")]
             local = Path(snapshot_download(repo_id, allow_patterns=[*patterns, *pickled]))
     except Exception as e:  # offline, firewall, missing repo, gated repo: one clear message
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        offline = env_flag("HF_HUB_OFFLINE")
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else type(e).__name__
         raise error(
             f"could not fetch {what} {repo_id!r} from the Hugging Face hub ({why}); download it once with internet "

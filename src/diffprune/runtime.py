@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from diffprune.interrupts import Interrupted, note_signal  # Interrupted: re-exported from here
+
 if TYPE_CHECKING:  # accelerate is imported lazily: most helpers run without a launcher
     from accelerate import Accelerator, PartialState
     from rich.progress import Progress
@@ -177,12 +179,6 @@ def _rate_column(unit: str) -> Any:
 # ---- stop on signal ------------------------------------------------------------------------------------
 
 
-class Interrupted(KeyboardInterrupt):
-    """A stage stopped on SIGINT/SIGTERM after writing its checkpoint; the message says how to continue.
-
-    A ``KeyboardInterrupt`` so that code that does not know it still stops (and the CLI exits with 130)."""
-
-
 class StopOnSignal:
     """Within ``with StopOnSignal() as stop:``, SIGINT/SIGTERM set ``stop.requested`` instead of killing the
     process, so the loop can checkpoint at the end of its step and raise an ``Interrupted`` subclass.
@@ -198,6 +194,7 @@ class StopOnSignal:
 
     def __enter__(self) -> "StopOnSignal":
         self._flag = False
+        note_signal(None)  # what ``interrupts.last_signal`` reports is the signal that stopped this loop
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -210,6 +207,7 @@ class StopOnSignal:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self._flag = True
+        note_signal(signum)
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 
     @property

@@ -20,7 +20,7 @@ import numpy as np
 
 from diffprune.data.dataset import ImageDataset
 from diffprune.data.transforms import center_crop_pil, center_crop_to, pad_to, resize_to, to_channels
-from diffprune.io import hash_arrays
+from diffprune.io import env_flag, hash_arrays
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = [
@@ -90,7 +90,7 @@ def _cifar10(split: str, root: str | None, skip_bad: bool, download: bool = True
 
     root = root or os.environ.get("DIFFPRUNE_DATA", "data")
     try:
-        ds = CIFAR10(root, train=split == "train", download=download and not os.environ.get("HF_HUB_OFFLINE"))
+        ds = CIFAR10(root, train=split == "train", download=download and not env_flag("HF_HUB_OFFLINE"))
     except Exception as e:
         raise DatasetError(
             f"CIFAR-10 could not be loaded from '{root}' ({type(e).__name__}: {e}). Download it once with "
@@ -214,7 +214,22 @@ def list_image_files(root: str | os.PathLike) -> tuple[list[str], list[tuple[Pat
         files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir()]
     if not files:
         raise DatasetError(f"imagefolder: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{root}'")
+    _check_utf8_names(root, files)
     return class_names, files
+
+
+def _check_utf8_names(root: Path, files: list[tuple[Path, int]]) -> None:
+    """Every name must be UTF-8: the coreset tables and manifests list them (checked now, not after selection)."""
+    bad = []
+    for f, _ in files:
+        try:
+            str(f.relative_to(root)).encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(f.relative_to(root)))
+    if bad:
+        raise DatasetError(f"imagefolder: {len(bad)} file name(s) under '{root}' are not valid UTF-8 (e.g. "
+                           f"{bad[0]!r}), so the coreset files cannot list them; rename them to UTF-8 (e.g. convmv "
+                           f"-f latin1 -t utf8 -r --notest '{root}')")
 
 
 def _relative(root: Path, files: list[tuple[Path, int]], skipped: set[int] = frozenset()) -> list[str]:

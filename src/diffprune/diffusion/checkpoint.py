@@ -1,13 +1,15 @@
 """The trainer's checkpoints: ``state/`` (accelerate state, EMA, trainer state) and the exported ``model/``.
 
 ``state/`` is written into ``.state.tmp`` and swapped in atomically; its ``trainer_state.json`` holds the step
-(the data position), the EMA update count, the metrics line in progress and the training clock, and the
-trajectory hash that a resume must match (only ``_RESUME_MUTABLE`` fields may change between runs).
+(the data position), the EMA update count, the metrics line in progress and the training clock, the
+trajectory hash that a resume must match (only ``_RESUME_MUTABLE`` fields may change between runs), and the
+checksum of the ``model/`` exported at that step. ``model/`` is written before the state that says it is done.
 """
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -23,10 +25,16 @@ from diffprune.diffusion.batches import latent_meta
 from diffprune.diffusion.config import _RESUME_MUTABLE, TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.loading import save_model
-from diffprune.io import DiskSpaceError, atomic_write_json, config_hash
+from diffprune.io import (
+    DiskSpaceError, atomic_write_json, config_hash, disk_full_error, faults, file_checksum, free_space,
+    is_disk_full, sync_tree,
+)
+
+log = logging.getLogger("diffprune.train")
 
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
+MODEL_DIR = "model"
 
 
 def checkpoint_step(out_dir: str | os.PathLike) -> int | None:
@@ -70,15 +78,19 @@ def load_checkpoint(accelerator: Accelerator, ema: EMA, state_dir: Path, traject
 
 
 def save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset,
-                     out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler,
-                     log_window: tuple[int, float] = (0, 0.0), train_seconds: float = 0.0,
-                     hook: Any = None) -> None:
-    """accelerate ``save_state`` + EMA + trainer state into ``state.tmp``, then swapped onto ``state``;
-    and the EMA UNet exported to ``model/``. Every process takes part (each saves its own RNG state);
-    ``hook`` saves its state into the same folder (main process).
+                    out_dir: Path, step: int, trajectory_hash: str, scheduler: DDPMScheduler,
+                    log_window: tuple[int, float] = (0, 0.0), train_seconds: float = 0.0,
+                    hook: Any = None) -> None:
+    """accelerate ``save_state`` + EMA (+ ``hook``'s state, main process) into ``.state.tmp``; then the EMA
+    UNet exported to ``model/`` (written and flushed to disk); then ``trainer_state.json``, which records the
+    model's checksum, and only then ``.state.tmp`` swapped onto ``state``. Every process takes part (each saves
+    its own RNG state).
 
-    ``log_window``: first step and loss sum of the metrics line in progress, restored on resume. A failed
-    save (a full disk) removes ``.state.tmp`` and says how much space is free."""
+    The order is the commit order: a kill at any point leaves ``state/`` at this step only once ``model/``
+    holds this step's weights, so a resume that finds the final step done never keeps a stale model
+    (``refresh_model`` checks the recorded checksum all the same). ``log_window``: first step and loss sum of
+    the metrics line in progress, restored on resume. A failed save (a full or read-only disk) removes
+    ``.state.tmp``, leaves ``state/`` at the previous checkpoint and says which path failed and what to do."""
     state_dir, tmp = out_dir / "state", out_dir / ".state.tmp"
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
@@ -87,36 +99,91 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, datase
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp / EMA_FILE)
+            if hook is not None:
+                hook.save(tmp)
+            export_model(ema, cfg, dataset, out_dir, step, scheduler)
             atomic_write_json(tmp / STATE_FILE, {
                 "step": step, "ema_updates": ema.updates, "images_seen": step * cfg.batch_size,
                 "trajectory_hash": trajectory_hash, "config": cfg.model_dump(mode="json"),
                 "dataset_fingerprint": dataset.fingerprint, "processes": accelerator.num_processes,
                 "log_window_start": int(log_window[0]), "log_window_loss": float(log_window[1]),
-                "train_seconds": train_seconds,
+                "train_seconds": train_seconds, "model_checksum": model_checksum(out_dir / MODEL_DIR),
             })
-            if hook is not None:
-                hook.save(tmp)
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        free = shutil.disk_usage(out_dir).free
-        if isinstance(e, OSError) or free < (64 << 20):  # torch reports a full disk as "unexpected pos N vs M"
-            raise DiskSpaceError(errno.ENOSPC, f"cannot save the checkpoint of step {step} in {out_dir} "
-                                 f"({type(e).__name__}: {' '.join(str(e).split())[:120]}; {free / 1e6:.1f} MB "
-                                 f"free); free some space or move runs_dir (--set runs_dir=...), then rerun "
-                                 f"to resume from the last checkpoint", str(tmp)) from e
-        raise
+        raise _save_failure(e, tmp, out_dir, step) from e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        old = out_dir / ".state.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if state_dir.exists():
-            os.replace(state_dir, old)
-        os.replace(tmp, state_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        save_model(out_dir / "model", ema.module, scheduler, meta={
-            "preset": cfg.preset, "steps": step, "images_seen": step * cfg.batch_size, "weights": "ema",
-            "ema_decay": cfg.ema_decay, "class_names": list(dataset.class_names),
-            "null_class_label": dataset.num_classes if cfg.conditional else None,
-            "dataset_fingerprint": dataset.fingerprint, "latent": latent_meta(dataset),
-        })
+        _commit_state(tmp, state_dir, out_dir, step)
     accelerator.wait_for_everyone()
+
+
+def export_model(ema: EMA, cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, step: int,
+                 scheduler: DDPMScheduler) -> Path:
+    """The EMA model of ``step`` as a diffusers folder ``out_dir/model`` (atomic, flushed to disk)."""
+    return save_model(out_dir / MODEL_DIR, ema.module, scheduler, meta={
+        "preset": cfg.preset, "steps": step, "images_seen": step * cfg.batch_size, "weights": "ema",
+        "ema_decay": cfg.ema_decay, "class_names": list(dataset.class_names),
+        "null_class_label": dataset.num_classes if cfg.conditional else None,
+        "dataset_fingerprint": dataset.fingerprint, "latent": latent_meta(dataset),
+    })
+
+
+def model_checksum(model_dir: Path) -> str | None:
+    """A checksum of every file of an exported model folder (None when it has none)."""
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file()) if Path(model_dir).is_dir() else []
+    if not files:
+        return None
+    return config_hash({str(p.relative_to(model_dir)): file_checksum(p) for p in files})
+
+
+def refresh_model(accelerator: Accelerator, ema: EMA, cfg: TrainConfig, dataset: ImageDataset, out_dir: Path,
+                  saved: Mapping[str, Any], scheduler: DDPMScheduler) -> bool:
+    """After a resume that had no step left to train: rewrite ``model/`` from the checkpoint's EMA (``ema``,
+    as loaded) when it is not the model that checkpoint recorded (a save interrupted before the commit order
+    was kept, or a model folder changed since). True when it was rewritten."""
+    stale = False
+    if accelerator.is_main_process:
+        stale = saved.get("model_checksum") is None or model_checksum(out_dir / MODEL_DIR) != saved["model_checksum"]
+        if stale:
+            log.warning("%s is not the model of the checkpoint of step %s; rewriting it from %s",
+                        out_dir / MODEL_DIR, saved["step"], out_dir / "state")
+            try:
+                export_model(ema, cfg, dataset, out_dir, int(saved["step"]), scheduler)
+            except Exception as e:
+                raise _save_failure(e, None, out_dir, int(saved["step"])) from e
+    accelerator.wait_for_everyone()
+    return stale
+
+
+def _commit_state(tmp: Path, state_dir: Path, out_dir: Path, step: int) -> None:
+    """Flush ``tmp`` to disk and swap it onto ``state_dir`` (one numbered write for the fault hook)."""
+    try:
+        write = faults.before_write(state_dir)
+        sync_tree(tmp)
+    except Exception as e:
+        raise _save_failure(e, tmp, out_dir, step) from e
+    old = out_dir / ".state.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if state_dir.exists():
+        os.replace(state_dir, old)
+    os.replace(tmp, state_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    faults.after_write(write, state_dir)
+
+
+def _save_failure(e: Exception, tmp: Path | None, out_dir: Path, step: int) -> Exception:
+    """The one-line error of a failed checkpoint save (``tmp`` removed): which path, the free space of its file
+    system, what to do. Nothing already written is damaged: deleting files is never the advice."""
+    full = is_disk_full(e) or shutil.disk_usage(out_dir).free < (64 << 20)  # before the cleanup frees space
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    where = getattr(e, "filename", None) or out_dir / "state"  # the checkpoint being written
+    if full or isinstance(e, DiskSpaceError):
+        full_line = disk_full_error(where).strerror
+        return DiskSpaceError(errno.ENOSPC, f"cannot save the checkpoint of step {step}: {full_line}", str(where))
+    if isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return TrainError(
+            f"cannot save the checkpoint of step {step}: {e.strerror or e} writing {where} ({free_space(where)}); "
+            f"make {out_dir} writable (or move runs_dir: --set runs_dir=...), then run the same command to resume "
+            f"from the last checkpoint (the stage is not finished)")
+    return e

@@ -47,7 +47,9 @@ from diffprune.diffusion.batches import (
     to_device_async,
     to_model_input,
 )
-from diffprune.diffusion.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, trajectory_hash
+from diffprune.diffusion.checkpoint import (
+    STATE_FILE, load_checkpoint, refresh_model, save_checkpoint, trajectory_hash,
+)
 from diffprune.diffusion.config import TrainConfig, TrainError
 from diffprune.diffusion.ema import EMA
 from diffprune.diffusion.metrics_log import append_jsonl, truncate_metrics
@@ -190,6 +192,8 @@ def train(
                     )
             if saved_step != step:
                 checkpoint(step)
+            elif saved is not None and step == start_step:  # resumed at the last step: its model must be current
+                refresh_model(accelerator, run.ema, cfg, dataset, out_dir, saved, run.scheduler)
     finally:
         if run.trackers:
             accelerator.end_training()

@@ -23,7 +23,7 @@ import torch
 from diffprune.encoders.base import Encoder, EncoderError
 from diffprune.encoders.config import EmbedConfig
 from diffprune.encoders.registry import get_encoder
-from diffprune.io import atomic_write_json, ensure_free_space, read_json
+from diffprune.io import atomic_write_json, ensure_free_space, faults, read_json
 from diffprune.runtime import distributed_state, progress_bar, resolve_device
 
 FEATURES = "features.npy"
@@ -98,6 +98,9 @@ def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, progress: b
     }
     final = out / FEATURES
     if final.is_file() and (out / META).is_file() and _meta_key(read_json(out / META)) == _meta_key(meta):
+        if rank == 0:  # a kill right after meta.json was written leaves the progress bookkeeping behind
+            shutil.rmtree(out / PROGRESS, ignore_errors=True)
+            (out / PARTIAL_META).unlink(missing_ok=True)
         return np.load(final, mmap_mode="r")
 
     n_chunks = max(1, -(-n // config.chunk_size))
@@ -127,7 +130,9 @@ def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, progress: b
         missing = [i for i in range(n_chunks) if not (marks / f"{i:06d}.done").exists()]
         if missing:
             raise EmbedInterrupted(f"{len(missing)} of {n_chunks} chunks are not embedded yet; call again to resume")
+        write = faults.before_write(final)  # a numbered write for the fault-injection hook (off by default)
         os.replace(partial, final)
+        faults.after_write(write, final)
         atomic_write_json(out / META, {**meta, "seconds_last_run": round(time.time() - started, 3),
                                        "num_processes": world})
         shutil.rmtree(marks, ignore_errors=True)

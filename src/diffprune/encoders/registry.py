@@ -1,6 +1,8 @@
 """``get_encoder(name)``: the registry of surrogate encoders."""
 from __future__ import annotations
 
+import inspect
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -69,6 +71,24 @@ def get_encoder(name: str, weights: str | Path | None = None, device: str | torc
                            f"remove or rename it (--set 'embed.options={{}}' clears them)") from None
 
 
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ``EncoderError`` when ``options`` are not parameters of encoder ``name``'s builder: checked from its
+    signature, before any stage computes (nothing is built or downloaded)."""
+    if not options:
+        return
+    if name == "pixels":
+        from diffprune.encoders.pixels import PixelsEncoder
+
+        builder: Any = PixelsEncoder
+    else:
+        builder = _builder(name.split(":", 1)[1] if name.startswith("random-init:") else name)
+    try:
+        inspect.signature(builder).bind_partial(**options)
+    except TypeError as e:
+        raise EncoderError(f"embed.options {sorted(options)} do not fit encoder {name!r} ({e}); remove or rename "
+                           f"them (--set 'embed.options={{}}' clears them)") from None
+
+
 def _build(name: str, weights: str | Path | None, device: str | torch.device | None, seed: int,
            options: dict[str, Any]) -> Encoder:
     if name == "pixels":
@@ -98,4 +118,4 @@ def _build(name: str, weights: str | Path | None, device: str | torch.device | N
     return enc.to(resolve_device(device))
 
 
-__all__ = ["available_encoders", "get_encoder"]
+__all__ = ["available_encoders", "check_options", "get_encoder"]

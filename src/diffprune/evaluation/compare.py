@@ -18,7 +18,7 @@ import torch
 
 from diffprune.data import ImageDataset, load_dataset
 from diffprune.evaluation.config import EvalConfig
-from diffprune.evaluation.errors import EvaluationError
+from diffprune.evaluation.errors import EvaluationError, require_finite
 from diffprune.evaluation.evaluate import load_feature_network, network_identity
 from diffprune.evaluation.features import extract_features
 from diffprune.evaluation.frechet import frechet_distance
@@ -89,6 +89,8 @@ def compare(a: str, b: str, config: EvalConfig | None = None, cache_dir: Path | 
         k = min(config.prdc_k, len(sa.features) - 1, len(sb.features) - 1)
         scores = prdc(sa.features, sb.features, k=k, device=device)  # a = real, b = generated
         result.update({m: scores[m] for m in ("precision", "recall", "density", "coverage")})
+    require_finite({k: v for k, v in result.items() if not k.endswith("_std")}, f"{a} vs {b}",
+                   "check both inputs (a NaN or constant image set, a damaged statistics file) and run again")
     result["inputs"] = [{"input": s.name, "count": s.count, "statistics_only": s.features is None,
                          "cache_hit": s.cache_hit} for s in sides]
     return result

@@ -18,7 +18,7 @@ from diffprune.data import ImageDataset
 from diffprune.evaluation.classifier import classifier_outputs, load_or_train_classifier
 from diffprune.evaluation.classwise import classwise_frechet, mean_of_rows
 from diffprune.evaluation.config import EvalConfig
-from diffprune.evaluation.errors import EvaluationError
+from diffprune.evaluation.errors import EvaluationError, require_finite
 from diffprune.evaluation.features import extract_features, has_logits, to_nchw
 from diffprune.evaluation.frechet import fid_from_features
 from diffprune.evaluation.frechet import frechet_distance_to_features
@@ -210,6 +210,9 @@ def evaluate(
     if "prdc" in details:
         full_protocol["prdc_k"] = details["prdc"]["k"]
     timing["total"] = round(time.perf_counter() - t_start, 3)
+    require_finite({k: v for k, v in result.items() if not k.endswith("_std")}, f"the evaluation of {len(fake)} "
+                   "samples", "check the samples (a diverged model gives NaN or constant images) and the cached "
+                   "statistics in the cache folder, then run again")
     record = {**result, "details": details, "classwise": classwise, "protocol": full_protocol, "seconds": timing}
     if is_main and out_dir is not None:
         out_dir = Path(out_dir)

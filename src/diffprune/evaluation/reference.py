@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from diffprune.data import ImageDataset
+from diffprune.evaluation.errors import EvaluationError
 from diffprune.evaluation.frechet import gaussian_stats
 from diffprune.io import atomic_save_npy, atomic_save_npz, config_hash
 
@@ -65,6 +66,10 @@ def load_ref_stats(path: Path) -> tuple[np.ndarray, np.ndarray, int, dict[str, A
         mu, sigma = z["mu"], z["sigma"]
         count = int(z["count"]) if "count" in z.files else -1
         protocol = json.loads(str(z["protocol"])) if "protocol" in z.files else {}
+    for name, array in (("mu", mu), ("sigma", sigma)):
+        if not np.isfinite(array).all():
+            raise EvaluationError(f"statistics file {path} holds NaN or infinite values in '{name}'; recompute it "
+                                  f"from images (delete it and run the same command, or pass the image folder)")
     return mu, sigma, count, protocol
 
 

@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from diffprune.io import atomic_path, read_json
+from diffprune.io import atomic_path, env_flag, read_json
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -70,7 +70,7 @@ def hub_token() -> str | None:
 
 def check_push() -> str:
     """The token to push with; refuses, before any network call, without one or with ``HF_HUB_OFFLINE=1``."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    if env_flag("HF_HUB_OFFLINE"):
         raise PipelineExportError("HF_HUB_OFFLINE is set: pushing needs the network; unset it to push")
     token = hub_token()
     if not token:

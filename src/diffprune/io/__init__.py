@@ -10,13 +10,21 @@ from diffprune.io.atomic import (
     read_json,
     read_yaml,
     remove_stale_temps,
+    sync_tree,
 )
+from diffprune.io.env import EnvError, env_flag
 from diffprune.io.hashing import config_hash, file_checksum, hash_arrays, hash_file, hash_state_dict
 from diffprune.io.lock import LockBusy, folder_lock, lock_holder
-from diffprune.io.space import DiskSpaceError, ensure_free_space
+from diffprune.io.space import DiskSpaceError, disk_full_error, ensure_free_space, free_space, is_disk_full
 
 __all__ = [
     "DiskSpaceError",
+    "EnvError",
+    "env_flag",
+    "disk_full_error",
+    "free_space",
+    "is_disk_full",
+    "sync_tree",
     "LockBusy",
     "ensure_free_space",
     "file_checksum",

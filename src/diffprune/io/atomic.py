@@ -15,6 +15,9 @@ from typing import Any, Iterator
 import numpy as np
 import yaml
 
+from diffprune.io import faults
+from diffprune.io.space import DiskSpaceError, disk_full_error, is_disk_full
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -29,14 +32,17 @@ def temp_prefix(name: str) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+    """Yield a temporary path beside ``path``; on success flush it to disk and rename it onto ``path``.
 
     Works for files and (``is_dir=True``) whole directories, e.g. a diffusers ``save_pretrained`` folder.
-    On an exception (a full disk included) the temporary is removed and ``path`` is left untouched.
-    The result has the permissions the umask gives a new file or folder (mkstemp alone would give 0600/0700),
-    and the temporary's name is unique to this process.
+    On an exception (a full disk included) the temporary is removed and ``path`` is left untouched; a full disk,
+    however the library reports it, becomes a ``DiskSpaceError`` naming ``path`` and the free space there.
+    The result has the permissions the umask gives a new file or folder (mkstemp and safetensors alone would
+    give 0600/0700), and the temporary's name is unique to this process. Every write is numbered for the
+    fault-injection hook (``diffprune.io.faults``; off unless its variable is set).
     """
     target = Path(path)
+    write = faults.before_write(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = temp_prefix(target.name)
     if is_dir:
@@ -49,23 +55,52 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
-        if is_dir:
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=target.parent))
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+        sync_tree(tmp)
+        if is_dir and target.exists():
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=target.parent))
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except BaseException:
+        _fsync_folder(target.parent)
+    except BaseException as e:
         if is_dir:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        if is_disk_full(e) and not isinstance(e, DiskSpaceError):
+            raise disk_full_error(target, e) from e
+        if isinstance(e, OSError) and e.errno is not None and not e.filename:  # name the file being written
+            raise type(e)(e.errno, e.strerror, str(target)) from e
         raise
+    faults.after_write(write, target)
+
+
+def sync_tree(path: str | os.PathLike) -> None:
+    """Give the files under ``path`` (a file or a folder) the umask's permissions and flush them to disk."""
+    root = Path(path)
+    files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    mode = 0o666 & ~_umask()
+    for f in files:
+        if f.stat().st_mode & 0o777 == 0o600 and mode != 0o600:  # safetensors writes 0600 whatever the umask
+            os.chmod(f, mode)
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -106,8 +141,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
     return Path(path)
 
 

@@ -47,6 +47,7 @@ def check_run(cfg: "RunConfig", arms: Iterable["ArmConfig"], resolution: int) ->
     Raises ``ConfigError`` (one line naming the field and the fix) or the trainer's ``TrainError`` (a tracker
     package that is not installed)."""
     from diffprune.diffusion.tracking import trackers_of
+    from diffprune.encoders.registry import check_options
 
     arms = list(arms)
     for field, value in (("embed.device", cfg.embed.device), ("select.device", cfg.select.device),
@@ -54,6 +55,7 @@ def check_run(cfg: "RunConfig", arms: Iterable["ArmConfig"], resolution: int) ->
                          *((("latent.device", cfg.latent.device),) if cfg.latent is not None else ())):
         check_device(field, value)
     trackers_of(cfg.train)  # log_with / tensorboard: the package must be installed
+    check_options(cfg.embed.encoder, dict(cfg.embed.options))  # a typo: an error now, not mid-embed
     if cfg.latent is not None:
         return  # the latent side follows the VAE: the trainer checks it against the model
     tc = cfg.train

@@ -96,6 +96,10 @@ class StageDir:
     def _matches(self, m: Mapping[str, Any] | None) -> bool:
         return bool(m) and m.get("config_hash") == self.config_hash and m.get("inputs") == dict(self.inputs)
 
+    def records_this_request(self) -> bool:
+        """Whether the manifest is of this config and these inputs (its outputs may still be damaged)."""
+        return self._matches(self.manifest())
+
     def is_complete(self) -> bool:
         m = self.manifest()
         return self._matches(m) and not self.damaged_outputs(m)

@@ -21,7 +21,8 @@ from rich.console import Console
 from diffprune.data import DatasetError, ImageDataset
 from diffprune.data.sources import NATIVE_RESOLUTION
 from diffprune.io import (
-    atomic_write_json, atomic_write_yaml, folder_lock, hash_arrays, hash_file, read_json, remove_stale_temps,
+    atomic_write_json, atomic_write_yaml, env_flag, folder_lock, hash_arrays, hash_file, read_json,
+    remove_stale_temps,
 )
 from diffprune.pipeline.config import FULL, ArmConfig, RunConfig
 from diffprune.pipeline.manifest import StageDir
@@ -96,7 +97,7 @@ class Pipeline:
         self.cfg = cfg
         if dataset is not None:
             self.__dict__["dataset"] = dataset  # fills the cached property
-        self.wait = bool(os.environ.get("DIFFPRUNE_WAIT")) if wait is None else wait
+        self.wait = env_flag("DIFFPRUNE_WAIT") if wait is None else wait
         self.root = cfg.run_dir
         self.force = set(STAGES) if force is True else set(force or ())
         self.progress = progress
@@ -156,7 +157,9 @@ class Pipeline:
             if not forced and stage.is_complete():  # finished by the process we waited for
                 return self._cached(stage, rel, load)
             remove_stale_temps(stage.path, all_writers=_distributed()[0] == 1)  # other ranks may be writing
-            damaged = stage.damaged_outputs() if not forced else []
+            # only a finished result of this very request is damaged when it differs: a resumed or extended
+            # attempt changes its outputs (metrics.jsonl) on purpose, and they must survive a failed attempt
+            damaged = stage.damaged_outputs() if not forced and stage.records_this_request() else []
             for name in damaged:  # e.g. a NaN written into features.npy: never resumed from, recomputed
                 self.console.print(f"[yellow]damaged[/] {stage.stage:<9} {rel / name}: checksum differs from the "
                                    f"manifest; recomputing")
@@ -192,7 +195,11 @@ class Pipeline:
         if main:
             self.console.print(f"[bold cyan]{status:<7}[/] {stage.stage:<9} {rel}")
             stage.begin(continues=status == "extend")
-        result, fingerprint, extra = compute(resume)
+        try:
+            result, fingerprint, extra = compute(resume)
+        except KeyboardInterrupt as e:  # the CLI's interrupt line names the stage
+            e.stage = getattr(e, "stage", None) or f"{stage.stage} ({stage.path})"
+            raise
         if main:
             files = tuple(o for pattern in outputs for o in sorted(str(p.relative_to(stage.path))
                                                                   for p in stage.path.glob(pattern)))
@@ -437,12 +444,27 @@ class Pipeline:
         if name not in self._coresets:
             sel, fp = self.select(arm)
             labels, names = sel.groups[sel.indices], list(sel.group_names)
+            self._check_no_group_emptied(arm, labels, names)
             if self.cfg.latent is not None:
                 self._coresets[name] = self._latent_set(sel.indices, labels, names, fp)
             else:
                 ds = ImageDataset(self.dataset.images[sel.indices], labels, names, name=f"{self.dataset.name}[{name}]")
                 self._coresets[name] = (ds, fp)
         return self._coresets[name]
+
+    def _check_no_group_emptied(self, arm: ArmConfig, labels: np.ndarray, names: list[str]) -> None:
+        """The rule for groups that selection empties: DRO would give them weight that no image carries and a
+        conditional model would sample them untrained, so such an arm stops (an unconditional arm without DRO
+        just trains on the groups it kept)."""
+        empty = [name for k, name in enumerate(names) if not np.any(labels == k)]
+        if empty and (arm.reweight or self.train_config(arm).conditional):
+            from diffprune.pipeline.config import ConfigError
+
+            uses = "DRO" if arm.reweight else "the conditional model"
+            raise ConfigError(
+                f"arm {arm.label()}: selection keeps no image of {len(empty)} group(s) ({', '.join(empty[:8])}), "
+                f"which {uses} needs; raise select.ratio, select per class (select.per_class=true) or group by "
+                f"clusters (--clusters N)")
 
     def full_training_set(self) -> tuple[ImageDataset, str]:
         """Every training image (or its latent) and the fingerprint."""
