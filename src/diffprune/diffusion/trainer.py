@@ -126,7 +126,7 @@ def train(
     if step_hook is not None:
         trajectory = config_hash({"train": trajectory, "hook": step_hook.identity()})
     state_dir, metrics_path = out_dir / "state", out_dir / "metrics.jsonl"
-    saved = _resume(run, state_dir, trajectory, steps_total, step_hook) if resume else None
+    saved = _resume(run, cfg, dataset, state_dir, trajectory, steps_total, step_hook) if resume else None
     start_step = 0 if saved is None else int(saved["step"])
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -192,8 +192,6 @@ def train(
                     )
             if saved_step != step:
                 checkpoint(step)
-            elif saved is not None and step == start_step:  # resumed at the last step: its model must be current
-                refresh_model(accelerator, run.ema, cfg, dataset, out_dir, saved, run.scheduler)
     finally:
         if run.trackers:
             accelerator.end_training()
@@ -214,9 +212,11 @@ def train(
     }
 
 
-def _resume(run: TrainingRun, state_dir: Path, trajectory: str, steps_total: int,
-            step_hook: StepHook | None) -> dict[str, Any] | None:
-    """Load the checkpoint in ``state_dir`` into ``run`` (and the hook); its trainer state, None without one."""
+def _resume(run: TrainingRun, cfg: TrainConfig, dataset: ImageDataset, state_dir: Path, trajectory: str,
+            steps_total: int, step_hook: StepHook | None) -> dict[str, Any] | None:
+    """Load the checkpoint in ``state_dir`` into ``run`` (and the hook); its trainer state, None without one.
+    A checkpoint at the last step leaves nothing to train: ``model/`` must then be that checkpoint's model
+    (``refresh_model`` rewrites it when its checksum differs from the one the state recorded)."""
     if not (state_dir / STATE_FILE).exists():
         return None
     saved = load_checkpoint(run.accelerator, run.ema, state_dir, trajectory)
@@ -225,6 +225,8 @@ def _resume(run: TrainingRun, state_dir: Path, trajectory: str, steps_total: int
                          f"steps; raise steps (or epochs), or start afresh with resume=False (--force)")
     if step_hook is not None:
         step_hook.load(state_dir)
+    if int(saved["step"]) == steps_total:
+        refresh_model(run.accelerator, run.ema, cfg, dataset, state_dir.parent, saved, run.scheduler)
     return saved
 
 
