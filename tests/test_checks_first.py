@@ -19,7 +19,9 @@ def cli(monkeypatch, capsys, *args):
         main()
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    return e.value.code, lines
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert "Traceback" not in err and "Usage" not in err and (not errors or lines[-1] == errors[-1]), err
+    return e.value.code, errors  # the error lines (a command may print a status line before)
 
 
 def test_an_unknown_encoder_option_stops_before_any_folder(tmp_path, monkeypatch, capsys):
