@@ -1,7 +1,7 @@
 """Cost of one DRO step relative to one plain proxy training step (target: ratio <= 1.6).
 
 Both go through the one trainer (``diffusion.train``): the plain step is the proxy's ``TrainConfig``
-(``reweighting.runner.proxy_train_config``) without a hook, the DRO step the same with the ``DROHook``
+(``reweighting.proxy.proxy_train_config``) without a hook, the DRO step the same with the ``DROHook``
 (``run_dro``: reference forward under ``torch.inference_mode``, per-class excess, ``ClassDRO`` update, class-weighted
 loss). The time per step is (T(N2) - T(N1)) / (N2 - N1) of whole runs, so fixed costs cancel; runs alternate
 (plain, DRO, DRO, plain, ...) so the load of a shared machine hits both alike. The reference has the proxy's
@@ -36,7 +36,8 @@ from diffprune.io import atomic_write_json, read_json  # noqa: E402
 from diffprune.reweighting import ReweightConfig, load_class_weights, prepare_reference, run_dro  # noqa: E402
 from diffprune.reweighting.excess import per_class_excess_sums  # noqa: E402
 from diffprune.reweighting.dro import ClassDRO  # noqa: E402
-from diffprune.reweighting.runner import PairedBatches, build_proxy, proxy_train_config  # noqa: E402
+from diffprune.reweighting.proxy import build_proxy, proxy_train_config  # noqa: E402
+from diffprune.reweighting.sampling import PairedBatches  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_dro.json"
 SETTINGS = [

@@ -36,7 +36,7 @@ def _run(out: Path) -> None:
     from diffprune.diffusion import create_scheduler, save_model
     from diffprune.reweighting import ReweightConfig, run_dro
     from diffprune.runtime import process_state
-    from diffprune.reweighting.runner import build_proxy
+    from diffprune.reweighting.proxy import build_proxy
 
     torch.set_num_threads(1)
     digits = load_dataset("digits", resolution=8)

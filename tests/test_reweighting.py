@@ -32,7 +32,8 @@ from diffprune.reweighting import (
 )
 from diffprune.reweighting.checkpoint import RunLog
 from diffprune.reweighting.outputs import write_outputs
-from diffprune.reweighting.runner import PairedBatches, build_proxy
+from diffprune.reweighting.proxy import build_proxy
+from diffprune.reweighting.sampling import PairedBatches
 
 # ddpm-tiny at 8 x 8 px grey: ~177k parameters, tens of ms per step.
 TINY = dict(proxy_preset="ddpm-tiny", batch_size=20, lr=1e-3, warmup_steps=0, device="cpu")
@@ -358,7 +359,7 @@ def test_null_dro_replays_the_real_runs_batches(digits, random_reference, tmp_pa
     from diffprune.diffusion import diffusion_loss
     from diffprune.reweighting.excess import per_class_excess_sums
     from diffprune.reweighting.null import run_null_dro
-    from diffprune.reweighting.runner import PairedBatches
+    from diffprune.reweighting.sampling import PairedBatches
 
     other = str(prepare_reference(_config(reference_steps=3, seed=9), digits, tmp_path / "other", progress=False))
     cfg = _config(steps=2)

@@ -54,7 +54,7 @@ def encoder_flops(encoder: torch.nn.Module, data: ImageDataset, images: int) -> 
 
 def dro_flops(config: Any, coreset: ImageDataset, reference: str | Path, images: int) -> dict[str, Any]:
     """A DRO step per image: the reference's forward + the proxy's forward and backward."""
-    from diffprune.reweighting.runner import build_proxy
+    from diffprune.reweighting.proxy import build_proxy
 
     with torch.random.fork_rng(devices=[]):
         proxy = build_proxy(config, coreset)

@@ -24,7 +24,8 @@ from diffprune.reweighting.checkpoint import CheckpointMismatchError
 from diffprune.reweighting.dro import ClassDRO, DROStateError
 from diffprune.reweighting.reference import prepare_reference
 from diffprune.reweighting.hook import DROHook
-from diffprune.reweighting.runner import DROInterrupted, ReweightError, run_dro
+from diffprune.reweighting.errors import DROInterrupted, ReweightError
+from diffprune.reweighting.runner import run_dro
 from diffprune.reweighting.weights import (
     ClassWeightsError,
     is_collapsed,

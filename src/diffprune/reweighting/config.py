@@ -7,6 +7,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from diffprune.config import Device, Precision, StrictModel
 from diffprune.diffusion.models import PRESETS as MODEL_PRESETS
+from diffprune.diffusion.models import get_preset
 
 # every model preset that builds from its config alone (Stable Diffusion needs a pipeline dir: not a proxy)
 PRESETS = tuple(name for name, preset in MODEL_PRESETS.items() if preset.kind != "sd")
@@ -123,14 +124,10 @@ class ReweightConfig(StrictModel):
 
     def proxy_lr(self) -> float:
         """``lr``, or the proxy preset's recipe learning rate."""
-        from diffprune.diffusion.models import get_preset
-
         return self.lr if self.lr is not None else get_preset(self.proxy_preset).recipe.lr
 
     def proxy_warmup_steps(self) -> int:
         """``warmup_steps``, or the proxy preset's recipe warm-up."""
-        from diffprune.diffusion.models import get_preset
-
         return self.warmup_steps if self.warmup_steps is not None else get_preset(self.proxy_preset).recipe.warmup_steps
 
     @property

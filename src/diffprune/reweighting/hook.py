@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
+from diffprune.diffusion import diffusion_loss
 from diffprune.io import atomic_write_json, read_json
 from diffprune.reweighting.checkpoint import RunLog
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.dro import ClassDRO
+from diffprune.reweighting.errors import ReweightError
 from diffprune.reweighting.excess import ExcessAccumulator, TimestepNormaliser, per_class_excess_sums
 from diffprune.reweighting.sampling import ClassBalancedBatches
 
@@ -51,8 +53,6 @@ def class_labels_for(model: Any, labels: torch.Tensor, num_classes: int) -> torc
     if n is None:
         return None
     if n < num_classes:
-        from diffprune.reweighting.runner import ReweightError
-
         raise ReweightError(f"conditional model has {n} class embeddings but the dataset has {num_classes} classes")
     return labels
 
@@ -86,7 +86,7 @@ class DROHook:
         dataset: labelled images (the coreset); must be the dataset the trainer trains on.
         reference: the frozen reference model (moved to the batch's device on first use, eval, no grad).
         scheduler: the reference's noise scheduler (the same betas as the proxy's).
-        identity: what a checkpoint must match to be resumed (``runner._identity``).
+        identity: what a checkpoint must match to be resumed (``proxy._identity``).
     """
 
     def __init__(self, config: ReweightConfig, dataset: ImageDataset, reference: torch.nn.Module, scheduler: Any,
@@ -114,8 +114,6 @@ class DROHook:
     def __call__(self, step: int, x0: torch.Tensor, labels: torch.Tensor, timesteps: torch.Tensor,
                  noise: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """Reference loss, per-class statistics (summed over processes), weight update; float32 B multipliers."""
-        from diffprune.diffusion import diffusion_loss
-
         k, device = self.num_classes, x0.device
         if next(self.reference.parameters()).device != device:
             self.reference.to(device)

@@ -24,13 +24,16 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
+from diffprune.diffusion import diffusion_loss, load_model
 from diffprune.io import atomic_save_npz, atomic_write_json
 from diffprune.reweighting.checkpoint import RunLog
+from diffprune.reweighting.checks import check_reference
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.dro import ClassDRO
+from diffprune.reweighting.errors import ReweightError
 from diffprune.reweighting.excess import ExcessAccumulator, TimestepNormaliser, per_class_excess_sums
 from diffprune.reweighting.hook import accumulate_and_update, class_labels_for
-from diffprune.reweighting.runner import PairedBatches, ReweightError, check_reference
+from diffprune.reweighting.sampling import PairedBatches
 from diffprune.reweighting.weights import save_class_weights, weights_to_dict
 from diffprune.runtime import progress_bar
 
@@ -69,8 +72,6 @@ def run_null_dro(
     """The DRO of ``config`` driven by the paired excess of the null reference over the reference (both frozen,
     forward passes only, on ``device``; no checkpoints: it costs about two reference forwards per step). The
     batches, timesteps and noise are those of the real DRO (``PairedBatches``)."""
-    from diffprune.diffusion import diffusion_loss, load_model
-
     device = torch.device(device)
     reference, scheduler = load_model(str(reference_dir))
     check_reference(reference, scheduler, dataset, str(reference_dir))

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from diffprune.data import ImageDataset
+from diffprune.diffusion import TrainConfig, load_model, save_model, train
+from diffprune.reweighting.checks import check_dataset, check_reference
 from diffprune.reweighting.config import ReweightConfig
-from diffprune.reweighting.runner import ReweightError, check_dataset, check_reference
-
-if TYPE_CHECKING:
-    from diffprune.diffusion import TrainConfig
+from diffprune.reweighting.errors import ReweightError
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -25,14 +23,12 @@ def _is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def reference_train_config(config: ReweightConfig, dataset: ImageDataset, seed: int | None = None) -> "TrainConfig":
+def reference_train_config(config: ReweightConfig, dataset: ImageDataset, seed: int | None = None) -> TrainConfig:
     """The ``diffusion.TrainConfig`` of a reference trained on ``dataset`` with uniform class weights:
     ``reference_preset`` (default: the proxy's preset) with its recipe (lr, warm-up, EMA decay) and EMA warm-up,
     ``reference_steps`` steps (default: the proxy's ``steps``), the proxy's batch size, and ``seed`` (default:
     the proxy's). Unset, proxy and reference share architecture and budget, as in DoReMi. The trainer sizes
     the model for the dataset (resolution, channels)."""
-    from diffprune.diffusion import TrainConfig
-
     preset = config.reference_preset or config.proxy_preset
     overrides = dict(config.model_overrides) if preset == config.proxy_preset else {}
     return TrainConfig(
@@ -81,8 +77,6 @@ def prepare_reference(
         null: the null control's second reference instead: ``config.null_reference``, or one trained with
             ``config.null_reference_seed`` (same recipe otherwise).
     """
-    from diffprune.diffusion import load_model, save_model, train
-
     out_dir = Path(out_dir)
     source = config.null_reference if null else config.reference
     if source is not None:

@@ -30,9 +30,15 @@ from typing import Any
 import numpy as np
 
 from diffprune.data import ImageDataset
+from diffprune.diffusion import train
 from diffprune.io import atomic_write_json
 from diffprune.reweighting.config import ReweightConfig
+from diffprune.reweighting.errors import ReweightError
+from diffprune.reweighting.outputs import write_outputs
+from diffprune.reweighting.proxy import train_proxy
+from diffprune.reweighting.reference import MODEL_DIR, reference_train_config
 from diffprune.reweighting.weights import weights_to_dict
+from diffprune.runtime import process_state
 
 logger = logging.getLogger("diffprune.reweighting")
 
@@ -47,9 +53,6 @@ def round_reference(config: ReweightConfig, dataset: ImageDataset, out_dir: Path
                     progress: bool) -> Path:
     """Train (or resume) the reference of a round on ``dataset`` with class weights ``weights`` (float K);
     return its model folder."""
-    from diffprune.diffusion import train
-    from diffprune.reweighting.reference import MODEL_DIR, reference_train_config
-
     train(reference_train_config(config, dataset), dataset, out_dir,
           class_weights=weights_to_dict(weights, dataset.class_names), resume=True, progress=progress)
     return Path(out_dir) / MODEL_DIR
@@ -61,10 +64,6 @@ def run_rounds(config: ReweightConfig, dataset: ImageDataset, reference_dir: str
 
     Returns (the last round's ``DROHook``, the summary extras of the last round plus ``rounds``: the record
     of ``rounds.json``)."""
-    from diffprune.runtime import process_state
-    from diffprune.reweighting.outputs import write_outputs
-    from diffprune.reweighting.runner import ReweightError, train_proxy
-
     if list(reference_dataset.class_names) != list(dataset.class_names):
         raise ReweightError("the reference data of iterated DoReMi must have the coreset's classes, in order: "
                             f"{list(reference_dataset.class_names)[:5]} vs {list(dataset.class_names)[:5]}")

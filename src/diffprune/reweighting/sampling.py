@@ -3,11 +3,17 @@
 Class slots are filled from an endless queue of random permutations of the non-empty classes: every class
 appears floor(B / K) or ceil(B / K) times per batch, and when K > B every class is visited once every
 ceil(K / B) steps (this is what makes ``update_every`` cover all classes). Within a class, examples are drawn
-uniformly with replacement.
+uniformly with replacement. ``PairedBatches`` adds the timesteps and noise the trainer draws for a step, so
+the null control replays the real DRO's inputs.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from diffprune.data import ImageDataset
+from diffprune.diffusion.batches import noise_generator, to_model_input
+from diffprune.reweighting.config import ReweightConfig
 
 _QUEUE, _WITHIN, _NOISE = 7, 11, 13
 
@@ -59,3 +65,24 @@ class ClassBalancedBatches:
 def step_seed(seed: int, step: int) -> int:
     """A 63-bit seed for the torch generator of ``step`` (timesteps and noise)."""
     return int(np.random.default_rng([int(seed) & 0xFFFFFFFF, _NOISE, step]).integers(0, 2**63 - 1))
+
+
+class PairedBatches:
+    """``batches(step)`` = (x0, labels, timesteps, noise) of a DRO step: the class-balanced batch of the hook and
+    the timesteps and noise the trainer draws for it (``noise_generator(seed, step)``: t first, then the noise),
+    so the null control's two references see what the proxy and the reference saw."""
+
+    def __init__(self, config: ReweightConfig, dataset: ImageDataset, num_timesteps: int,
+                 device: torch.device) -> None:
+        self.seed, self.device, self.num_timesteps = config.seed, device, num_timesteps
+        self.images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(device)  # uint8 images or latents
+        self.labels = torch.from_numpy(dataset.labels).to(device)
+        self.sampler = ClassBalancedBatches(dataset.labels, dataset.num_classes, config.batch_size, config.seed)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.sampler.indices_at(step)).to(self.device)
+        x0, y = to_model_input(self.images[idx]), self.labels[idx]
+        g = noise_generator(self.seed, step, self.device)
+        t = torch.randint(0, self.num_timesteps, (len(idx),), device=self.device, generator=g)
+        noise = torch.randn(x0.shape, device=self.device, generator=g)
+        return x0, y, t, noise
