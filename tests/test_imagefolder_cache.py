@@ -8,10 +8,10 @@ from PIL import Image
 
 from diffprune.config import ConfigError, validate_config
 from diffprune.data import DataConfig, DatasetError, load_dataset
-from diffprune.data import imagefolder_cache, sources
+from diffprune.data import decode, imagefolder_cache
 
 RES = 16
-READ_IMAGE = sources._read_image  # the real reader, for wrappers installed by several monkeypatches
+READ_IMAGE = decode._read_image  # the real reader, for wrappers installed by several monkeypatches
 
 
 def adm_center_crop(pil: Image.Image, size: int) -> np.ndarray:
@@ -59,7 +59,7 @@ def count_reads(monkeypatch, fail_after: int | None = None) -> list[int]:
                 raise RuntimeError("interrupted")
         return READ_IMAGE(*args, **kwargs)
 
-    monkeypatch.setattr(sources, "_read_image", reader)
+    monkeypatch.setattr(decode, "_read_image", reader)
     return calls
 
 
@@ -94,7 +94,7 @@ def test_cached_load_equals_uncached(folder, tmp_path, opts):
 
 def test_second_load_is_served_from_cache(folder, tmp_path, monkeypatch):
     first = load(folder, tmp_path / "cache")
-    monkeypatch.setattr(sources, "_read_image", lambda *a, **k: pytest.fail("decoded despite the cache"))
+    monkeypatch.setattr(decode, "_read_image", lambda *a, **k: pytest.fail("decoded despite the cache"))
     second = load(folder, tmp_path / "cache")
     assert isinstance(second.images, np.memmap)
     np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
@@ -103,8 +103,8 @@ def test_second_load_is_served_from_cache(folder, tmp_path, monkeypatch):
 
 
 def test_interrupted_decode_resumes_where_it_stopped(folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "DECODE_THREADS", 1)
-    monkeypatch.setattr(sources, "DECODE_BATCH", 4)
+    monkeypatch.setattr(decode, "DECODE_THREADS", 1)
+    monkeypatch.setattr(decode, "DECODE_BATCH", 4)
     count_reads(monkeypatch, fail_after=10)
     with pytest.raises(RuntimeError, match="interrupted"):
         load(folder, tmp_path / "cache")
@@ -118,8 +118,8 @@ def test_interrupted_decode_resumes_where_it_stopped(folder, tmp_path, monkeypat
 
 def test_killed_decode_resumes_from_last_checkpoint(folder, tmp_path, monkeypatch):
     """A hard kill skips the final checkpoint: the decode resumes at the last periodic one."""
-    monkeypatch.setattr(sources, "DECODE_THREADS", 1)
-    monkeypatch.setattr(sources, "DECODE_BATCH", 1)  # no read-ahead: the kill lands right after read 12
+    monkeypatch.setattr(decode, "DECODE_THREADS", 1)
+    monkeypatch.setattr(decode, "DECODE_BATCH", 1)  # no read-ahead: the kill lands right after read 12
     monkeypatch.setattr(imagefolder_cache, "CHECKPOINT_EVERY", 5)
     killed, real_checkpoint = [False], imagefolder_cache._checkpoint
 
@@ -136,7 +136,7 @@ def test_killed_decode_resumes_from_last_checkpoint(folder, tmp_path, monkeypatc
 
     reads = [0]
     monkeypatch.setattr(imagefolder_cache, "_checkpoint", checkpoint)
-    monkeypatch.setattr(sources, "_read_image", reader)
+    monkeypatch.setattr(decode, "_read_image", reader)
     with pytest.raises(KeyboardInterrupt):
         load(folder, tmp_path / "cache")
     killed[0] = False
@@ -183,7 +183,7 @@ def test_cache_needs_resolution(folder, tmp_path):
 
 def test_resume_from_another_working_directory(folder, tmp_path, monkeypatch):
     """Skipped files are recorded by index, so a relative spec from another cwd resumes consistently."""
-    monkeypatch.setattr(sources, "DECODE_THREADS", 1)
+    monkeypatch.setattr(decode, "DECODE_THREADS", 1)
     monkeypatch.chdir(folder.parent)
     count_reads(monkeypatch, fail_after=29)  # the corrupt cow/05.png (file 27) is already skipped
     with pytest.raises(RuntimeError):

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import Device, StrictModel
-from diffprune.data.sources import BUILTIN, FILE_KINDS
+from diffprune.data.sources import DATA_KINDS, data_kind, load_dataset
 
 
 class DataConfig(StrictModel):
@@ -31,11 +31,10 @@ class DataConfig(StrictModel):
     @field_validator("spec")
     @classmethod
     def _known_spec(cls, v: str) -> str:
-        kind, _, arg = v.partition(":")
-        if v in BUILTIN or (kind in FILE_KINDS and arg):
+        if data_kind(v) is not None:
             return v
-        raise ValueError(f"choose one of {', '.join(BUILTIN)}, imagefolder:PATH, npz:PATH, csv:PATH, "
-                         "hf-disk:PATH, hf:NAME[:SPLIT] or webdataset:PATTERN")
+        usages = [kind.usage for kind in DATA_KINDS.values()]
+        raise ValueError(f"choose one of {', '.join(usages[:-1])} or {usages[-1]}")
 
     @model_validator(mode="after")
     def _cache_needs_resolution(self) -> "DataConfig":
@@ -44,8 +43,6 @@ class DataConfig(StrictModel):
         return self
 
     def load(self, download: bool = True):
-        from diffprune.data.sources import load_dataset
-
         return load_dataset(
             self.spec, self.split, root=self.root, resolution=self.resolution, resize=self.resize,
             channels=self.channels, limit=self.limit, skip_bad=self.skip_bad, cache_dir=self.cache_dir,

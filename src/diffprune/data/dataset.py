@@ -42,7 +42,7 @@ class ImageDataset(ArrayShapes):
         fingerprint: content hash of images and labels; stable across runs and machines.
         skipped: files that could not be read and were skipped (``skip_bad=True``).
         source_ids: N ids of where each example came from (a folder's file path relative to its root, in
-            the order documented in ``data.sources.list_image_files``), or None: the row index is the id.
+            the order documented in ``data.folders.list_image_files``), or None: the row index is the id.
     """
 
     images: np.ndarray

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from diffprune.data.dataset import ImageDataset
-from diffprune.data.sources import DatasetError, _Decode, _decode_stream, _probe_mode, _relative
+from diffprune.data.decode import DatasetError, Decode, decode_stream, probe_mode, relative_ids
 from diffprune.io import atomic_save_npy, atomic_write_json, folder_lock, hash_arrays, read_json
 from diffprune.runtime import progress_bar
 
@@ -72,7 +72,7 @@ def cached_imagefolder(
     # content-addressed by the key (files, sizes, mtimes, options) instead of hashing every pixel
     fingerprint = hash_arrays(np.frombuffer(f"imagefolder-cache:{key}".encode(), np.uint8), labels)
     return ImageDataset(images, labels, class_names, name=f"imagefolder:{root}", fingerprint=fingerprint,
-                        skipped=skipped, source_ids=_relative(root, files, set(meta["skipped_index"])))
+                        skipped=skipped, source_ids=relative_ids(root, files, set(meta["skipped_index"])))
 
 
 def _checkpoint(mm: np.memmap, path: Path, state: dict) -> None:
@@ -86,7 +86,7 @@ def _start_cache(d: Path, files: list[tuple[Path, int]], size: int, channels: in
     state_path, npy = d / "state.json", d / "images.npy"
     if state_path.exists() and npy.exists():
         return np.lib.format.open_memmap(npy, mode="r+"), read_json(state_path)
-    mode = _probe_mode(files, channels)
+    mode = probe_mode(files, channels)
     shape = (len(files), channels or (1 if mode == "L" else 3), size, size)
     need = int(np.prod(shape))
     if shutil.disk_usage(d).free < need:  # fail now, not with SIGBUS when the mapped pages run out of disk
@@ -107,11 +107,11 @@ def _build_cache(
 
     state_path = d / "state.json"
     mm, state = _start_cache(d, files, size, channels)
-    dec = _Decode(state["mode"], size, resize, channels)
+    dec = Decode(state["mode"], size, resize, channels)
     try:
         with progress_bar(enabled=True, rate="img/s", transient=True) as bar:
             task = bar.add_task(f"decoding {root.name} into cache", total=len(files), completed=state["next"])
-            for i, a in _decode_stream(files, dec, skip_bad, start=state["next"]):
+            for i, a in decode_stream(files, dec, skip_bad, start=state["next"]):
                 if a is None:
                     state["skipped_index"].append(i)
                 else:

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from diffprune.data.dataset import ImageDataset
-from diffprune.data.sources import DatasetError, _Decode, _pil_array, _shape, stack_decoded
+from diffprune.data.decode import GREY_MODES, DatasetError, Decode, pil_array, shape_array, stack_decoded
+from diffprune.data.kind import LoadOptions
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff", "gif")  # tried in this order
 LABEL_KEYS = ("cls", "cls.txt", "class", "label")  # text members holding a class id or name
 JSON_LABEL = "json:label"  # the default when a sample has only a JSON member: its "label" field
-GREY_MODES = ("L", "1", "I;16", "I", "F")
 
 
 @dataclass
@@ -175,7 +175,7 @@ def _read_mode(blobs: list[bytes], channels: int | None) -> str:
     return "L" if grey and not colour else "RGB"
 
 
-def load_shards(spec: str, pattern: str, dec: _Decode, image_key: str | None, label_key: str | None,
+def load_shards(spec: str, pattern: str, dec: Decode, image_key: str | None, label_key: str | None,
                 skip_bad: bool) -> ImageDataset:
     """``webdataset:PATTERN`` as an ImageDataset of uint8 N x C x H x W images, each decoded as an image
     folder's files are (same mode rule, resize and channel steps; ``dec`` gives size, resize, channels)."""
@@ -183,13 +183,13 @@ def load_shards(spec: str, pattern: str, dec: _Decode, image_key: str | None, la
     from rich.progress import track
 
     raw = read_shards(pattern, image_key, label_key, skip_bad)
-    dec = _Decode(_read_mode(raw.blobs, dec.channels), dec.size, dec.resize, dec.channels)
+    dec = Decode(_read_mode(raw.blobs, dec.channels), dec.size, dec.resize, dec.channels)
     crop = dec.size if dec.resize == "center-crop" else None
     arrays, keep, skipped = [], [], list(raw.skipped)
     for i, b in track(enumerate(raw.blobs), total=len(raw.blobs), description=f"reading {spec}", transient=True):
         try:
             with Image.open(io.BytesIO(b)) as im:
-                arrays.append(_shape(_pil_array(im, dec.mode, crop), dec))
+                arrays.append(shape_array(pil_array(im, dec.mode, crop), dec))
             keep.append(i)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             if not skip_bad:
@@ -203,3 +203,8 @@ def load_shards(spec: str, pattern: str, dec: _Decode, image_key: str | None, la
     raw.blobs.clear()  # the encoded bytes are no longer needed
     return ImageDataset(images, labels, names, name=spec, skipped=skipped,
                         source_ids=[raw.ids[i] for i in keep])
+
+
+def load_webdataset(arg: str, o: LoadOptions) -> ImageDataset:
+    dec = Decode("RGB", o.resolution, o.resize, o.channels)
+    return load_shards(o.spec, arg, dec, o.image_column, o.label_column, o.skip_bad)

@@ -2,7 +2,7 @@
 
 One row per kept example, in dataset-index order:
   index                 row of the source dataset (for folders: the documented file order of
-                        ``data.sources.list_image_files``, unreadable files skipped)
+                        ``data.folders.list_image_files``, unreadable files skipped)
   source                file path relative to the dataset root (folders, CSVs), the row index (arrays),
                         or the dataset's own example id (Hugging Face datasets)
   label                 the dataset's class name ("" when unlabelled)
