@@ -11,7 +11,8 @@ from diffprune.runtime import progress_bar
 from diffprune.selection.errors import SelectionError
 from diffprune.selection.grouping import resolve_groups
 from diffprune.selection.inputs import check_features, check_labels, check_ratio, group_index, iter_groups
-from diffprune.selection.registry import Method, get_method
+from diffprune.selection.method import Method
+from diffprune.selection.registry import get_method
 
 log = logging.getLogger("diffprune.selection")
 

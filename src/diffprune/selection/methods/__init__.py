@@ -1,6 +1,6 @@
 """The built-in selection criteria: one module per method, and this table of them (the registry reads it).
 
-A new built-in method is a module here with its scoring function (see ``diffprune.selection.registry`` for the
+A new built-in method is a module here with its scoring function (see ``diffprune.selection.method`` for the
 contract) and one row below; a method from outside diffprune is added with ``registry.register``.
 """
 from diffprune.selection.methods.gaussian import gaussian_scores
@@ -12,7 +12,7 @@ from diffprune.selection.methods.knn import knn_scores
 from diffprune.selection.methods.moderate import moderate_scores
 from diffprune.selection.methods.ppca import ppca_scores
 from diffprune.selection.methods.random import random_scores
-from diffprune.selection.registry import Method
+from diffprune.selection.method import Method
 
 BUILTIN_METHODS: tuple[Method, ...] = (
     Method("gaussian", gaussian_scores,

@@ -9,7 +9,7 @@ import torch
 
 from diffprune.runtime import resolve_device
 from diffprune.selection.methods._torch import as_tensor
-from diffprune.selection.registry import greedy_order_scores
+from diffprune.selection.method import greedy_order_scores
 
 
 def herding_order(x: np.ndarray, budget: int, device=None) -> np.ndarray:

@@ -12,7 +12,7 @@ import torch
 from diffprune.runtime import resolve_device
 from diffprune.selection.errors import SelectionError
 from diffprune.selection.methods._torch import as_tensor
-from diffprune.selection.registry import greedy_order_scores
+from diffprune.selection.method import greedy_order_scores
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
