@@ -15,7 +15,7 @@ from diffprune.diffusion import TrainConfig, TrainError, create_model, create_sc
 from diffprune.diffusion.sampling import sample_images
 from diffprune.diffusion.checkpoint import trajectory_hash as _trajectory_hash
 from diffprune.evaluation import EvalConfig, evaluate
-from diffprune.evaluation.config import TrainEvalConfig
+from diffprune.diffusion.config import TrainEvalConfig
 from diffprune.evaluation.during_training import TrainingEvaluator
 from test_evaluation import TinyNet
 

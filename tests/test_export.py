@@ -150,6 +150,43 @@ def test_library_coreset_subset_and_samplers():
         core.distributed_sampler(num_replicas=2, rank=2)
 
 
+def test_coreset_of_a_run_reads_its_files_without_a_pipeline(tmp_path):
+    """A run folder written by hand (arms.json, selection/, class_weights.json, config.yaml): the coreset comes
+    from those files alone (no stage is recomputed), with the class weights as the trainer uses them."""
+    import diffprune
+    from diffprune.data import load_dataset
+    from diffprune.export import CoresetError
+    from diffprune.selection import select
+
+    run = tmp_path / "run"
+    data = load_dataset("digits", limit=200)
+    sel = select(np.random.default_rng(0).normal(size=(len(data), 4)).astype(np.float32), data.labels, "random",
+                 0.5, class_names=data.class_names)
+    sel.save(run / "selection" / "random-r0.5")
+    weights = {name: (k + 1) / 55 for k, name in enumerate(data.class_names)}  # 1..10 / 55 sums to 1
+    (run / "reweight" / "random-r0.5").mkdir(parents=True)
+    (run / "reweight" / "random-r0.5" / "class_weights.json").write_text(json.dumps(weights))
+    (run / "config.yaml").write_text("data:\n  spec: digits\n  limit: 200\n")
+    (run / "arms.json").write_text(json.dumps([
+        {"arm": "full", "method": "full", "selection": None, "reweight": None},
+        {"arm": "random+dro", "method": "random", "selection": "selection/random-r0.5",
+         "reweight": "reweight/random-r0.5"}]))
+    core = diffprune.coreset(run)  # the first pruned arm
+    np.testing.assert_array_equal(core.indices, sel.indices)
+    a = np.array([weights[data.class_names[g]] for g in core.groups])
+    per_group = np.bincount(core.groups, minlength=10)[core.groups]
+    np.testing.assert_allclose(core.probabilities, a / per_group)
+    np.testing.assert_allclose(core.loss_weights, a / (per_group / len(core)))
+    assert core.source_ids == [data.source_ids[i] for i in sel.indices]  # the rows of the limited digits
+    with pytest.raises(CoresetError, match="'full' trains on all data"):
+        diffprune.coreset(run, arm="full")
+    with pytest.raises(KeyError, match="no arm 'other'"):
+        diffprune.coreset(run, arm="other")
+    (run / "reweight" / "random-r0.5" / "class_weights.json").unlink()
+    with pytest.raises(CoresetError, match="no class weights yet"):
+        diffprune.coreset(run, arm="random+dro")
+
+
 def test_coreset_of_a_plain_torch_dataset():
     import diffprune
 

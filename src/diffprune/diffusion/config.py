@@ -13,7 +13,6 @@ from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import Precision, StrictModel
 from diffprune.diffusion.models import PRESETS, SD_PRESET, get_preset
-from diffprune.evaluation.config import TrainEvalConfig
 
 PUSH_FIELDS = ("push_to_hub", "hub_model_id", "hub_private")  # what happens after training, not how it trains
 # Changing these between a checkpoint and --resume does not change the trajectory up to the checkpoint.
@@ -34,6 +33,34 @@ class StopAtTarget(StrictModel):
     metric: Literal["fid", "kid", "classifier_fd"] = "classifier_fd"
     tolerance: float = Field(0.05, gt=0, lt=1)
     patience: int = Field(2, ge=1)
+
+
+DURING_TRAINING_METRICS = ("fid", "kid", "classifier_fd")
+
+
+class TrainEvalConfig(StrictModel):
+    """Evaluation during training (``train.eval``), run at every ``train.eval_every`` steps and at the last one.
+
+    The EMA model draws ``samples`` images with a fixed ``seed`` (so every evaluation of a run sees the same
+    noise) and they are scored with the run's ``evaluate`` protocol (feature network, real-image statistics
+    cache, classifier) restricted to ``metrics``. The default sizes keep one evaluation to seconds-minutes on a
+    CPU; FID from 256 images is biased upward, so compare curves only at equal ``samples``.
+    """
+
+    samples: int = Field(256, ge=2)
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int | None = Field(50, ge=1, le=1000)  # denoising steps; None: the sampler's default
+    batch_size: int = Field(256, ge=1)  # images per process per denoising batch
+    seed: int = 0
+    metrics: list[str] = Field(default_factory=lambda: ["fid", "kid", "classifier_fd"])
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in DURING_TRAINING_METRICS]
+        if bad or not v:
+            raise ValueError(f"choose from {', '.join(DURING_TRAINING_METRICS)} (got {v})")
+        return list(dict.fromkeys(v))
 
 
 class TrainConfig(StrictModel):

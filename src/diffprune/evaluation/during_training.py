@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
-from diffprune.evaluation.config import EvalConfig, TrainEvalConfig
+from diffprune.diffusion.config import TrainEvalConfig
+from diffprune.evaluation.config import EvalConfig
 from diffprune.evaluation.evaluate import evaluate, load_feature_network
 from diffprune.runtime import resolve_device
 

@@ -11,11 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffprune.data import ImageDataset, load_dataset
+from diffprune.config import validate_config
+from diffprune.data import DataConfig, ImageDataset, load_dataset
 from diffprune.diffusion.batches import class_weight_vector, example_weights
 from diffprune.export.samplers import WeightedDistributedSampler, epoch_generator
 from diffprune.export.table import coreset_rows, write_coreset
 from diffprune.export.user_data import CoresetError, is_hf_dataset, read_dataset
+from diffprune.io import read_json, read_yaml
+from diffprune.reweighting import load_class_weights
+from diffprune.selection import Selection
 
 
 @dataclass
@@ -200,17 +204,33 @@ def load_source(source: Any, *, cache_dir: Path | None = None, resolution: int |
 
 
 def _from_run(run_dir: Path, arm: str | None) -> Coreset:
-    """An arm's coreset from a finished run (selection and class weights from their stage folders)."""
-    from diffprune.pipeline import Pipeline, load_run_config
-
+    """An arm's coreset from a finished run, read from its files as the report reads them: ``arms.json`` names
+    the arm's stage folders, ``selection.npz`` / ``selection.json`` hold the selection, ``class_weights.json``
+    the DRO weights, and ``config.yaml``'s data section loads the dataset."""
     run_dir = run_dir.resolve()
-    cfg = load_run_config(run_dir / "config.yaml", [f"runs_dir={run_dir.parent}"], name=run_dir.name)
-    pipe = Pipeline(cfg, progress=False)
-    pruned = [a for a in pipe.cfg.arms if a.method != "full"]
+    arms = read_json(run_dir / "arms.json")
+    pruned = [a for a in arms if a["method"] != "full"]
     if not pruned:
         raise CoresetError(f"run '{run_dir}' has no pruned arm (only 'full')")
-    chosen = pipe.arm(arm) if arm else pruned[0]
-    if chosen.method == "full":
+    if arm:
+        chosen = next((a for a in arms if a["arm"] == arm), None)
+        if chosen is None:
+            raise KeyError(f"no arm '{arm}' in the config; arms: {', '.join(a['arm'] for a in arms)}")
+    else:
+        chosen = pruned[0]
+    if chosen["method"] == "full":
         raise CoresetError("arm 'full' trains on all data; it has no coreset")
-    return from_selection(pipe.dataset, pipe.select(chosen)[0], pipe.reweight(chosen)[0])
+    selection_dir = run_dir / chosen["selection"]
+    if not (selection_dir / "selection.npz").is_file():
+        raise CoresetError(f"arm '{chosen['arm']}' of run '{run_dir}' has no selection yet ('{selection_dir}'); "
+                           "run the run's select stage first")
+    weights = None
+    if chosen.get("reweight"):
+        weights_file = run_dir / chosen["reweight"] / "class_weights.json"
+        if not weights_file.is_file():
+            raise CoresetError(f"arm '{chosen['arm']}' of run '{run_dir}' has no class weights yet "
+                               f"('{weights_file}'); run the run's reweight stage first")
+        weights = load_class_weights(weights_file)
+    data = validate_config(DataConfig, (read_yaml(run_dir / "config.yaml") or {}).get("data") or {}).load()
+    return from_selection(data, Selection.load(selection_dir), weights)
 
