@@ -6,9 +6,11 @@ from diffprune.encoders.base import Encoder, EncoderError
 from diffprune.encoders.config import EmbedConfig
 from diffprune.encoders.embed import EmbedInterrupted, embed_dataset
 from diffprune.encoders.fid_inception import FidInception, load_fid_inception
-from diffprune.encoders.registry import available_encoders, get_encoder
+from diffprune.encoders.registry import ENCODERS, EncoderEntry, available_encoders, get_encoder, register_encoder
 
 __all__ = [
+    "ENCODERS",
+    "EncoderEntry",
     "EmbedConfig",
     "EmbedInterrupted",
     "Encoder",
@@ -18,4 +20,5 @@ __all__ = [
     "embed_dataset",
     "get_encoder",
     "load_fid_inception",
+    "register_encoder",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffprune.encoders.base import Encoder, EncoderError
+from diffprune.encoders.base import Encoder, EncoderError, to_float_rgb
 from diffprune.io import hash_arrays
 
 
@@ -50,7 +50,6 @@ class PixelsEncoder(Encoder):
         rng = np.random.default_rng(seed)
         n = len(images)
         rows = np.sort(rng.choice(n, size=min(n, self.fit_samples), replace=False))
-        from diffprune.encoders.base import to_float_rgb
 
         x = self._flat(to_float_rgb(torch.from_numpy(np.asarray(images[rows])))).double()
         if self.pca_dim > min(x.shape):
