@@ -23,6 +23,7 @@ from diffprune.diffusion.models import (
     create_scheduler,
     is_conditional,
     null_class_label,
+    register_preset,
 )
 from diffprune.diffusion.objective import diffusion_loss
 from diffprune.diffusion.sampling import generate, image_grid, sample_images, save_samples
@@ -48,6 +49,7 @@ __all__ = [
     "load_model",
     "null_class_label",
     "read_meta",
+    "register_preset",
     "sample_images",
     "save_model",
     "save_samples",

@@ -1,6 +1,7 @@
 """Model presets: the architecture, noise schedule and training recipe of each model ``create_model`` builds.
 
-A preset is one entry in ``PRESETS``: its ``kind``, the model keyword arguments and the recipe defaults that
+A preset is one entry in ``PRESETS`` (or ``register_preset(Preset(...))`` from outside the package): its
+``kind`` (a key of ``MODEL_CLASSES``, or ``sd``), the model keyword arguments and the recipe defaults that
 ``TrainConfig`` falls back to.
 
 - ``kind="unet"``: pixel-space diffusers ``UNet2DModel``. ``ddpm-cifar10`` is exactly the UNet of Ho et al. (2020)
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -31,6 +32,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffprune.diffusion.dit import DiT
 
 SD_PRESET = "sd"
+MODEL_CLASSES: dict[str, type] = {"unet": UNet2DModel, "dit": DiT}  # the kinds ``create_model`` builds
 
 
 class ModelError(ValueError):
@@ -73,14 +75,14 @@ class Preset:
     model: dict[str, Any]  # keyword arguments of the model class (UNet2DModel or DiT)
     recipe: Recipe
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(_DDPM_SCHEDULE))
-    kind: Literal["unet", "dit", "sd"] = "unet"
+    kind: str = "unet"  # "unet", "dit" (MODEL_CLASSES) or "sd" (built from a pipeline)
 
     @property
     def model_class(self) -> type:
-        if self.kind == "sd":
+        if self.kind == SD_PRESET:
             raise ModelError(f"preset {self.name!r} is built from a Stable Diffusion pipeline "
                              f"(diffprune.diffusion.sd.build_class_prompt_unet with init_from), not by create_model")
-        return DiT if self.kind == "dit" else UNet2DModel
+        return MODEL_CLASSES[self.kind]
 
 
 def _dit(name: str, hidden: int, depth: int, heads: int) -> Preset:
@@ -174,6 +176,15 @@ PRESETS: dict[str, Preset] = {
         scheduler=dict(_SD_SCHEDULE), kind="sd",
     ),
 }
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add a model preset (or replace one of the same name): ``create_model``, ``TrainConfig.preset`` and
+    ``reweight.proxy_preset`` take it from then on."""
+    if preset.kind != SD_PRESET and preset.kind not in MODEL_CLASSES:
+        raise ModelError(f"preset {preset.name!r}: kind {preset.kind!r} is not one of {sorted(MODEL_CLASSES)}")
+    PRESETS[preset.name] = preset
+    return preset
 
 
 def get_preset(name: str) -> Preset:

@@ -7,10 +7,12 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from diffprune.config import Device, Precision, StrictModel
 from diffprune.diffusion.models import PRESETS as MODEL_PRESETS
-from diffprune.diffusion.models import get_preset
+from diffprune.diffusion.models import SD_PRESET, get_preset
 
 # every model preset that builds from its config alone (Stable Diffusion needs a pipeline dir: not a proxy)
-PRESETS = tuple(name for name, preset in MODEL_PRESETS.items() if preset.kind != "sd")
+def trainable_presets() -> tuple[str, ...]:
+    """The presets a proxy or reference can be (every one ``create_model`` builds: not ``sd``)."""
+    return tuple(name for name, preset in MODEL_PRESETS.items() if preset.kind != SD_PRESET)
 
 
 class ReferenceCost(StrictModel):
@@ -81,8 +83,8 @@ class ReweightConfig(StrictModel):
     @field_validator("proxy_preset", "reference_preset")
     @classmethod
     def _known_preset(cls, v: str | None) -> str | None:
-        if v is not None and v not in PRESETS:
-            raise ValueError(f"choose one of {', '.join(PRESETS)}")
+        if v is not None and v not in trainable_presets():
+            raise ValueError(f"choose one of {', '.join(trainable_presets())}")
         return v
 
     @field_validator("reference")
