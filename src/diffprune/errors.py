@@ -10,6 +10,9 @@ from __future__ import annotations
 import errno
 import pickle
 
+from diffprune.config.base import format_validation_error
+from diffprune.io import DiskSpaceError, free_space, is_disk_full
+
 _OS_HINTS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
@@ -20,8 +23,6 @@ _OS_HINTS = {
 
 
 def _os_message(e: OSError) -> str:
-    from diffprune.io import free_space
-
     where = e.filename or ""
     if getattr(e, "filename2", None):
         where = f"{where} -> {e.filename2}"
@@ -46,9 +47,6 @@ def _os_message(e: OSError) -> str:
 def user_message(e: BaseException) -> str | None:
     """The one-line message for an error the user can cause or fix, or None for an unexpected one (a bug)."""
     from pydantic import ValidationError
-
-    from diffprune.config.base import format_validation_error
-    from diffprune.io import DiskSpaceError, is_disk_full
 
     if isinstance(e, DiskSpaceError):
         return e.strerror

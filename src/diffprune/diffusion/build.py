@@ -14,6 +14,7 @@ from diffprune.diffusion.config import TrainConfig, TrainError
 from diffprune.diffusion.init import ho_init_
 from diffprune.diffusion.loading import load_model
 from diffprune.diffusion.models import SD_PRESET, create_model, create_scheduler
+from diffprune.diffusion.sd import build_class_prompt_unet, load_sd_scheduler
 
 
 def build_training_model(cfg: TrainConfig, dataset: ImageDataset, overrides: dict[str, Any],
@@ -21,8 +22,6 @@ def build_training_model(cfg: TrainConfig, dataset: ImageDataset, overrides: dic
     """The model to train and its noise schedule: a fresh preset, ``init_from`` weights, or (preset "sd") the
     Stable Diffusion UNet of ``init_from`` conditioned on one prompt per class."""
     if cfg.preset == SD_PRESET:
-        from diffprune.diffusion.sd import build_class_prompt_unet, load_sd_scheduler
-
         # sample_size follows the data (SD 1.5's config says 64 = 512 px; the UNet itself is size-agnostic)
         names = [cfg.prompt_names.get(name, name) for name in dataset.class_names]
         model = build_class_prompt_unet(cfg.init_from, names, template=cfg.prompt_template,

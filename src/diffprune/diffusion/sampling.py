@@ -21,8 +21,10 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from diffprune.data.latents import decode_latents, load_vae, vae_downsample_factor
 from diffprune.diffusion.batches import stream_seed
 from diffprune.diffusion.config import SampleConfig
+from diffprune.diffusion.loading import load_model, read_meta
 from diffprune.diffusion.models import null_class_label
 from diffprune.diffusion.objective import epsilon_part
 from diffprune.diffusion.precision import autocast
@@ -53,16 +55,12 @@ class LatentDecoder:
     @classmethod
     def from_meta(cls, meta: dict[str, Any], latent_size: int, device: torch.device | str) -> "LatentDecoder":
         """From the ``latent`` entry of a latent model's ``diffprune.json``."""
-        from diffprune.data.latents import load_vae, vae_downsample_factor
-
         vae = load_vae(meta["vae"], device=device)
         return cls(vae, float(meta["scaling_factor"]), float(meta.get("shift_factor") or 0.0),
                    int(meta["image_channels"]), latent_size * vae_downsample_factor(vae))
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         """float B x C x h x w latents -> uint8 B x H x W x C images on the latents' device."""
-        from diffprune.data.latents import decode_latents
-
         images = decode_latents(self.vae, latents, self.scaling_factor, self.shift_factor, self.channels,
                                 batch_size=len(latents))
         return torch.as_tensor(images, device=latents.device)
@@ -144,8 +142,6 @@ def generate(model_path: str | os.PathLike, out_dir: str | os.PathLike, config: 
     (a shared filesystem is assumed across nodes) and removes them. Conditional models get ``labels`` in the npz
     (``i % K`` unless ``class_labels`` is given). Returns ``out_dir``.
     """
-    from diffprune.diffusion.loading import load_model, read_meta
-
     state = process_state()
     config = config.model_copy(update={"mixed_precision": config.mixed_precision or launch_precision()})
     out_dir = Path(out_dir)

@@ -9,7 +9,8 @@ import numpy as np
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
 
-from diffprune.diffusion.config import TrainConfig, TrainError
+from diffprune.diffusion.config import SampleConfig, TrainConfig, TrainError
+from diffprune.diffusion.sampling import sample_images, save_grid
 
 
 
@@ -36,9 +37,6 @@ def sample_grid(accelerator: Accelerator, model: Any, scheduler: DDPMScheduler, 
     """``samples/step-<step>.png``: 16 DDIM-50 samples of the EMA model (fixed seed, so grids compare across
     steps), sharded over every process; logged to image-capable trackers as well."""
     from PIL import Image
-
-    from diffprune.diffusion.config import SampleConfig
-    from diffprune.diffusion.sampling import sample_images, save_grid
 
     images = sample_images(model, scheduler, SampleConfig(num_samples=16, sampler="ddim", steps=50, seed=cfg.seed),
                            progress=False, device=accelerator.device)

@@ -24,6 +24,7 @@ from diffprune.evaluation.config import ClassifierConfig
 from diffprune.evaluation.errors import EvaluationError
 from diffprune.evaluation.features import to_nchw
 from diffprune.io import atomic_path, atomic_write_json, config_hash
+from diffprune.runtime import progress_bar
 
 
 class SmallClassifier(nn.Module):
@@ -128,8 +129,6 @@ def _train(train: ImageDataset, test: ImageDataset, config: ClassifierConfig, se
     images = torch.from_numpy(train.images)
     labels = torch.from_numpy(train.labels)
     t0 = time.perf_counter()
-    from diffprune.runtime import progress_bar
-
     with progress_bar(enabled=progress, rate="img/s") as bar:
         task = bar.add_task("classifier", total=config.epochs * len(train))
         for _ in range(config.epochs):

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
-from diffprune.diffusion.config import TrainEvalConfig
+from diffprune.diffusion.config import SampleConfig, TrainEvalConfig
+from diffprune.diffusion.sampling import LatentDecoder, _resolve_labels, sample_images
 from diffprune.evaluation.config import EvalConfig
 from diffprune.evaluation.evaluate import evaluate, load_feature_network
 from diffprune.runtime import resolve_device
@@ -54,15 +55,11 @@ class TrainingEvaluator:
         self._decoder = None
 
     def sample_config(self):
-        from diffprune.diffusion.config import SampleConfig
-
         c = self.config
         return SampleConfig(num_samples=c.samples, sampler=c.sampler, steps=c.steps, batch_size=c.batch_size,
                             seed=c.seed, guidance_scale=self.guidance_scale)
 
     def __call__(self, model: torch.nn.Module, scheduler: Any, step: int) -> dict[str, Any]:
-        from diffprune.diffusion.sampling import LatentDecoder, _resolve_labels, sample_images
-
         device = next(model.parameters()).device
         if self._network is None:
             self._network = load_feature_network(self.protocol, resolve_device(self.protocol.device))

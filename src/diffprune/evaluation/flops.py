@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from diffprune.diffusion.objective import diffusion_loss
+
 
 def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     """FLOPs of ``fn(*args, **kwargs)`` (forward, and backward if ``fn`` runs one)."""
@@ -31,8 +33,6 @@ def diffusion_flops_per_image(model: torch.nn.Module, scheduler: Any, x0: torch.
                               class_labels: torch.Tensor | None = None, backward: bool = True) -> float:
     """FLOPs per image of ``x0`` (float B x C x H x W in [-1, 1]) of the diffusion loss' forward, and its
     backward when ``backward`` (a training step; forward only: a reference evaluation or one sampling step)."""
-    from diffprune.diffusion.objective import diffusion_loss
-
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),),
                               generator=torch.Generator().manual_seed(0)).to(x0.device)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)).to(x0.device)

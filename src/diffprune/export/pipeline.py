@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from diffprune.io import atomic_path, env_flag, read_json
+from diffprune.io import atomic_path, atomic_write_json, env_flag, hash_file, read_json
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -104,8 +104,6 @@ def push_trained(train_dir: str | os.PathLike, repo_id: str, private: bool = Tru
     """``train.push_to_hub``: push ``train_dir/pipeline`` (written from ``model/`` if missing) to ``repo_id``
     unless ``train_dir/pushed.json`` records these weights already pushed there; returns the URL, or None
     when nothing was pushed. The record is written after the upload, so a failed push is retried next run."""
-    from diffprune.io import atomic_write_json, hash_file
-
     train_dir = Path(train_dir)
     folder = train_dir / "pipeline"
     if not (folder / "model_index.json").is_file():

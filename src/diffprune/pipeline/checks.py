@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable
 
 from diffprune.config import ConfigError
+from diffprune.diffusion.models import downsample_factor, get_preset
+from diffprune.diffusion.tracking import trackers_of
+from diffprune.encoders.registry import check_options
+from diffprune.runtime import DeviceError, resolve_device
 
 if TYPE_CHECKING:
     from diffprune.pipeline.config import ArmConfig, RunConfig
@@ -18,8 +22,6 @@ def check_device(field: str, value: str) -> None:
     ``cpu`` always work. The error names the config field."""
     if value in ("auto", "cpu"):
         return
-    from diffprune.runtime import DeviceError, resolve_device
-
     try:
         resolve_device(value)
     except DeviceError as e:
@@ -29,8 +31,6 @@ def check_device(field: str, value: str) -> None:
 def check_size(field: str, preset: str, overrides: dict[str, Any], size: int, what: str) -> None:
     """The model of ``preset`` (with ``overrides``) accepts inputs of ``size`` px: a multiple of its
     down-sampling factor (UNet) or patch (DiT)."""
-    from diffprune.diffusion.models import downsample_factor, get_preset
-
     spec = get_preset(preset)
     if spec.kind == "sd":
         return
@@ -46,9 +46,6 @@ def check_run(cfg: "RunConfig", arms: Iterable["ArmConfig"], resolution: int) ->
 
     Raises ``ConfigError`` (one line naming the field and the fix) or the trainer's ``TrainError`` (a tracker
     package that is not installed)."""
-    from diffprune.diffusion.tracking import trackers_of
-    from diffprune.encoders.registry import check_options
-
     arms = list(arms)
     for field, value in (("embed.device", cfg.embed.device), ("select.device", cfg.select.device),
                          ("reweight.device", cfg.reweight.device), ("evaluate.device", cfg.evaluate.device),

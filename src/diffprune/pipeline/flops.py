@@ -13,26 +13,24 @@ import numpy as np
 import torch
 
 from diffprune.data import ImageDataset
+from diffprune.diffusion import create_scheduler, load_model
+from diffprune.diffusion.batches import to_model_input
+from diffprune.diffusion.models import null_class_label
 from diffprune.evaluation.flops import diffusion_flops_per_image, forward_flops_per_image
+from diffprune.reweighting.proxy import build_proxy
 
 BATCH = 2  # images per measured batch (FLOPs per image do not depend on the batch size)
 
 
 def _x0(data: ImageDataset) -> torch.Tensor:
-    from diffprune.diffusion.batches import to_model_input
-
     return to_model_input(torch.from_numpy(np.ascontiguousarray(data.images[:BATCH]))).float()
 
 
 def _labels(model: Any) -> torch.Tensor | None:
-    from diffprune.diffusion.models import null_class_label
-
     return None if null_class_label(model) is None else torch.zeros(BATCH, dtype=torch.long)
 
 
 def _diffusion(model_path: str | Path, data: ImageDataset, backward: bool) -> float:
-    from diffprune.diffusion import load_model
-
     model, scheduler = load_model(str(model_path), device="cpu")
     return diffusion_flops_per_image(model, scheduler, _x0(data), _labels(model), backward=backward)
 
@@ -54,12 +52,8 @@ def encoder_flops(encoder: torch.nn.Module, data: ImageDataset, images: int) -> 
 
 def dro_flops(config: Any, coreset: ImageDataset, reference: str | Path, images: int) -> dict[str, Any]:
     """A DRO step per image: the reference's forward + the proxy's forward and backward."""
-    from diffprune.reweighting.proxy import build_proxy
-
     with torch.random.fork_rng(devices=[]):
         proxy = build_proxy(config, coreset)
-    from diffprune.diffusion import create_scheduler
-
     proxy_fb = diffusion_flops_per_image(proxy, create_scheduler(config.proxy_preset), _x0(coreset), _labels(proxy))
     ref_f = _diffusion(reference, coreset, backward=False)
     return fields("reference forward + proxy forward+backward", proxy_fb + ref_f, images)
