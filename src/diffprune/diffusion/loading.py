@@ -125,7 +125,7 @@ def _load_weights(model_dir: Path) -> ModelMixin:
 
 
 def _class_prompt_unet_class() -> type:
-    try:
+    try:  # imported here so that a broken Stable Diffusion install fails only the folders that need it
         from diffprune.diffusion.sd import ClassPromptUNet
     except ImportError as e:
         raise ModelError(f"this model is a ClassPromptUNet, but diffprune.diffusion.sd does not import: {e}") from None
