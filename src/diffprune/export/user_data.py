@@ -18,7 +18,7 @@ import torch
 from rich.progress import track
 
 from diffprune.data import ImageDataset
-from diffprune.data.sources import _Decode, _pil_array, _shape
+from diffprune.data.decode import Decode, pil_array, shape_array
 from diffprune.io import atomic_write_json
 
 IMAGE_KEYS = ("image", "img", "pixel_values", "input")
@@ -158,7 +158,7 @@ def _collect(items: Iterator[tuple[Any, Any]], n: int, value_range, resolution, 
                                    transient=True):
         if mode is None:
             mode = getattr(image, "mode", None) in ("L", "1", "I;16") and "L" or "RGB"
-        a = to_uint8_chw(image, value_range, _Decode(mode, resolution, resize, None))
+        a = to_uint8_chw(image, value_range, Decode(mode, resolution, resize, None))
         if images is None:
             images = _allocate(cache_dir, (n, *a.shape))
         elif a.shape != images.shape[1:]:
@@ -196,21 +196,21 @@ def _cached(cache_dir: str | Path | None, key: dict) -> np.ndarray | None:
     return np.load(pixels, mmap_mode="r")
 
 
-def to_uint8_chw(image: Any, value_range: tuple[float, float] | None, dec: _Decode) -> np.ndarray:
+def to_uint8_chw(image: Any, value_range: tuple[float, float] | None, dec: Decode) -> np.ndarray:
     """One image -> uint8 C x H x W (C = 1 or 3) at ``dec``'s size: PIL images and uint8 arrays as they are,
     float arrays mapped from ``value_range`` onto 0..255."""
     if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL
-        return _shape(_pil_array(image, dec.mode, dec.size if dec.resize == "center-crop" else None), dec)
+        return shape_array(pil_array(image, dec.mode, dec.size if dec.resize == "center-crop" else None), dec)
     a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = a.transpose(1, 2, 0)  # C x H x W -> H x W x C, the layout _shape takes
+        a = a.transpose(1, 2, 0)  # C x H x W -> H x W x C, the layout shape_array takes
     elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] in (1, 3) and a.shape[0] <= a.shape[-1]:
         a = a.transpose(1, 2, 0)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
         raise CoresetError(f"an image must be H x W, C x H x W or H x W x C with C = 1 or 3; got shape {a.shape}")
-    return _shape(_to_uint8(a, value_range), dec)
+    return shape_array(_to_uint8(a, value_range), dec)
 
 
 def _to_uint8(a: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
