@@ -13,7 +13,7 @@ _EXPORTS = {
     "load_run_config": "diffprune.pipeline.config",
     "StageDir": "diffprune.pipeline.manifest",
     "Pipeline": "diffprune.pipeline.runner",
-    "STAGES": "diffprune.pipeline.runner",
+    "STAGES": "diffprune.pipeline.stages",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from diffprune.io import atomic_write_json, atomic_write_yaml, hash_arrays, hash_file, read_json
 from diffprune.pipeline.config import FULL, RunConfig
 from diffprune.pipeline.layout import RunLayout
+from diffprune.provenance import full_command
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -41,6 +42,7 @@ def arms_record(cfg: RunConfig, layout: RunLayout, selection_name: Callable[[Any
         name = None if arm.method == FULL else selection_name(arm)
         arms.append({
             "arm": label, "method": arm.method, "seed": cfg.arm_train_config(arm).seed,
+            "snr_gamma": arm.snr_gamma,  # the arm's own Min-SNR (label suffix +minsnr), not the run's
             "ratio": 1.0 if arm.method == FULL else cfg.arm_select_config(arm).ratio,
             "reweight": layout.relative(layout.reweight(selection_name(arm))) if arm.reweight else None,
             "selection": None if name is None else layout.relative(layout.selection(name)),
@@ -63,13 +65,17 @@ def shared_stages(cfg: RunConfig, layout: RunLayout) -> dict[str, str]:
 
 
 def write_run_files(cfg: RunConfig, layout: RunLayout, selection_name: Callable[[Any], str],
-                    command: list[str] | None = None) -> None:
-    """The resolved run config, the command, the arms, the shared stages and the reference's cost."""
+                    command: list[str] | None, run_provenance: dict[str, Any]) -> None:
+    """The resolved run config, the command (with where and how it ran), the arms, the shared stages and the
+    reference's cost."""
     root = layout.root
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(root / "config.yaml", cfg.model_dump(mode="json"))
     if command is not None:  # set by the command line; the report shows it
-        atomic_write_json(root / "command.json", {"argv": ["diffprune", *command], "cwd": os.getcwd()})
+        argv = ["diffprune", *command]
+        atomic_write_json(root / "command.json", {
+            "argv": argv, "cwd": os.getcwd(), "provenance": run_provenance,
+            "command": full_command(run_provenance, argv)})
     atomic_write_json(root / "arms.json", arms_record(cfg, layout, selection_name))
     atomic_write_json(root / "stages.json", shared_stages(cfg, layout))
     if any(a.reweight for a in cfg.arms):

@@ -108,7 +108,9 @@ class StageRunner:
             if not forced and stage.is_complete():  # finished by the process we waited for
                 return self._cached(stage, rel, load)
             remove_stale_temps(stage.path, all_writers=distributed()[0] == 1)  # other ranks may be writing
-            damaged = stage.damaged_outputs() if not forced else []
+            # only a finished result of this very request is damaged when it differs: a resumed or extended
+            # attempt changes its outputs (metrics.jsonl) on purpose, and they must survive a failed attempt
+            damaged = stage.damaged_outputs() if not forced and stage.records_this_request() else []
             for name in damaged:  # e.g. a NaN written into features.npy: never resumed from, recomputed
                 self.console.print(f"[yellow]damaged[/] {stage.stage:<9} {rel / name}: checksum differs from the "
                                    f"manifest; recomputing")
@@ -143,7 +145,11 @@ class StageRunner:
         if main:
             self.console.print(f"[bold cyan]{status:<7}[/] {stage.stage:<9} {rel}")
             stage.begin(continues=status == "extend")
-        result, fingerprint, extra = compute(resume)
+        try:
+            result, fingerprint, extra = compute(resume)
+        except KeyboardInterrupt as e:  # the CLI's interrupt line names the stage
+            e.stage = getattr(e, "stage", None) or f"{stage.stage} ({stage.path})"
+            raise
         if main:
             files = tuple(o for pattern in outputs for o in sorted(str(p.relative_to(stage.path))
                                                                   for p in stage.path.glob(pattern)))

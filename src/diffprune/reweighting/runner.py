@@ -24,7 +24,7 @@ from diffprune.reweighting.checks import check_dataset, check_device
 from diffprune.reweighting.config import ReweightConfig
 from diffprune.reweighting.null import run_null_dro, write_null_outputs
 from diffprune.reweighting.outputs import write_outputs
-from diffprune.reweighting.proxy import PROXY_DIR, train_proxy  # noqa: F401  (PROXY_DIR: pipeline/runner.py reads it here)
+from diffprune.reweighting.proxy import train_proxy
 from diffprune.reweighting.rounds import run_rounds
 from diffprune.runtime import process_state
 
