@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from diffprune.pipeline.shipped import bundled_config, bundled_configs, resolve_config, run_name_for
 
 app = typer.Typer(
     name="diffprune",
@@ -37,32 +38,6 @@ EvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Evalu
 ClustersOpt = Annotated[Optional[int], typer.Option("--clusters", help="Group by N k-means clusters of the embeddings (unlabelled data); sets select.clusters.")]
 
 
-def bundled_config(name: str) -> Path:
-    return Path(str(resources.files("diffprune") / "configs" / f"{name}.yaml"))
-
-
-def bundled_configs() -> list[str]:
-    """Names of the configs shipped in the package (``diffprune run NAME``)."""
-    return sorted(p.name[:-5] for p in resources.files("diffprune").joinpath("configs").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def resolve_config(config: str | Path | None) -> Path:
-    """A config path as given, else the shipped config of that name (``cifar10-ddpm``), else a clear error."""
-    if config is None:
-        return bundled_config("demo")
-    path = Path(config)
-    if path.exists():  # a folder too: load_run_config names it and says what to pass instead
-        return path
-    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
-    if name in bundled_configs() and path.parent in (Path("."), Path("configs")):
-        return bundled_config(name)
-    from diffprune.pipeline.config import ConfigError
-
-    raise ConfigError(f"config '{config}' is neither a file nor a shipped config "
-                      f"({', '.join(bundled_configs())}); pass a YAML path or one of those names")
-
-
 def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str | None, force: bool | tuple, quiet: bool,
               dry_run: bool = False, arms: list[str] | None = None, data: str | None = None):
     """The validated pipeline of a verb; its checks (devices, packages, sizes) pass before anything is written.
@@ -82,14 +57,6 @@ def _pipeline(config: str | Path | None, overrides: list[str] | None, name: str 
     if not dry_run:
         pipe.write_run_files()  # config.yaml + arms.json first, so `export RUN` / `report RUN` find the run
     return pipe
-
-
-def run_name_for(data: str) -> str:
-    """A run name derived from a dataset spec: ``imagefolder:/data/pets`` -> ``pets``, ``cifar10`` -> ``cifar10``."""
-    import re
-
-    tail = data.rstrip("/").rpartition(":")[2].rstrip("/").rpartition("/")[2] or data
-    return re.sub(r"[^A-Za-z0-9._+-]", "-", tail).lstrip("._+-") or "data"
 
 
 def _dry(pipe, arms: list[str] | None, until: str = "evaluate") -> bool:
