@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from diffprune.cli_entry import debug_flag, invoke
 from diffprune.pipeline.shipped import bundled_config, bundled_configs, resolve_config, run_name_for
 
 app = typer.Typer(
@@ -386,41 +387,6 @@ def _print_results(run_dir: Path) -> None:
     Console().print(table)
 
 
-def _invoke(args: list[str]) -> None:
-    """Run ``app`` on ``args`` as typer's ``app()`` would, less its handlers: an interrupt reaches ``main``
-    as itself (not as typer's bare ``Exit(130)``), and click's own errors (an unknown option, a bad value)
-    print one line instead of a usage box."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer carries its own click
-
-    command = typer.main.get_command(app)
-    try:
-        with command.make_context("diffprune", list(args)) as ctx:
-            command.invoke(ctx)
-    except typer.Exit as e:  # --help, or a command's typer.Exit
-        sys.exit(e.exit_code)
-    except NoArgsIsHelpError as e:
-        Console().print(e.ctx.get_help())
-        sys.exit(e.exit_code)
-    except ClickException as e:
-        path = e.ctx.command_path if getattr(e, "ctx", None) is not None else "diffprune"
-        what = " ".join(e.format_message().split())
-        console.print(f"[bold red]error:[/] {what.rstrip('.')}, in `{path}`; see `{path} --help`", highlight=False,
-                      soft_wrap=True)
-        sys.exit(e.exit_code)
-    sys.exit(0)  # as typer's app() does
-
-
-def _debug_flag() -> bool:
-    """``DIFFPRUNE_DEBUG`` as documented (1/true/yes/on; 0/false/no/off); another value is a one-line error."""
-    from diffprune.io import env_flag  # numpy and yaml: only once a command runs
-
-    try:
-        return env_flag("DIFFPRUNE_DEBUG")
-    except ValueError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-
-
 def main() -> None:
     """Entry point: every failure becomes one red line ``error: ...`` and exit status 2 (1 for a bug).
 
@@ -433,7 +399,7 @@ def main() -> None:
         if flag in sys.argv[1:]:
             sys.argv = [a for i, a in enumerate(sys.argv) if i == 0 or a != flag]
             os.environ[var] = "1"
-    debug = _debug_flag()
+    debug = debug_flag(console)
     if not any(a in ("--help", "-h") for a in sys.argv[1:]):
         from diffprune.runtime import configure_threads  # imports torch: not for --help
 
@@ -442,7 +408,7 @@ def main() -> None:
 
     previous = interrupts.stop_on_sigterm()  # SIGTERM stops like Ctrl-C: one line, exit 143
     try:
-        _invoke(sys.argv[1:])
+        invoke(app, sys.argv[1:], console)
     except SystemExit as e:  # typer turns KeyboardInterrupt into Exit(130): find the interrupt it came from
         interrupt = interrupts.interrupt_behind(e)
         if interrupt is None:
