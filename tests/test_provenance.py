@@ -61,15 +61,15 @@ def test_provenance_under_a_bf16_launch(monkeypatch):
 
 
 def test_sampling_follows_the_launch_precision_unless_set(monkeypatch, tmp_path):
-    from diffprune.diffusion.sampling import _autocast
+    from diffprune.diffusion.sampling import sampling_autocast
 
     cfg = load_run_config(None, [f"runs_dir={tmp_path}"])
     assert Pipeline(cfg).sample_config().mixed_precision == "no"  # no launch: full precision, as before
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert Pipeline(cfg).sample_config().mixed_precision == "bf16"
-    with _autocast(torch.device("cpu"), None):  # the oracle: what a matmul actually computes in
+    with sampling_autocast(torch.device("cpu"), None):  # the oracle: what a matmul actually computes in
         assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
-    with _autocast(torch.device("cpu"), "no"):
+    with sampling_autocast(torch.device("cpu"), "no"):
         assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
     pinned = load_run_config(None, [f"runs_dir={tmp_path}", "sample.mixed_precision=no"])
     assert Pipeline(pinned).sample_config().mixed_precision == "no"

@@ -1,4 +1,4 @@
-"""Mixed precision: accelerate's per-process precision, and the one autocast helper every stage uses."""
+"""Mixed precision: the one autocast helper (sampling, the DRO hook), and accelerate's once-per-process precision."""
 from __future__ import annotations
 
 import torch
@@ -8,12 +8,6 @@ from diffprune.diffusion.config import TrainError
 from diffprune.runtime import process_state
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def training_precision() -> str:
-    """The precision accelerate trains this process in ("no", "bf16", "fp16") once an ``Accelerator`` exists
-    (the config's value, else the launch's); "no" before. ``runtime.launch_precision`` is the launch's alone."""
-    return str(AcceleratorState().mixed_precision) if AcceleratorState._shared_state else "no"
 
 
 def autocast(device: torch.device, mixed_precision: str) -> torch.autocast:

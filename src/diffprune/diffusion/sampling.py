@@ -124,7 +124,7 @@ def _render(model: UNet2DModel, sched: DDPMScheduler | DDIMScheduler, idx: range
     y = None if labels is None else torch.as_tensor(labels[idx.start:idx.stop], device=device)
     kwargs = {"eta": config.eta} if config.sampler == "ddim" else {}
     for t in sched.timesteps:
-        with autocast(device, config.mixed_precision or launch_precision()):  # None follows the launch
+        with sampling_autocast(device, config.mixed_precision):
             eps = _guided_eps(model, x, t, y, config.guidance_scale)
         x = sched.step(eps.float(), t, x, generator=gens, **kwargs).prev_sample
         advance(len(idx))
@@ -253,3 +253,8 @@ def _resolve_labels(model: UNet2DModel, class_labels: np.ndarray | None, n: int,
     if len(labels) and (labels.min() < 0 or labels.max() >= null):
         raise ValueError(f"class_labels must lie in [0, {null}) (the null label {null} is reserved for guidance)")
     return labels
+
+
+def sampling_autocast(device: torch.device, mixed_precision: str | None) -> torch.autocast:
+    """Autocast for ``sample.mixed_precision``; None follows the launch (``accelerate launch --mixed_precision``)."""
+    return autocast(device, mixed_precision or launch_precision())

@@ -106,6 +106,8 @@ def set_up(cfg: TrainConfig, dataset: ImageDataset, out_dir: Path, class_weights
         )
     if step_hook is not None and cfg.grad_accum != 1:
         raise TrainError("a step hook (DRO) sees one micro-batch per optimizer step: set grad_accum: 1")
+    if step_hook is not None:
+        step_hook.mixed_precision = accelerator.mixed_precision  # the hook's own forwards match the model's
     device = accelerator.device
     set_seed(cfg.seed)  # model init and dropout; data order and noise come from batches.py streams
     loss_multiplier, sample_probs = class_weighting(cfg, dataset, class_weights, device)

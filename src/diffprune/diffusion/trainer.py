@@ -74,9 +74,13 @@ class StepHook(Protocol):
     ``batch_indices(step)``: int64 global-batch dataset indices of ``step`` (None: the trainer's own sampler).
     ``__call__(step, x0, labels, timesteps, noise, loss)``: this process' micro-batch as the trainer drew it and
     its unreduced loss (B x C x H x W, with autograd); returns float B multipliers of the per-example losses.
+    ``mixed_precision``: set by ``train`` before the first step to the precision the model trains in ("no",
+    "bf16", "fp16"), so that the hook's own forward passes match it.
     ``identity()``: JSON-able, enters the checkpoint's trajectory hash. ``save(folder)`` / ``load(folder)``:
     the hook's state, written into (read from) the trainer's ``state/`` checkpoint folder.
     """
+
+    mixed_precision: str
 
     def batch_indices(self, step: int) -> torch.Tensor | None: ...
     def __call__(self, step: int, x0: torch.Tensor, labels: torch.Tensor, timesteps: torch.Tensor,

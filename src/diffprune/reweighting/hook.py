@@ -25,6 +25,7 @@ import torch
 
 from diffprune.data import ImageDataset
 from diffprune.diffusion import diffusion_loss
+from diffprune.diffusion.precision import autocast
 from diffprune.io import atomic_write_json, read_json
 from diffprune.reweighting.checkpoint import RunLog
 from diffprune.reweighting.config import ReweightConfig
@@ -55,15 +56,6 @@ def class_labels_for(model: Any, labels: torch.Tensor, num_classes: int) -> torc
     if n < num_classes:
         raise ReweightError(f"conditional model has {n} class embeddings but the dataset has {num_classes} classes")
     return labels
-
-
-def _autocast(device: torch.device):
-    """bf16/fp16 autocast when the launch trains in it, so reference and proxy losses share precision."""
-    from accelerate.state import AcceleratorState
-
-    precision = AcceleratorState().mixed_precision if AcceleratorState._shared_state else "no"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(precision))
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def accumulate_and_update(acc: ExcessAccumulator, dro: ClassDRO, log: RunLog, step: int, sums: torch.Tensor,
@@ -102,6 +94,7 @@ class DROHook:
         self.normaliser = TimestepNormaliser(reduce=reduce_sum)
         self.log = RunLog([], [], [], self.acc.sums, self.acc.counts, 0)
         self._batch: tuple[int, np.ndarray] | None = None  # (step, global batch indices)
+        self.mixed_precision = "no"  # the trainer hands over the proxy's precision before its first step
 
     # ---- the StepHook protocol ---------------------------------------------------------------------------
 
@@ -117,7 +110,7 @@ class DROHook:
         k, device = self.num_classes, x0.device
         if next(self.reference.parameters()).device != device:
             self.reference.to(device)
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), autocast(device, self.mixed_precision):
             ref_loss = diffusion_loss(self.reference, self.scheduler, x0, timesteps, noise,
                                       class_labels_for(self.reference, labels, k)).float()
         sums, counts = per_class_excess_sums(loss, ref_loss, labels, k, mode=self.config.estimator,
