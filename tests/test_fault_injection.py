@@ -117,7 +117,7 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_at_start(tmp_path):
 def test_failed_force_keeps_the_good_manifest(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import diffprune.selection as selection
+    import diffprune.pipeline.runner as runner
     from diffprune.cli import app
 
     _run_stage("select", tmp_path)
@@ -127,7 +127,7 @@ def test_failed_force_keeps_the_good_manifest(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(selection, "select_from_config", broken)
+    monkeypatch.setattr(runner, "select_from_config", broken)
     r = CliRunner().invoke(app, [*_cmd("select", tmp_path)[3:], "--force"])
     assert r.exit_code != 0 and manifest.read_text() == before
     monkeypatch.undo()

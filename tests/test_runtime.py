@@ -132,10 +132,10 @@ def test_cli_shows_where_an_interrupted_stage_checkpointed(monkeypatch, capsys):
     from diffprune import cli
     from diffprune.diffusion import TrainingInterrupted
 
-    def invoke(args):
+    def invoke(app, args, console):
         raise TrainingInterrupted("training stopped by signal at step 3/6; checkpoint saved in runs/x/state [a]")
 
-    monkeypatch.setattr(cli, "_invoke", invoke)
+    monkeypatch.setattr(cli, "invoke", invoke)
     monkeypatch.setattr(cli.sys, "argv", ["diffprune"])
     with pytest.raises(SystemExit) as info:
         cli.main()
