@@ -1,6 +1,8 @@
 """``hf:NAME[:SPLIT]`` and ``hf-disk:PATH``: Hugging Face ``datasets`` (an extra), decoded row by row."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from diffprune.data.dataset import ImageDataset
@@ -36,13 +38,10 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
             raise DatasetError(f"{spec}: no split '{split}' (splits: {', '.join(ds)}); set data.split")
         ds = ds[split]
     feats = ds.features
-    image_column = image_column or next((c for c, f in feats.items() if isinstance(f, datasets.Image)), None)
+    image_column, label_column = default_columns(feats, image_column, label_column)
     if image_column not in feats:
         raise DatasetError(f"{spec}: no image column {image_column!r} (columns: {', '.join(feats)}); "
                            "set data.image_column")
-    if label_column is None:
-        label_column = next((c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)),
-                            "label" if "label" in feats else None)
     for what, col in (("label", label_column), ("id", id_column)):
         if col is not None and col not in feats:
             raise DatasetError(f"{spec}: no {what} column {col!r} (columns: {', '.join(feats)})")
@@ -70,3 +69,15 @@ def _hf(spec: str, split: str, image_column: str | None, label_column: str | Non
     ids = [ids[i] for i in keep]
     return ImageDataset(images, labels, names, name=spec, source_ids=ids,
                         skipped=[f"row {i}" for i in sorted(set(range(len(ds))) - set(keep))])
+
+
+def default_columns(features: Any, image_column: str | None, label_column: str | None) -> tuple[str | None, str | None]:
+    """The image and label columns of a ``datasets`` table: the given ones, else its first ``Image`` column and
+    its first ``ClassLabel`` column (else one named "label", else none)."""
+    import datasets  # optional dependency (diffprune[hf])
+
+    image_column = image_column or next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    if label_column is None:
+        label_column = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)),
+                            "label" if "label" in features else None)
+    return image_column, label_column

@@ -19,6 +19,7 @@ from rich.progress import track
 
 from diffprune.data import ImageDataset
 from diffprune.data.decode import Decode, pil_array, shape_array
+from diffprune.data.hf import default_columns
 from diffprune.io import atomic_write_json
 
 IMAGE_KEYS = ("image", "img", "pixel_values", "input")
@@ -85,21 +86,17 @@ def _checked_range(value_range: Any) -> tuple[float, float]:
 def _read_hf(ds: Any, image_column: str | None, label_column: str | None, value_range, resolution, resize,
              cache_dir, progress) -> ImageDataset:
     """A ``datasets.Dataset`` read from its table (``with_format(None)``: no transform, no torch format)."""
-    import datasets  # optional dependency: only a user who passes a datasets.Dataset has it
-
     if not hasattr(ds, "__len__"):
         raise CoresetError("a streaming (iterable) datasets.Dataset has no length to select from; load it without "
                            "streaming=True (or save it to disk first)")
     raw = ds.with_format(None)
     feats = raw.features
-    image_column = image_column or next((c for c, f in feats.items() if isinstance(f, datasets.Image)), None)
+    given_label = label_column
+    image_column, label_column = default_columns(feats, image_column, label_column)
     if image_column not in feats:
         raise CoresetError(f"the dataset has no image column {image_column!r} (columns: {', '.join(feats)}); "
                             "pass image_column=")
-    if label_column is None:
-        label_column = next((c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)),
-                            "label" if "label" in feats else None)
-    elif label_column not in feats:
+    if given_label is not None and label_column not in feats:
         raise CoresetError(f"the dataset has no label column {label_column!r} (columns: {', '.join(feats)}); "
                             "pass label_column= or None")
     labels, names = (None, []) if label_column is None else _labels(list(raw[label_column]), feats[label_column])
