@@ -441,8 +441,11 @@ def test_time_to_target_on_any_metric_with_intervals_over_seeds():
     table = time_to_target_table(arms, "classifier_fd", [0.05])
     row = table.rows[0]
     assert row[:4] == ["gaussian", "0.5", "5%", "2/3"]
-    m, h = mean_interval([375 / 275, 375 / 250])
-    assert row[4] == f"{m:.2f}x [{m - h:.2f}, {m + h:.2f}]"
+    # a ratio's interval: on the logs (t with 1 degree of freedom), mapped back
+    logs = [math.log(375 / 275), math.log(375 / 250)]
+    centre, half = sum(logs) / 2, stats.t.ppf(0.975, 1) * abs(logs[0] - logs[1]) / math.sqrt(2) / math.sqrt(2)
+    low, high = math.exp(centre - half), math.exp(centre + half)
+    assert row[4] == f"{math.exp(centre):.2f}x [{low:.2f}, {high:.2f}]" and low > 0
 
 
 def test_a_resumed_early_stop_ignores_evaluations_after_the_checkpoint(dataset, tmp_path):

@@ -114,6 +114,10 @@ def test_sweep_shares_cached_stages_and_writes_results(demo_run):
     assert rand["speedup"] == pytest.approx(expect, rel=1e-2)
     # DRO's arm is charged embedding, selection, reference and DRO; random reads no features
     assert dro["overhead_seconds"] > rand["overhead_seconds"] >= 0 and all(r["fid"] is not None for r in rows)
+    # in images too: the reference's and DRO's images are DRO's overheads; random's are none
+    assert rand["overhead_images"] == 0 and dro["overhead_images"] > 0
+    expect = full["images_seen"] / (dro["images_seen"] + dro["overhead_images"])
+    assert dro["speedup_images"] == pytest.approx(expect, rel=1e-6)
     table = (demo_run / "results.md").read_text()
     assert "| random | 0.5 | 1 |" in table and (demo_run / "results.csv").exists()
 

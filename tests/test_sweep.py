@@ -112,9 +112,10 @@ def test_collect_results_counts_evaluation_neither_as_training_nor_as_overhead(t
     arm = SimpleNamespace(arm="full-s0", method="full", reweighted=False, variant="", ratio=None, train_images=10,
                           manifests={"train": {"seconds": 1247.556, "eval_seconds": 421.6}},
                           cost={"seconds": 825.973}, speedup={"by_wall_clock": 1.0, "by_images": 1.0},
+                          reference={"trained": {"overheads": {"images": 0, "seconds": 0.0}}},
                           metric=lambda name: None)
     monkeypatch.setattr(report, "collect_run", lambda root: SimpleNamespace(arms=[arm]))
     row = collect_results(tmp_path)[0]
     assert row["train_seconds"] == pytest.approx(1247.556 - 421.6)
     assert row["overhead_seconds"] == pytest.approx(825.973 - (1247.556 - 421.6)) and row["overhead_seconds"] >= 0
-    assert row["eval_seconds"] == 421.6 and row["method"] == "full"
+    assert row["eval_seconds"] == 421.6 and row["method"] == "full" and row["overhead_images"] == 0

@@ -90,6 +90,8 @@ def collect_results(run_dir: Path) -> list[dict[str, Any]]:
             **{m: arm.metric(m) for m in ("fid", "kid", "precision", "recall", "classifier_fd")},
             "train_seconds": train_seconds, "eval_seconds": train.get("eval_seconds"),
             "overhead_seconds": None if total is None else round(total - (train_seconds or 0.0), 3),
+            # every stage but training, a DRO reference trained by the run included (the time-to-target overheads)
+            "overhead_images": (((arm.reference or {}).get("trained") or {}).get("overheads") or {}).get("images"),
             "images_seen": arm.train_images,
             "speedup": (arm.speedup or {}).get("by_wall_clock"),
             "speedup_images": (arm.speedup or {}).get("by_images"),

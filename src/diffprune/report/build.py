@@ -84,10 +84,12 @@ def _document(runs: list[RunSummary], out: Path) -> Document:
             doc.add(converged)
         if fig:
             doc.add(Image(fig, "FID during training against training compute"))
-    elif any(a.train_log for a in arms):
+    quality = quality_blocks(runs, out)
+    if not ttt and any(a.train_log for a in arms):
         doc.add(Heading("Time to target FID", 3), Paragraph(
-            "Not available: the arms logged no FID during training; set `train.eval_every` (`--eval-every N`)."))
-    doc.add(*quality_blocks(runs, out))
+            "Not available: the arms logged no FID during training; set `train.eval_every` (`--eval-every N`)."
+            + (" The time to target on the metric they logged follows." if quality else "")))
+    doc.add(*quality)
     refs = [a for a in arms if a.reference and a.reference.get("kind")]
     if refs:
         doc.add(Heading("Speed-up and the reference model", 3), reference_table(refs, multi))

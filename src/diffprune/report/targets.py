@@ -4,8 +4,9 @@ The report's "Time to target FID" table reads FID curves; an equal-budget study 
 of ``train.stop_at_target`` (e.g. the classifier Frechet distance, whose noise is below the tolerance). Here the
 same accounting (``evaluation.speedup.time_to_target``: cost interpolated between evaluations, speed-up = the full
 arm's cost to target / (the arm's cost + its overheads), paired by seed) runs on that metric's curve, and each
-(method, ratio, tolerance) gets the mean speed-up over the seeds that reached the target with a Student-t 95%
-interval. The overheads are the "reference trained" ones (a trained DRO reference counted in full).
+(method, ratio, tolerance) gets the geometric mean speed-up over the seeds that reached the target with a
+Student-t 95% interval of the log speed-up (a ratio: the interval stays positive and 0.5x is as far from 1x as
+2x). The overheads are the "reference trained" ones (a trained DRO reference counted in full).
 """
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     return mean, float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
 
 
+def ratio_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """(geometric mean, low, high): ``mean_interval`` of the logs, mapped back; no interval for one value."""
+    mean, half = mean_interval([math.log(v) for v in values], level)
+    if half is None:
+        return math.exp(mean), None, None
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
 def paired_speedups(arms: Sequence[ArmResult], metric: str, tolerance: float) -> list[dict[str, Any]]:
     """One entry per pruned arm with a full arm of its seed: its ``time_to_target`` on ``metric``."""
     full = {a.seed: a for a in arms if a.method == FULL and metric_log(a, metric)}
@@ -58,8 +67,8 @@ def paired_speedups(arms: Sequence[ArmResult], metric: str, tolerance: float) ->
 def _cell(values: list[float]) -> str:
     if not values:
         return "-"
-    mean, half = mean_interval(values)
-    return f"{mean:.2f}x" + ("" if half is None else f" [{mean - half:.2f}, {mean + half:.2f}]")
+    mean, low, high = ratio_interval(values)
+    return f"{mean:.2f}x" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
 
 
 def time_to_target_table(arms: Sequence[ArmResult], metric: str, tolerances: Sequence[float]) -> Table | None:
@@ -76,5 +85,5 @@ def time_to_target_table(arms: Sequence[ArmResult], metric: str, tolerances: Seq
         return None
     return Table(["method", "ratio", "tolerance", "reached", *[f"speed-up: {name}" for _, name in UNITS]], rows,
                  caption=f"Time to target on {metric} (target: the full arm's final value x (1 + tolerance), same "
-                         "seed); mean over the seeds that reached it [Student-t 95% interval]; overheads with the "
+                         "seed); geometric mean over the seeds that reached it [Student-t 95% interval of the log]; overheads with the "
                          "DRO reference's training counted")
