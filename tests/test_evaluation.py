@@ -165,6 +165,69 @@ def test_unconditional_classwise_fid_uses_the_classifier(digits, tmp_path):
     assert res["classifier_test_accuracy"] > 0.8
 
 
+def test_classwise_without_a_feature_metric_never_loads_the_feature_network(digits, tmp_path, monkeypatch):
+    """metrics [classifier_fd] with class-wise on: class-wise classifier FD, computed here from the classifier's
+    own features per predicted class; the FID network (0.5 img/s on a CPU) is never loaded."""
+    import importlib
+
+    from diffprune.evaluation.classifier import classifier_outputs, load_or_train_classifier
+
+    evaluate_module = importlib.import_module("diffprune.evaluation.evaluate")  # the package exports the function
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the feature network was loaded")
+
+    monkeypatch.setattr(evaluate_module, "load_feature_network", no_network)
+    samples = digits.images[:200]
+    cfg = EvalConfig(metrics=["classifier_fd"], **FAST)
+    res = evaluate(samples, digits, cfg, tmp_path / "e", cache_dir=tmp_path / "c", progress=False)
+    cw = res["classwise"]
+    assert cw["available"] and "fid" not in cw and len(cw["classifier_fd"]) == 10
+    trained = load_or_train_classifier(digits, cfg.classifier, seed=cfg.seed, cache_dir=tmp_path / "c")
+    assert trained.cache_hit
+    real_f, _ = classifier_outputs(trained.model, digits.images)
+    fake_f, logits = classifier_outputs(trained.model, samples)
+    pred = logits.argmax(axis=1)
+    for row in cw["classifier_fd"]:
+        k = row["index"]
+        if row["value"] is not None:
+            want = fid_from_features(real_f[digits.labels == k], fake_f[pred == k])
+            assert row["value"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+def test_two_processes_needing_one_classifier_train_it_once(digits, tmp_path, monkeypatch):
+    """Two workers of a sweep evaluate at once: the second waits on the cache folder's lock and loads the first's
+    weights (threads here: each takes its own OS lock on the folder, as processes do)."""
+    import threading
+    import time as time_module
+
+    import diffprune.evaluation.classifier as classifier_module
+
+    real_train, calls = classifier_module.train_classifier, []
+
+    def slow_train(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time_module.sleep(0.5)  # long enough for the other thread to find the lock held
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(classifier_module, "train_classifier", slow_train)
+    cfg = ClassifierConfig(epochs=1)
+    results = []
+
+    def worker():
+        results.append(classifier_module.load_or_train_classifier(digits, cfg, seed=0, cache_dir=tmp_path,
+                                                                  progress=False))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(r.cache_hit for r in results) == [False, True]
+    a, b = (r.model.state_dict() for r in results)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_classifier_reports_held_out_accuracy(digits):
     cfg = ClassifierConfig(epochs=3)
     trained = train_classifier(digits, cfg, seed=0, progress=False)

@@ -310,3 +310,23 @@ def test_iterated_doremi_rounds_table(tmp_path):
     assert "not converged after 2 of 3 rounds" in section
     _write(run / "reweight/gaussian-r0.25/summary.json", {"weights": {}})
     assert "round 1" not in build_report(run).read_text()
+
+
+def test_classwise_falls_back_to_the_classifier_fd_rows_when_no_fid_was_computed(tmp_path):
+    from diffprune.report.collect import ArmResult, RunSummary
+    from diffprune.report.document import Image, Table
+    from diffprune.report.sections import classwise_blocks
+
+    def arm(name, method, values):
+        rows = [{"index": i, "class": c, "num_real": 50, "num_fake": 100, "value": v}
+                for i, (c, v) in enumerate(zip(CLASSES, values))]
+        cw = {"available": True, "label_source": "predicted by the small classifier", "classifier_fd": rows}
+        return ArmResult("r", name, method, None if method == "full" else 0.3, False, {}, metrics={"classwise": cw})
+
+    values = [float(i + 1) for i in range(len(CLASSES))]
+    arms = [arm("full-s0", "full", values), arm("gaussian-r0.3-s0", "gaussian", [v / 2 for v in values])]
+    blocks = classwise_blocks([RunSummary(tmp_path / "r", "r", arms, {}, [])], tmp_path / "out", False)
+    image = next(b for b in blocks if isinstance(b, Image))
+    assert "Class-wise classifier FD" in image.alt and image.path.is_file()
+    table = next(b for b in blocks if isinstance(b, Table))
+    assert table.rows[0][1:] == ["1.000 (100 gen.)", "0.500 (100 gen.)"]

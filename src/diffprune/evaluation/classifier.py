@@ -8,6 +8,7 @@ key = dataset fingerprint + classifier config + seed.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from diffprune.evaluation.config import ClassifierConfig
 from diffprune.evaluation.errors import EvaluationError
 from diffprune.evaluation.features import to_nchw
 from diffprune.io import atomic_path, atomic_write_json, config_hash
+from diffprune.io.lock import folder_lock
 from diffprune.runtime import progress_bar
 
 
@@ -221,19 +223,34 @@ def load_or_train_classifier(
     key = config_hash({"train": train.fingerprint, "test": None if test is None else test.fingerprint,
                        "config": config.model_dump(), "seed": seed})
     folder = Path(cache_dir) / f"classifier-{key}" if cache_dir is not None else None
-    if folder is not None and (folder / "info.json").is_file():
-        try:
-            info = json.loads((folder / "info.json").read_text())
-            model = SmallClassifier(info["channels"], info["num_classes"], config.width, info["resolution"])
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
-            return TrainedClassifier(model.eval(), info, cache_hit=True)
-        except (OSError, ValueError, KeyError, RuntimeError):
-            pass  # a broken cache entry: retrain below
-    trained = train_classifier(train, config, test=test, seed=seed, device=device, progress=progress)
-    if folder is not None and write_cache:
-        folder.mkdir(parents=True, exist_ok=True)
+    if folder is None or not write_cache:
+        return _cached_classifier(folder, config) or train_classifier(train, config, test=test, seed=seed,
+                                                                      device=device, progress=progress)
+    # the workers of a sweep evaluate at the same time: one trains, the others wait for it and load its weights
+    def waiting(holder: str) -> None:
+        if progress:
+            print(f"waiting for {holder} to train the classifier {folder.name}", file=sys.stderr)
+
+    with folder_lock(folder, wait=True, what=f"the classifier {folder.name}", on_wait=waiting):
+        cached = _cached_classifier(folder, config)
+        if cached is not None:
+            return cached
+        trained = train_classifier(train, config, test=test, seed=seed, device=device, progress=progress)
         state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(state, str(tmp))
         atomic_write_json(folder / "info.json", trained.info)  # last: marks the entry complete
     return trained
+
+
+def _cached_classifier(folder: Path | None, config: ClassifierConfig) -> TrainedClassifier | None:
+    """The classifier cached in ``folder``; None when there is none or the entry is broken (then it is retrained)."""
+    if folder is None or not (folder / "info.json").is_file():
+        return None
+    try:
+        info = json.loads((folder / "info.json").read_text())
+        model = SmallClassifier(info["channels"], info["num_classes"], config.width, info["resolution"])
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        return TrainedClassifier(model.eval(), info, cache_hit=True)
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None

@@ -46,7 +46,8 @@ class EvalConfig(StrictModel):
     ``cross_check`` also computes the other one and records the difference.
     ``fid_floor``: also the FID of as many held-out real images as there are samples (the value a perfect
     generator would get at this sample count; costs one more embedding of that many images, cached).
-    ``classwise``: class-wise FID (per-class samples if conditional, else classifier-assigned classes).
+    ``classwise``: class-wise FID (per-class samples if conditional, else classifier-assigned classes) when a
+    metric embeds with the feature network, and class-wise classifier FD whenever the classifier runs.
     """
 
     feature: str = "fid-inception"

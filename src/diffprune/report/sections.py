@@ -99,28 +99,31 @@ def _rows(a: ArmResult | None, key: str = "fid") -> list[dict]:
 def classwise_blocks(runs: list[RunSummary], out: Path, multi: bool) -> list:
     blocks: list = []
     any_rows = False
+    # class-wise FID; runs evaluated without a feature-network metric have class-wise classifier FD only
+    key = "fid" if any(_rows(a) for r in runs for a in r.arms) else "classifier_fd"
+    name = "FID" if key == "fid" else "classifier FD"
     for run in runs:
         pairs = _pairs(run)
         series_sets = []
         if pairs:
             for before, after in pairs:
-                series = ([(f"{before.arm} (uniform)", _rows(before))] if before else []) + [
-                    (f"{after.arm} (DRO)", _rows(after))]
+                series = ([(f"{before.arm} (uniform)", _rows(before, key))] if before else []) + [
+                    (f"{after.arm} (DRO)", _rows(after, key))]
                 full = next((a for a in run.arms if a.arm == after.baseline), None) or next(
                     (a for a in run.arms if a.method == FULL), None)
                 if full is not None:
-                    series.append((f"{full.arm} (all data)", _rows(full)))
+                    series.append((f"{full.arm} (all data)", _rows(full, key)))
                 series_sets.append((after, series))
         else:
-            series_sets.append((None, [(a.arm, _rows(a)) for a in run.arms]))
+            series_sets.append((None, [(a.arm, _rows(a, key)) for a in run.arms]))
         for i, (after, series) in enumerate(series_sets):
             series = [(n, r) for n, r in series if r]
             if not series:
                 continue
             any_rows = True
             tag = safe_name(f"{run.name}-{after.arm if after else 'all'}")
-            title = f"Class-wise FID: {after.arm if after else 'all arms'}" + (f" ({run.name})" if multi else "")
-            fig = classwise_bars(series, out / f"classwise_fid-{tag}.png", title)
+            title = f"Class-wise {name}: {after.arm if after else 'all arms'}" + (f" ({run.name})" if multi else "")
+            fig = classwise_bars(series, out / f"classwise_{key}-{tag}.png", title, ylabel=f"class-wise {name}")
             if fig:
                 blocks.append(Image(fig, title))
             blocks.append(_classwise_table(series))
