@@ -13,6 +13,9 @@ Student-t 95% interval of the log; the rest: mean and Student-t 95% interval):
   and the proxy: the report's "reference trained" accounting);
 - the arm's last value relative to its seed's full-arm final (an arm stopped at the target ends near 1 - tol;
   one that ran the whole budget shows its quality at the equal budget), and the evaluations before the target;
+- the arm's value / its baseline's at the same step (the last step both evaluated; baseline: the full arm, or for
+  a ``+minsnr`` arm the full-data Min-SNR arm of its seed when one is in the folder): what pruning adds at equal
+  training, Min-SNR or not;
 and the full arms' change over their last quarter (the < 2% convergence criterion).
 Writes ``analysis.json`` beside the inputs.
 
@@ -64,9 +67,23 @@ def read_arms(folder: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     return arms, curves
 
 
+def same_step_ratio(curve: list[dict], baseline: list[dict] | None) -> float | None:
+    """The arm's value / the baseline's at the last step both evaluated (one LR schedule, so the same step is the
+    same point of training); None without a baseline or a shared step."""
+    base = {p["step"]: p["fid"] for p in baseline or []}
+    shared = [p for p in curve if p["step"] in base]
+    return shared[-1]["fid"] / base[shared[-1]["step"]] if shared else None
+
+
+def baseline_name(method: str) -> str:
+    """A +minsnr arm's own baseline is the full-data Min-SNR arm (does pruning add to Min-SNR?); others: full."""
+    return "full+minsnr" if method.endswith("+minsnr") and method != "full+minsnr" else "full"
+
+
 def analyse(folder: Path) -> dict:
     arms, curves = read_arms(folder)
     full = {arms[a]["seed"]: a for a in curves if arms[a]["method"] == "full"}
+    by_seed = {(arms[a]["method"], arms[a]["seed"]): a for a in curves}
     convergence = {a: plateau_change(curves[a]) for a in full.values()}
     groups: dict[tuple[str, float, float], list[dict]] = defaultdict(list)
     for arm, curve in curves.items():
@@ -74,6 +91,7 @@ def analyse(folder: Path) -> dict:
         if row["method"] == "full":
             continue
         full_curve = curves[full[row["seed"]]]
+        own = by_seed.get((baseline_name(row["method"]), row["seed"]))
         overheads = {"images": row.get("overhead_images") or 0.0, "seconds": row.get("overhead_seconds") or 0.0}
         for tol in TOLERANCES:
             t = time_to_target(full_curve, curve, tolerance=tol)
@@ -86,6 +104,7 @@ def analyse(folder: Path) -> dict:
                 "overheads": overheads, "speedup_images_with_overheads": with_overheads["images"],
                 "speedup_seconds_with_overheads": with_overheads["seconds"],
                 "final_relative": curve[-1]["fid"] / full_curve[-1]["fid"], "final_step": curve[-1]["step"],
+                "same_step_baseline": own, "same_step_ratio": same_step_ratio(curve, curves.get(own)),
                 "evaluations_before_target": sum(1 for p in curve if p["fid"] > t["target_fid"]
                                                  and (t["pruned"] is None or p["step"] < t["pruned"]["step"])),
             })
@@ -101,6 +120,8 @@ def analyse(folder: Path) -> dict:
             "speedup_seconds_with_overheads": speedup_interval([e["speedup_seconds_with_overheads"] for e in hit
                                                                 if e["speedup_seconds_with_overheads"]]),
             "final_relative": interval([e["final_relative"] for e in entries], 3),
+            "same_step_ratio": interval([e["same_step_ratio"] for e in entries if e["same_step_ratio"]], 3)
+            + f" ({sum(1 for e in entries if e['same_step_ratio'])} seeds, vs {baseline_name(method)})",
             "evaluations_before_target": "/".join(str(e["evaluations_before_target"]) for e in entries),
             "arms": entries,
         })
@@ -111,14 +132,14 @@ def analyse(folder: Path) -> dict:
 
 def figure(folder: Path, path: Path) -> None:
     """One panel per keep ratio: each method's mean curve over seeds (to the last step every seed logged; each
-    seed's points faint), the full arms in black, the seeds' 5% targets as a band."""
+    seed's points faint), the full-data arms (black: plain) in every panel, the seeds' 5% targets as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms, curves = read_arms(folder)
-    ratios = sorted({r["ratio"] for r in arms.values() if r["method"] != "full"})
+    ratios = sorted({r["ratio"] for a, r in arms.items() if a in curves and not r["method"].startswith("full")})
     full = [curves[a] for a in curves if arms[a]["method"] == "full"]
     targets = [c[-1]["fid"] * 1.05 for c in full]
     fig, axes = plt.subplots(1, len(ratios), figsize=(5.5 * len(ratios), 4.2), sharey=True, squeeze=False)
@@ -126,7 +147,7 @@ def figure(folder: Path, path: Path) -> None:
         groups: dict[str, list[list[dict]]] = defaultdict(list)
         for arm, curve in curves.items():
             row = arms[arm]
-            if row["method"] == "full" or row["ratio"] == ratio:
+            if row["method"].startswith("full") or row["ratio"] == ratio:  # full-data arms in every panel
                 groups[row["method"]].append(curve)
         for method, members in sorted(groups.items(), key=lambda kv: kv[0] != "full"):
             colour = "black" if method == "full" else None
@@ -143,7 +164,8 @@ def figure(folder: Path, path: Path) -> None:
         ax.set_xlabel("training images")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{METRIC} during training (1,000 samples)")
-    axes[0][-1].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -163,7 +185,7 @@ def main() -> None:
         print(f"  {arm}: {c['fid_from']:.3f} -> {c['fid_to']:.3f} ({c['change']:+.1%})" if c else f"  {arm}: -")
     cols = ["method", "ratio", "tolerance", "reached", "images_to_target", "speedup_images",
             "speedup_images_with_overheads", "speedup_seconds", "speedup_seconds_with_overheads", "final_relative",
-            "evaluations_before_target"]
+            "same_step_ratio", "evaluations_before_target"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in result["table"]:
         print("| " + " | ".join(f"{row[c]:.0%}" if c == "tolerance" else str(row[c]) for c in cols) + " |")
