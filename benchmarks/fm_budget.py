@@ -82,8 +82,8 @@ def baseline_name(method: str) -> str:
 
 def analyse(folder: Path) -> dict:
     arms, curves = read_arms(folder)
-    full = {arms[a]["seed"]: a for a in curves if arms[a]["method"] == "full"}
     by_seed = {(arms[a]["method"], arms[a]["seed"]): a for a in curves}
+    full = {seed: a for (method, seed), a in by_seed.items() if method == "full"}
     convergence = {a: plateau_change(curves[a]) for a in full.values()}
     groups: dict[tuple[str, float, float], list[dict]] = defaultdict(list)
     for arm, curve in curves.items():
@@ -111,6 +111,7 @@ def analyse(folder: Path) -> dict:
     table = []
     for (method, ratio, tol), entries in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
         hit = [e for e in entries if e["reached"]]
+        same_step = [e["same_step_ratio"] for e in entries if e["same_step_ratio"] is not None]
         table.append({
             "method": method, "ratio": ratio, "tolerance": tol, "reached": f"{len(hit)}/{len(entries)}",
             "images_to_target": interval([e["images_to_target"] for e in hit], 0),
@@ -120,8 +121,7 @@ def analyse(folder: Path) -> dict:
             "speedup_seconds_with_overheads": speedup_interval([e["speedup_seconds_with_overheads"] for e in hit
                                                                 if e["speedup_seconds_with_overheads"]]),
             "final_relative": interval([e["final_relative"] for e in entries], 3),
-            "same_step_ratio": interval([e["same_step_ratio"] for e in entries if e["same_step_ratio"]], 3)
-            + f" ({sum(1 for e in entries if e['same_step_ratio'])} seeds, vs {baseline_name(method)})",
+            "same_step_ratio": f"{interval(same_step, 3)} ({len(same_step)} seeds, vs {baseline_name(method)})",
             "evaluations_before_target": "/".join(str(e["evaluations_before_target"]) for e in entries),
             "arms": entries,
         })
